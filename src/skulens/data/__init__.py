@@ -1,0 +1,1 @@
+"""Datasets (three layouts, one loader), safe image decoding and the shared preprocessing."""

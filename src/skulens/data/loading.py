@@ -1,0 +1,90 @@
+"""PyTorch datasets over :class:`~skulens.data.datasets.Sample` lists.
+
+Training decodes every image once into memory (at a reduced size) and augments from there: on a
+2-core CPU, re-decoding JPEGs every epoch costs as much as a good part of the model. Unreadable
+files are skipped with a warning and a count; one bad file never stops a run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from skulens.data.datasets import Sample
+from skulens.data.images import load_image
+from skulens.data.transforms import Preprocessing, pil_to_uint8_tensor, resize_shorter_side, to_model_input
+from skulens.errors import ImageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SkippedImage:
+    path: str
+    reason: str
+
+
+class DecodedImages(Dataset):
+    """Images decoded once into uint8 tensors; ``transform`` runs per access (augmentation)."""
+
+    def __init__(self, samples: list[Sample], cache_side: int, in_chans: int, transform=None,
+                 desc: str = "decoding images", progress: bool = True):
+        self.transform = transform
+        self.images: list[torch.Tensor] = []
+        self.labels: list[int] = []
+        self.skipped: list[SkippedImage] = []
+        for sample in tqdm(samples, desc=desc, unit="img", disable=not progress, leave=False):
+            try:
+                img = load_image(sample.path, draft_size=cache_side)
+            except ImageError as exc:
+                self.skipped.append(SkippedImage(str(sample.path), str(exc)))
+                continue
+            img = resize_shorter_side(img, cache_side) if min(img.size) > cache_side else img
+            self.images.append(pil_to_uint8_tensor(img, in_chans))
+            self.labels.append(sample.label)
+        if self.skipped:
+            log.warning("skipped %d unreadable image(s), e.g. %s", len(self.skipped), self.skipped[0].reason)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]
+        return (self.transform(img) if self.transform else img), self.labels[i]
+
+
+class PreprocessedImages(Dataset):
+    """Evaluation view: decode + the shared preprocessing on every access; bad files yield None."""
+
+    def __init__(self, samples: list[Sample], pre: Preprocessing, img_size: int | None = None, hflip: bool = False):
+        self.samples = samples
+        self.pre = pre
+        self.img_size = img_size or pre.img_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        sample = self.samples[i]
+        try:
+            img = load_image(sample.path, draft_size=self.img_size)
+        except ImageError as exc:
+            return None, sample.label, i, str(exc)
+        return to_model_input(img, self.pre, self.img_size), sample.label, i, ""
+
+
+def collate_skip_bad(batch):
+    """Collate evaluation items, keeping the indices of the images that failed to decode."""
+    good = [b for b in batch if b[0] is not None]
+    bad = [(b[2], b[3]) for b in batch if b[0] is None]
+    if good:
+        x = torch.stack([b[0] for b in good])
+        y = torch.tensor([b[1] for b in good])
+        idx = torch.tensor([b[2] for b in good])
+    else:
+        x, y, idx = None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return x, y, idx, bad

@@ -1,0 +1,88 @@
+"""Preprocessing (one function for evaluation, prediction and serving) and training augmentation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+
+@dataclass
+class Preprocessing:
+    """How a model wants its input; stored in the run's JSON so every consumer agrees."""
+
+    img_size: int
+    mean: list[float]
+    std: list[float]
+    in_chans: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessing":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def resize_shorter_side(img: Image.Image, side: int) -> Image.Image:
+    w, h = img.size
+    scale = side / min(w, h)
+    if abs(scale - 1.0) < 1e-6:
+        return img
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR, reducing_gap=None)
+
+
+def to_model_input(img: Image.Image, pre: Preprocessing, img_size: int | None = None) -> torch.Tensor:
+    """The one preprocessing path: RGB PIL image -> normalised CHW float tensor.
+
+    Shorter side resized to ``img_size`` then a centre crop, so nothing is stretched.
+    """
+    size = img_size or pre.img_size
+    if pre.in_chans == 1:
+        img = img.convert("L")
+    img = resize_shorter_side(img, size)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(arr.reshape(size, size, -1)).permute(2, 0, 1)
+    mean = torch.tensor(pre.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float32).view(-1, 1, 1)
+    return ((tensor - mean) / std).contiguous()
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation: random resized crop, flip, colour jitter, and the shear/zoom of the design notes."""
+
+    scale_min: float = 0.25
+    hflip: float = 0.5
+    color_jitter: float = 0.3
+    shear_degrees: float = 11.0  # Keras shear_range=0.2 rad
+    zoom: float = 0.2  # Keras zoom_range=0.2
+    affine_prob: float = 0.5
+
+
+def build_train_transform(pre: Preprocessing, aug: AugmentConfig) -> v2.Compose:
+    """Augmentation on a cached uint8 CHW tensor -> normalised float tensor."""
+    steps: list = [v2.RandomResizedCrop(pre.img_size, scale=(aug.scale_min, 1.0), antialias=True)]
+    if aug.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(aug.hflip))
+    if aug.affine_prob > 0 and (aug.shear_degrees > 0 or aug.zoom > 0):
+        steps.append(v2.RandomApply([v2.RandomAffine(
+            degrees=0, shear=aug.shear_degrees, scale=(1 - aug.zoom, 1 + aug.zoom), fill=127)], p=aug.affine_prob))
+    if aug.color_jitter > 0 and pre.in_chans == 3:
+        j = aug.color_jitter
+        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.05, j / 6)))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+    return v2.Compose(steps)
+
+
+def pil_to_uint8_tensor(img: Image.Image, in_chans: int) -> torch.Tensor:
+    if in_chans == 1:
+        img = img.convert("L")
+    return F.pil_to_tensor(img)

@@ -1,0 +1,1 @@
+"""Evaluation: batched inference over a split, metrics, and reports."""

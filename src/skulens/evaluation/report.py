@@ -1,0 +1,77 @@
+"""`skulens evaluate`: metrics on a split, written as JSON, Markdown and a confusion-matrix PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from skulens.checkpoint import load_run
+from skulens.data.datasets import ImageDataset
+from skulens.errors import DatasetError, SkulensError
+from skulens.evaluation.inference import dataset_probabilities
+from skulens.evaluation.metrics import classification_metrics
+from skulens.runtime import prepare_model, resolve_device
+from skulens.training.plots import plot_confusion_matrix
+
+
+def evaluate_run(run_dir: str | Path, dataset: ImageDataset, split: str = "test", *, tta: bool = False,
+                 img_size: int | None = None, device: str = "auto", batch_size: int = 16,
+                 out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    model, config = load_run(run_dir, dev)
+    prepare_model(model, dev)
+    if list(dataset.classes) != list(config.classes):
+        unknown = sorted(set(dataset.classes) - set(config.classes))
+        if unknown:
+            raise SkulensError(f"the dataset has classes the model does not know: {', '.join(unknown[:5])}")
+        remap = {i: config.classes.index(c) for i, c in enumerate(dataset.classes)}
+        samples = [type(s)(s.path, remap[s.label], s.split) for s in dataset.split(split)]
+    else:
+        samples = dataset.split(split)
+    if not samples:
+        have = ", ".join(sorted({s.split for s in dataset.samples}))
+        raise DatasetError(f"{dataset.root}: no images in split {split!r} (it has: {have})")
+    size = img_size or config.preprocessing.img_size
+    probs, labels, _, failures = dataset_probabilities(model, samples, config.preprocessing, dev, img_size=size,
+                                                       tta=tta, batch_size=batch_size, progress=progress)
+    if len(labels) == 0:
+        raise DatasetError(f"none of the {len(samples)} images in split {split!r} could be read")
+    metrics = classification_metrics(probs, labels, config.classes, config.tree)
+    metrics.update({"split": split, "dataset": str(dataset.root), "img_size": size, "tta_hflip": tta,
+                    "unreadable": [{"path": str(p), "error": e} for p, e in failures]})
+    out = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), config.classes, out / "confusion_matrix.png",
+                          f"Confusion matrix, {split} split (top-1 {100 * metrics['top1']:.1f}%)")
+    (out / "report.md").write_text(markdown_report(metrics, run_dir))
+    metrics["out_dir"] = str(out)
+    return metrics
+
+
+def markdown_report(m: dict, run_dir: Path) -> str:
+    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+    lines = [f"# Evaluation of `{run_dir}` on the {m['split']} split", "",
+             f"Dataset: `{m['dataset']}`; {m['n_images']} images; input {m['img_size']} px"
+             f"{'; flip test-time augmentation' if m['tta_hflip'] else ''}.", "",
+             "| metric | value |", "| --- | --- |",
+             f"| top-1 accuracy | {pct(m['top1'])} |", f"| top-5 accuracy | {pct(m['top5'])} |",
+             f"| macro precision | {pct(m['macro_precision'])} |", f"| macro recall | {pct(m['macro_recall'])} |",
+             f"| macro F1 | {pct(m['macro_f1'])} |"]
+    if m.get("levels"):
+        lines += ["", "## Accuracy per level of the category tree", "",
+                  "| level | nodes | accuracy | via predicted leaf |", "| --- | --- | --- | --- |"]
+        lines += [f"| {lv['level']} | {lv['n_nodes']} | {pct(lv['accuracy'])} | {pct(lv['accuracy_from_leaf'])} |"
+                  for lv in m["levels"]]
+    if m["unreadable"]:
+        lines += ["", f"{len(m['unreadable'])} image(s) could not be read and were left out."]
+    lines += ["", "## Per class", "", "| class | images | precision | recall | F1 |", "| --- | --- | --- | --- | --- |"]
+    for row in sorted(m["per_class"], key=lambda r: r["f1"]):
+        if row["support"]:
+            lines.append(f"| {row['class']} | {row['support']} | {pct(row['precision'])} | {pct(row['recall'])} | "
+                         f"{pct(row['f1'])} |")
+    lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Training: config, the train loop, and its logs and plots."""

@@ -1,0 +1,43 @@
+"""Training settings, one dataclass so the CLI, the Python API and the run's JSON agree."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from skulens.data.transforms import AugmentConfig
+
+
+@dataclass
+class TrainConfig:
+    model: str = "efficientnet_lite0"
+    epochs: int = 10
+    img_size: int | None = None  # None: the architecture's native size
+    batch_size: int | None = None  # None: 32 on a GPU, 16 on a CPU (measured faster there)
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    class_weighting: bool = False
+    patience: int = 5  # early stopping: epochs without a better validation accuracy
+    seed: int = 0
+    ema_decay: float = 0.0  # 0 disables the weight EMA
+    freeze_stages: int = 0  # leading backbone stages kept frozen (faster, less overfitting)
+    pretrained: bool = True
+    weights: str | None = None  # local safetensors to start from
+    in_chans: int = 3
+    catalog_images: bool = False  # also train on the dataset's catalog (iconic) images
+    eval_sizes: list[int] = field(default_factory=list)  # test-time sizes to choose from on validation
+    device: str = "auto"
+    num_threads: int | None = None
+    max_train_images: int | None = None  # for quick runs and tests: a class-balanced subset
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        data = dict(data)
+        aug = AugmentConfig(**data.pop("augment", {}))
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__}, augment=aug)

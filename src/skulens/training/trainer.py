@@ -1,0 +1,317 @@
+"""The train loop: AdamW, warmup + cosine, label smoothing, EMA, early stopping, resume.
+
+The run folder is written as training goes: ``log.csv`` and ``curves.png`` every epoch, the best
+weights (``model.safetensors`` + ``config.json``) whenever validation improves, and the resume
+state (``last.safetensors`` + ``train_state.json``) after every epoch and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from skulens.checkpoint import (
+    LAST_WEIGHTS_FILE, TRAIN_STATE_FILE, RunConfig, flatten_optimizer_state, save_run, save_tensors_atomic,
+    unflatten_optimizer_state, write_json_atomic,
+)
+from skulens.data.datasets import ImageDataset, Sample, _stratified_split
+from skulens.data.loading import DecodedImages
+from skulens.data.transforms import Preprocessing, build_train_transform
+from skulens.errors import CheckpointError, DatasetError, SkulensError
+from skulens.evaluation.inference import dataset_probabilities
+from skulens.models.registry import NATIVE_SIZES, ModelSpec, create_model, default_normalization
+from skulens.runtime import autocast, prepare_model, resolve_device, to_device
+from skulens.training.config import TrainConfig
+from skulens.training.plots import plot_training_curves
+
+log = logging.getLogger(__name__)
+LOG_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_val_acc: float
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    skipped_images: int
+    train_seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def freeze_leading_stages(model: nn.Module, n_stages: int) -> list[nn.Module]:
+    """Freeze the stem and the first ``n_stages`` blocks of a timm EfficientNet-style model."""
+    if n_stages <= 0:
+        return []
+    if not hasattr(model, "blocks") or not hasattr(model, "conv_stem"):
+        raise SkulensError(f"--freeze-stages works with EfficientNet-style models, not {type(model).__name__}")
+    frozen = [model.conv_stem, model.bn1] + list(model.blocks[:n_stages])
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return frozen
+
+
+def split_train_val(dataset: ImageDataset, seed: int) -> tuple[list[Sample], list[Sample]]:
+    train = dataset.split("train")
+    val = dataset.split("val")
+    if not train:
+        raise DatasetError(f"{dataset.root}: no training images")
+    if not val:
+        # No validation split: hold out a stratified 10% of train for early stopping.
+        per_class: dict[int, list] = {}
+        for s in train:
+            per_class.setdefault(s.label, []).append(s.path)
+        resplit = _stratified_split(per_class, seed, 0.1, 0.0)
+        train = [Sample(s.path, s.label, "train") for s in resplit if s.split == "train"]
+        val = [Sample(s.path, s.label, "val") for s in resplit if s.split == "val"]
+        if not val:
+            val = train[:1]
+    return train, val
+
+
+def balanced_subset(samples: list[Sample], limit: int, seed: int) -> list[Sample]:
+    rng = random.Random(seed)
+    by_class: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_class.setdefault(s.label, []).append(s)
+    for group in by_class.values():
+        rng.shuffle(group)
+    out: list[Sample] = []
+    while len(out) < limit and any(by_class.values()):
+        for group in by_class.values():
+            if group and len(out) < limit:
+                out.append(group.pop())
+    return out
+
+
+def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class Trainer:
+    """Fit a classifier on an :class:`ImageDataset` and write a run folder."""
+
+    def __init__(self, config: TrainConfig, dataset: ImageDataset, out: str | Path, resume: bool = False):
+        self.cfg = config
+        self.dataset = dataset
+        self.run_dir = Path(out)
+        self.resume = resume
+
+    # -- setup -------------------------------------------------------------------------------
+    def _spec(self) -> ModelSpec:
+        cfg = self.cfg
+        img_size = cfg.img_size or NATIVE_SIZES.get(cfg.model, 224)
+        mean, std = default_normalization(cfg.model, cfg.in_chans)
+        return ModelSpec(name=cfg.model, num_classes=len(self.dataset.classes), img_size=img_size,
+                         in_chans=cfg.in_chans, mean=mean, std=std)
+
+    def _class_weights(self, labels: list[int]) -> torch.Tensor | None:
+        if not self.cfg.class_weighting:
+            return None
+        counts = np.bincount(labels, minlength=len(self.dataset.classes)).astype(np.float64)
+        weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(counts), 0.0)
+        return torch.tensor(weights, dtype=torch.float32)
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        device = resolve_device(cfg.device)
+        spec = self._spec()
+        pre = Preprocessing(img_size=spec.img_size, mean=spec.mean, std=spec.std, in_chans=spec.in_chans)
+        train_samples, val_samples = split_train_val(self.dataset, cfg.seed)
+        if cfg.max_train_images:
+            train_samples = balanced_subset(train_samples, cfg.max_train_images, cfg.seed)
+        if cfg.catalog_images:
+            train_samples = train_samples + [Sample(p, label, "train") for label, p in self.dataset.catalog_images.items()]
+        if self.resume and not (self.run_dir / TRAIN_STATE_FILE).is_file():
+            raise CheckpointError(f"{self.run_dir}: nothing to resume (no {TRAIN_STATE_FILE})")
+        if not self.resume and (self.run_dir / TRAIN_STATE_FILE).is_file():
+            raise SkulensError(f"{self.run_dir} already holds a run: use --resume to continue it, or another --out")
+
+        cache_side = int(round(spec.img_size * 1.15))
+        train_data = DecodedImages(train_samples, cache_side, spec.in_chans, build_train_transform(pre, cfg.augment),
+                                   desc="decoding train images", progress=cfg.progress)
+        if len(train_data) == 0:
+            raise DatasetError(f"{self.dataset.root}: none of the {len(train_samples)} training images could be read")
+        batch_size = cfg.batch_size or (32 if device.type == "cuda" else 16)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, drop_last=len(train_data) > batch_size,
+                            num_workers=0, generator=generator)
+
+        model = create_model(spec, pretrained=cfg.pretrained, weights=cfg.weights)
+        frozen = freeze_leading_stages(model, cfg.freeze_stages)
+        model = prepare_model(model, device)
+        ema = None
+        if cfg.ema_decay > 0:
+            from timm.utils import ModelEmaV3
+
+            ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
+        from timm.optim import param_groups_weight_decay
+
+        params = param_groups_weight_decay(model, cfg.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+        class_weights = self._class_weights(train_data.labels)
+        criterion = nn.CrossEntropyLoss(weight=class_weights.to(device) if class_weights is not None else None,
+                                        label_smoothing=cfg.label_smoothing)
+
+        steps_per_epoch = len(loader)
+        total_steps = steps_per_epoch * cfg.epochs
+        warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+        start_epoch, step, best_acc, best_epoch, stale = 0, 0, -1.0, -1, 0
+        run_config = RunConfig(model=spec, classes=self.dataset.classes, preprocessing=pre, tree=self.dataset.tree,
+                               train_args={**cfg.to_dict(), "dataset": str(self.dataset.root),
+                                           "layout": self.dataset.layout, "train_size": spec.img_size})
+        if self.resume:
+            state = self._load_resume_state(model, ema, optimizer)
+            start_epoch, step = state["epoch"], state["step"]
+            best_acc, best_epoch, stale = state["best_acc"], state["best_epoch"], state["stale"]
+            generator.set_state(torch.tensor(state["loader_rng"], dtype=torch.uint8))
+            torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+            log.info("resuming %s at epoch %d", self.run_dir, start_epoch + 1)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.run_dir / "log.csv"
+        if not self.resume or not log_path.is_file():
+            with log_path.open("w", newline="") as handle:
+                csv.DictWriter(handle, LOG_FIELDS).writeheader()
+
+        started = time.perf_counter()
+        stopped_early = False
+        epoch = start_epoch
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                model.train()
+                for module in frozen:
+                    module.eval()  # frozen stages keep their BatchNorm statistics
+                loss_sum, correct, seen = 0.0, 0, 0
+                bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not cfg.progress,
+                           dynamic_ncols=True)
+                for x, y in bar:
+                    lr = lr_at(step, total_steps, warmup_steps, cfg.lr)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    x, y = to_device(x, device), y.to(device)
+                    with autocast(device):
+                        logits = model(x)
+                        loss = criterion(logits.float(), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if ema is not None:
+                        ema.update(model, step=step)
+                    step += 1
+                    loss_sum += loss.item() * len(y)
+                    correct += int((logits.argmax(-1) == y).sum())
+                    seen += len(y)
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}")
+                eval_model = ema.module if ema is not None else model
+                val_loss, val_acc = self._validate(eval_model, val_samples, pre, device, batch_size)
+                row = {"epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{loss_sum / max(seen, 1):.5f}",
+                       "train_acc": f"{correct / max(seen, 1):.5f}", "val_loss": f"{val_loss:.5f}",
+                       "val_acc": f"{val_acc:.5f}", "seconds": f"{time.perf_counter() - t0:.1f}"}
+                with log_path.open("a", newline="") as handle:
+                    csv.DictWriter(handle, LOG_FIELDS).writerow(row)
+                plot_training_curves(log_path, self.run_dir / "curves.png")
+                log.info("epoch %d: train loss %s, val loss %.4f, val acc %.4f", epoch + 1, row["train_loss"],
+                         val_loss, val_acc)
+                if val_acc > best_acc:
+                    best_acc, best_epoch, stale = val_acc, epoch + 1, 0
+                    run_config.metrics = {"val_top1": val_acc, "val_loss": val_loss, "best_epoch": best_epoch}
+                    save_run(self.run_dir, run_config, eval_model.state_dict())
+                else:
+                    stale += 1
+                self._save_resume_state(model, ema, optimizer, epoch + 1, step, best_acc, best_epoch, stale, generator)
+                if cfg.patience and stale >= cfg.patience:
+                    stopped_early = True
+                    log.info("early stopping: no better validation accuracy for %d epochs", stale)
+                    break
+        except KeyboardInterrupt:
+            # The epoch in progress is dropped; the state saved is that of the last whole epoch.
+            raise SkulensError(f"interrupted; the last finished epoch is saved: continue with "
+                               f"`skulens train ... --out {self.run_dir} --resume`") from None
+        train_seconds = time.perf_counter() - started
+        if cfg.eval_sizes:
+            self._choose_eval_size(val_samples, run_config, device, batch_size)
+        return TrainResult(self.run_dir, best_acc, best_epoch, epoch + 1 - start_epoch, stopped_early,
+                           len(train_data.skipped), train_seconds)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _validate(self, model, samples, pre, device, batch_size) -> tuple[float, float]:
+        probs, labels, _, _ = dataset_probabilities(model, samples, pre, device, batch_size=batch_size,
+                                                    progress=self.cfg.progress, desc="validating")
+        if len(labels) == 0:
+            return float("nan"), 0.0
+        nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()
+        return float(nll), float(np.mean(probs.argmax(1) == labels))
+
+    def _choose_eval_size(self, val_samples, run_config: RunConfig, device, batch_size) -> None:
+        """Test-time resolution chosen on validation (train/test resolution discrepancy, FixRes)."""
+        from skulens.checkpoint import load_run
+
+        model, config = load_run(self.run_dir, device)
+        prepare_model(model, device)
+        scores = {}
+        for size in sorted(set(self.cfg.eval_sizes) | {config.preprocessing.img_size}):
+            probs, labels, _, _ = dataset_probabilities(model, val_samples, config.preprocessing, device, img_size=size,
+                                                        batch_size=batch_size, progress=self.cfg.progress,
+                                                        desc=f"validating at {size}px")
+            scores[size] = float(np.mean(probs.argmax(1) == labels)) if len(labels) else 0.0
+        best = max(scores, key=lambda s: (scores[s], -abs(s - config.preprocessing.img_size)))
+        config.preprocessing.img_size = best
+        config.metrics["val_top1_by_eval_size"] = {str(k): v for k, v in scores.items()}
+        config.metrics["val_top1"] = scores[best]
+        write_json_atomic(self.run_dir / "config.json", config.to_dict())
+        log.info("eval size chosen on validation: %d px (%s)", best, scores)
+
+    def _save_resume_state(self, model, ema, optimizer, epoch, step, best_acc, best_epoch, stale, generator) -> None:
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        if ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
+        opt_tensors, opt_plain = flatten_optimizer_state(optimizer.state_dict())
+        tensors.update(opt_tensors)
+        save_tensors_atomic(self.run_dir / LAST_WEIGHTS_FILE, tensors)
+        write_json_atomic(self.run_dir / TRAIN_STATE_FILE, {
+            "epoch": epoch, "step": step, "best_acc": best_acc, "best_epoch": best_epoch, "stale": stale,
+            "optimizer": opt_plain, "loader_rng": generator.get_state().tolist(),
+            "torch_rng": torch.get_rng_state().tolist(), "config": self.cfg.to_dict()})
+
+    def _load_resume_state(self, model, ema, optimizer) -> dict:
+        import json
+
+        state = json.loads((self.run_dir / TRAIN_STATE_FILE).read_text())
+        tensors = load_file(str(self.run_dir / LAST_WEIGHTS_FILE))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if ema is not None:
+            ema_state = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+            if ema_state:
+                ema.module.load_state_dict(ema_state)
+        optimizer.load_state_dict(unflatten_optimizer_state(tensors, state["optimizer"]))
+        return state
+
+
+def train(config: TrainConfig, dataset: ImageDataset, out: str | Path, resume: bool = False) -> TrainResult:
+    return Trainer(config, dataset, out, resume).fit()

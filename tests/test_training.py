@@ -1,0 +1,105 @@
+"""Training writes a complete run folder; reload gives the same predictions; resume continues exactly."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from skulens import Recognizer
+from skulens.checkpoint import load_run
+from skulens.data.datasets import load_dataset
+from skulens.errors import SkulensError
+from skulens.evaluation.report import evaluate_run
+from skulens.training.config import TrainConfig
+from skulens.training.trainer import Trainer, train
+from tests.conftest import coloured_photo, write_class_folders
+
+
+def test_run_folder_contents_and_learning(trained_run):
+    run, data = trained_run
+    names = {p.name for p in run.iterdir()}
+    assert {"model.safetensors", "config.json", "log.csv", "curves.png", "last.safetensors",
+            "train_state.json"} <= names
+    assert not any(n.endswith((".pt", ".pth", ".pkl", ".bin")) for n in names)
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["name"] == "seedcnn" and config["classes"] == ["blue", "green", "red"]
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert len(rows) == 4
+    metrics = evaluate_run(run, load_dataset(data), "test", progress=False)
+    assert metrics["top1"] > 0.6  # chance is 1/3: it really learnt the colours
+
+
+def test_checkpoint_round_trip_gives_the_same_predictions(trained_run, tmp_path):
+    run, data = trained_run
+    x = torch.randn(4, 3, 40, 40)
+    model_a, _ = load_run(run)
+    model_b, _ = load_run(run)
+    torch.testing.assert_close(model_a(x), model_b(x))
+    recognizer = Recognizer.load(run, device="cpu")
+    photo = next((data / "test" / "red").iterdir())
+    first = recognizer.predict(photo)
+    again = Recognizer.load(run, device="cpu").predict(str(photo))
+    assert first.label == again.label and first.confidence == pytest.approx(again.confidence)
+    assert first.path == [first.label] and len(first.top_k) == 3
+    assert sum(c.confidence for c in first.top_k) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_class_weighting_ema_and_eval_size_choice(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=8)
+    cfg = TrainConfig(model="seedcnn", epochs=1, img_size=32, batch_size=8, class_weighting=True, ema_decay=0.9,
+                      eval_sizes=[36], progress=False)
+    train(cfg, load_dataset(data), tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert set(config["metrics"]["val_top1_by_eval_size"]) == {"32", "36"}
+    assert config["preprocessing"]["img_size"] in (32, 36)
+
+
+def test_unreadable_training_images_are_skipped(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=6)
+    (data / "train" / "red" / "broken.jpg").write_text("not an image")
+    cfg = TrainConfig(model="seedcnn", epochs=1, img_size=32, batch_size=8, progress=False)
+    result = train(cfg, load_dataset(data), tmp_path / "run")
+    assert result.skipped_images == 1
+
+
+def test_existing_run_is_not_overwritten(trained_run):
+    run, data = trained_run
+    with pytest.raises(SkulensError, match="--resume"):
+        train(TrainConfig(model="seedcnn", epochs=1, img_size=40, progress=False), load_dataset(data), run)
+
+
+def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    data = write_class_folders(tmp_path / "d", per_class=6)
+    dataset = load_dataset(data)
+    cfg = TrainConfig(model="seedcnn", epochs=2, img_size=32, batch_size=8, ema_decay=0.9, patience=0,
+                      progress=False)
+    train(cfg, dataset, tmp_path / "straight")
+
+    original = Trainer._validate
+    calls = {"n": 0}
+
+    def interrupt_in_second_epoch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_validate", interrupt_in_second_epoch)
+    with pytest.raises(SkulensError, match="interrupted"):
+        train(cfg, dataset, tmp_path / "resumed")
+    assert json.loads((tmp_path / "resumed" / "train_state.json").read_text())["epoch"] == 1
+    monkeypatch.setattr(Trainer, "_validate", original)
+    train(cfg, dataset, tmp_path / "resumed", resume=True)
+
+    a = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    rows = list(csv.DictReader((tmp_path / "resumed" / "log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
