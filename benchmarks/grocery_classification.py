@@ -39,8 +39,10 @@ def main() -> None:
     p.add_argument("--freeze-stages", type=int, default=3)
     p.add_argument("--ema-decay", type=float, default=0.998)
     p.add_argument("--catalog-images", action="store_true")
-    p.add_argument("--eval-sizes", default="224,256,288,320")
+    p.add_argument("--eval-sizes", default="256,288,320,348")
     p.add_argument("--patience", type=int, default=0)
+    p.add_argument("--keep", default="last", choices=["best", "last"])
+    p.add_argument("--cache-scale", type=float, default=1.6)
     p.add_argument("--out", default=None)
     p.add_argument("--name", default=None)
     args = p.parse_args()
@@ -50,7 +52,8 @@ def main() -> None:
     dataset = load_dataset(args.data)
     cfg = TrainConfig(model=args.model, epochs=args.epochs, img_size=args.img_size, batch_size=args.batch_size,
                       lr=args.lr, freeze_stages=args.freeze_stages, ema_decay=args.ema_decay,
-                      catalog_images=args.catalog_images, patience=args.patience,
+                      catalog_images=args.catalog_images, patience=args.patience, keep=args.keep,
+                      cache_scale=args.cache_scale,
                       eval_sizes=[int(s) for s in args.eval_sizes.split(",") if s])
     t0 = time.perf_counter()
     result = train(cfg, dataset, out)

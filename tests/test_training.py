@@ -92,7 +92,8 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatc
     monkeypatch.setattr(Trainer, "_validate", interrupt_in_second_epoch)
     with pytest.raises(SkulensError, match="interrupted"):
         train(cfg, dataset, tmp_path / "resumed")
-    assert json.loads((tmp_path / "resumed" / "train_state.json").read_text())["epoch"] == 1
+    state = json.loads((tmp_path / "resumed" / "train_state.json").read_text())
+    assert (state["epoch"], state["batch"]) == (1, 2)  # 18 images, batch 8: 2 batches done in epoch 2
     monkeypatch.setattr(Trainer, "_validate", original)
     train(cfg, dataset, tmp_path / "resumed", resume=True)
 
@@ -103,3 +104,28 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatc
         torch.testing.assert_close(a[key], b[key], msg=key)
     rows = list(csv.DictReader((tmp_path / "resumed" / "log.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_interrupt_mid_epoch_saves_and_resumes(tmp_path, monkeypatch):
+    data = write_class_folders(tmp_path / "d", per_class=6)
+    dataset = load_dataset(data)
+    cfg = TrainConfig(model="seedcnn", epochs=2, img_size=32, batch_size=4, patience=0, progress=False)
+    original_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def interrupt_on_sixth_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupt_on_sixth_step)
+    with pytest.raises(SkulensError, match="interrupted at epoch 2, batch 1"):
+        train(cfg, dataset, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "train_state.json").read_text())
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 1, 5)
+    monkeypatch.setattr(torch.optim.AdamW, "step", original_step)
+    result = train(cfg, dataset, tmp_path / "run", resume=True)
+    assert result.epochs_run == 1
+    state = json.loads((tmp_path / "run" / "train_state.json").read_text())
+    assert (state["epoch"], state["batch"], state["step"]) == (2, 0, 8)

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--label-smoothing", type=float, default=0.1)
     tr.add_argument("--class-weighting", action="store_true", help="weight the loss by inverse class frequency")
     tr.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs (0: off)")
+    tr.add_argument("--keep", default="best", choices=["best", "last"],
+                    help="keep the best validation epoch (default) or the last one")
     tr.add_argument("--ema-decay", type=float, default=0.0, help="keep an EMA of the weights (e.g. 0.998)")
     tr.add_argument("--freeze-stages", type=int, default=0, help="freeze the stem and the first N stages")
     tr.add_argument("--no-pretrained", action="store_true", help="random init instead of ImageNet weights")
@@ -83,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     ev.add_argument("--img-size", type=int, default=None, help="override the run's input size")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"],
+                    help="auto: ONNX Runtime on a CPU when the run has an up-to-date export, else PyTorch")
     ev.add_argument("--out", default=None, help="report folder (default: RUN/eval-SPLIT)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("--no-progress", action="store_true")
@@ -94,7 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--tta", action="store_true")
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"],
+                    help="auto: ONNX Runtime on a CPU when the run has an up-to-date export, else PyTorch")
     pr.add_argument("--json", action="store_true", help="print a JSON list")
+
+    ex = sub.add_parser("export", help="export a run to ONNX (and INT8), checked against PyTorch")
+    ex.add_argument("run")
+    ex.add_argument("--format", default="onnx", choices=["onnx"])
+    ex.add_argument("--int8", action="store_true", help="also write a static-quantized INT8 model")
+    ex.add_argument("--calibration", metavar="DATASET", default=None,
+                    help="dataset for calibration (train split) and checks (val split); default: the run's own")
+    ex.add_argument("--calibration-images", type=int, default=300)
+    ex.add_argument("--check-images", type=int, default=500)
+    ex.add_argument("--max-top1-drop", type=float, default=1.0, help="INT8 tolerance in top-1 points (default 1.0)")
+    ex.add_argument("--json", action="store_true")
+    _add_dataset_args(ex)
 
     sub.add_parser("models", help="list the model names skulens can train")
 
@@ -137,7 +155,8 @@ def cmd_train(args) -> int:
         cfg = TrainConfig(
             model=args.model, epochs=args.epochs, img_size=args.img_size, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-            class_weighting=args.class_weighting, patience=args.patience, seed=args.seed, ema_decay=args.ema_decay,
+            class_weighting=args.class_weighting, patience=args.patience, keep=args.keep, seed=args.seed,
+            ema_decay=args.ema_decay,
             freeze_stages=args.freeze_stages, pretrained=not args.no_pretrained, weights=args.weights,
             in_chans=1 if args.grayscale else 3, catalog_images=args.catalog_images,
             eval_sizes=[int(s) for s in args.eval_sizes.split(",") if s.strip()], device=args.device,
@@ -154,11 +173,12 @@ def cmd_evaluate(args) -> int:
     from skulens.evaluation.report import evaluate_run
 
     m = evaluate_run(args.run, _load_dataset(args), args.split, tta=args.tta, img_size=args.img_size,
-                     device=args.device, out_dir=args.out, progress=not args.no_progress and not args.json)
+                     device=args.device, engine=args.engine, out_dir=args.out,
+                     progress=not args.no_progress and not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in m.items() if k != "confusion_matrix"}, indent=2))
         return 0
-    print(f"{args.split}: {m['n_images']} images, top-1 {100 * m['top1']:.2f}%, top-5 {100 * m['top5']:.2f}%, "
+    print(f"{args.split} ({m['engine']}): {m['n_images']} images, top-1 {100 * m['top1']:.2f}%, top-5 {100 * m['top5']:.2f}%, "
           f"macro F1 {100 * m['macro_f1']:.2f}%")
     for level in m.get("levels", []):
         print(f"  {level['level']}: {100 * level['accuracy']:.2f}% ({level['n_nodes']} nodes)")
@@ -187,7 +207,7 @@ def _expand_images(items: list[str]) -> list[Path]:
 def cmd_predict(args) -> int:
     from skulens.recognition.recognizer import Recognizer
 
-    recognizer = Recognizer.load(args.run, device=args.device, tta=args.tta)
+    recognizer = Recognizer.load(args.run, engine=args.engine, device=args.device, tta=args.tta)
     paths = _expand_images(args.images)
     failed = len(paths) == 0
     records = []
@@ -204,6 +224,40 @@ def cmd_predict(args) -> int:
     if args.json:
         print(json.dumps(records, indent=2))
     return EXIT_PARTIAL if failed else 0
+
+
+def cmd_export(args) -> int:
+    from skulens.checkpoint import read_config
+    from skulens.engines.onnx_export import export_onnx
+
+    from skulens.data.datasets import CsvColumns, load_dataset
+
+    dataset = None
+    if args.calibration:
+        args.dataset = args.calibration
+        dataset = _load_dataset(args)
+    else:
+        train_args = read_config(args.run).train_args
+        recorded = train_args.get("dataset")
+        if recorded and Path(recorded).exists():
+            columns = train_args.get("csv_columns")
+            dataset = load_dataset(recorded, csv_columns=CsvColumns(**columns) if columns else None,
+                                   seed=train_args.get("seed", 0))
+    report = export_onnx(args.run, int8=args.int8, dataset=dataset, calibration_images=args.calibration_images,
+                         check_images=args.check_images, max_top1_drop_int8=args.max_top1_drop)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    for check in report.checks:
+        accuracy = ""
+        if check.torch_top1 is not None:
+            accuracy = (f", top-1 {100 * check.onnx_top1:.2f}% vs PyTorch {100 * check.torch_top1:.2f}% "
+                        f"({check.top1_change_points:+.2f} points)")
+        print(f"{Path(args.run) / check.file}: {check.size_bytes / 1e6:.1f} MB, top-1 agreement with PyTorch "
+              f"{100 * check.top1_agreement:.1f}% on {check.n_images} images{accuracy}")
+    if dataset is None:
+        print("checked on random inputs only: pass --calibration DATASET to check on real images")
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -253,7 +307,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
+COMMANDS = {"demo": cmd_demo, "export": cmd_export, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

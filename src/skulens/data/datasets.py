@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from skulens.data.images import is_image_file
@@ -44,6 +44,9 @@ class ImageDataset:
     tree: CategoryTree | None = None
     # Catalog-style reference images per class (Grocery Store iconic images), when the layout has them.
     catalog_images: dict[int, Path] = field(default_factory=dict)
+    # What the user passed, so a run can find its data again (export calibration, re-evaluation).
+    source: Path | None = None
+    csv_columns: dict | None = None
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
@@ -82,11 +85,15 @@ def load_dataset(
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise DatasetError(f"{root}: a dataset is a folder or a .csv manifest")
-        return _load_csv(root, csv_columns or CsvColumns())
-    grocery_root = _grocery_root(root)
-    if grocery_root is not None:
-        return _load_grocery(grocery_root)
-    return _load_folders(root, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+        cols = csv_columns or CsvColumns()
+        dataset = _load_csv(root, cols)
+        dataset.csv_columns = asdict(cols)
+    elif (grocery_root := _grocery_root(root)) is not None:
+        dataset = _load_grocery(grocery_root)
+    else:
+        dataset = _load_folders(root, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    dataset.source = root
+    return dataset
 
 
 # --- layout 1: folder per class -------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""Batched class probabilities for a list of samples, with optional flip test-time augmentation."""
+"""Batched class probabilities for a list of samples, through any engine (PyTorch or ONNX Runtime)."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
@@ -13,24 +15,30 @@ from skulens.data.loading import PreprocessedImages, collate_skip_bad
 from skulens.data.transforms import Preprocessing
 from skulens.runtime import autocast, to_device
 
+# Normalised NCHW float batch -> class probabilities [N, C] (on the CPU).
+ProbabilityFn = Callable[[torch.Tensor], torch.Tensor]
+
 
 @torch.no_grad()
 def model_probabilities(model: nn.Module, x: torch.Tensor, device: torch.device, tta: bool = False) -> torch.Tensor:
     x = to_device(x, device)
     with autocast(device):
-        logits = model(x).float()
-        probs = logits.softmax(-1)
+        probs = model(x).float().softmax(-1)
         if tta:
             probs = (probs + model(torch.flip(x, dims=[3])).float().softmax(-1)) / 2
     return probs.cpu()
 
 
-@torch.no_grad()
-def dataset_probabilities(model: nn.Module, samples: list[Sample], pre: Preprocessing, device: torch.device,
-                          *, img_size: int | None = None, tta: bool = False, batch_size: int = 16,
-                          progress: bool = True, desc: str = "evaluating"):
-    """Probabilities for every readable sample: ``(probs [n, C], labels [n], kept_indices, failures)``."""
+def torch_probability_fn(model: nn.Module, device: torch.device, tta: bool = False) -> ProbabilityFn:
     model.eval()
+    return lambda x: model_probabilities(model, x, device, tta)
+
+
+@torch.no_grad()
+def dataset_probabilities(predict: ProbabilityFn, samples: list[Sample], pre: Preprocessing,
+                          *, img_size: int | None = None, batch_size: int = 16, progress: bool = True,
+                          desc: str = "evaluating"):
+    """Probabilities for every readable sample: ``(probs [n, C], labels [n], kept_indices, failures)``."""
     loader = DataLoader(PreprocessedImages(samples, pre, img_size), batch_size=batch_size, shuffle=False,
                         num_workers=0, collate_fn=collate_skip_bad)
     probs, labels, kept, failures = [], [], [], []
@@ -38,7 +46,7 @@ def dataset_probabilities(model: nn.Module, samples: list[Sample], pre: Preproce
         failures.extend((samples[i].path, reason) for i, reason in bad)
         if x is None:
             continue
-        probs.append(model_probabilities(model, x, device, tta))
+        probs.append(predict(x))
         labels.append(y)
         kept.append(idx)
     if not probs:

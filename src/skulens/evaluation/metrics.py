@@ -45,8 +45,8 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
 def tree_level_accuracy(probs: np.ndarray, labels: np.ndarray, tree: CategoryTree) -> list[dict]:
     """Accuracy at each level of the tree.
 
-    A level's prediction sums its leaves' probabilities (the consistent answer for that level);
-    ``from_leaf`` is the plain alternative, the ancestor of the predicted leaf, reported beside it.
+    ``accuracy`` scores what a prediction shows: the path of the predicted leaf. ``accuracy_summed``
+    is the alternative of summing each node's leaf probabilities, reported beside it.
     """
     leaf_pred = probs.argmax(axis=1)
     out = []
@@ -55,6 +55,6 @@ def tree_level_accuracy(probs: np.ndarray, labels: np.ndarray, tree: CategoryTre
         true = mapping[labels]
         summed = tree.level_probabilities(probs, level).argmax(axis=1)
         out.append({"level": name, "depth": level, "n_nodes": int(mapping.max() + 1),
-                    "accuracy": float(np.mean(summed == true)),
-                    "accuracy_from_leaf": float(np.mean(mapping[leaf_pred] == true))})
+                    "accuracy": float(np.mean(mapping[leaf_pred] == true)),
+                    "accuracy_summed": float(np.mean(summed == true))})
     return out

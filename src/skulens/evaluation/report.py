@@ -7,22 +7,21 @@ from pathlib import Path
 
 import numpy as np
 
-from skulens.checkpoint import load_run
 from skulens.data.datasets import ImageDataset
+from skulens.engines.select import load_engine
 from skulens.errors import DatasetError, SkulensError
 from skulens.evaluation.inference import dataset_probabilities
 from skulens.evaluation.metrics import classification_metrics
-from skulens.runtime import prepare_model, resolve_device
+from skulens.models.registry import check_input_size
 from skulens.training.plots import plot_confusion_matrix
 
 
 def evaluate_run(run_dir: str | Path, dataset: ImageDataset, split: str = "test", *, tta: bool = False,
-                 img_size: int | None = None, device: str = "auto", batch_size: int = 16,
+                 img_size: int | None = None, device: str = "auto", engine: str = "auto", batch_size: int = 16,
                  out_dir: str | Path | None = None, progress: bool = True) -> dict:
     run_dir = Path(run_dir)
-    dev = resolve_device(device)
-    model, config = load_run(run_dir, dev)
-    prepare_model(model, dev)
+    runner = load_engine(run_dir, engine, device)
+    config = runner.config
     if list(dataset.classes) != list(config.classes):
         unknown = sorted(set(dataset.classes) - set(config.classes))
         if unknown:
@@ -35,12 +34,18 @@ def evaluate_run(run_dir: str | Path, dataset: ImageDataset, split: str = "test"
         have = ", ".join(sorted({s.split for s in dataset.samples}))
         raise DatasetError(f"{dataset.root}: no images in split {split!r} (it has: {have})")
     size = img_size or config.preprocessing.img_size
-    probs, labels, _, failures = dataset_probabilities(model, samples, config.preprocessing, dev, img_size=size,
-                                                       tta=tta, batch_size=batch_size, progress=progress)
+    check_input_size(config.model, size)
+    if runner.name != "torch" and size != config.preprocessing.img_size:
+        raise SkulensError(f"the ONNX export takes {config.preprocessing.img_size} px input; use --engine torch "
+                           f"to evaluate at {size} px")
+    probs, labels, _, failures = dataset_probabilities(lambda x: runner.probabilities(x, tta), samples,
+                                                       config.preprocessing, img_size=size, batch_size=batch_size,
+                                                       progress=progress)
     if len(labels) == 0:
         raise DatasetError(f"none of the {len(samples)} images in split {split!r} could be read")
     metrics = classification_metrics(probs, labels, config.classes, config.tree)
     metrics.update({"split": split, "dataset": str(dataset.root), "img_size": size, "tta_hflip": tta,
+                    "engine": runner.name,
                     "unreadable": [{"path": str(p), "error": e} for p, e in failures]})
     out = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +60,7 @@ def evaluate_run(run_dir: str | Path, dataset: ImageDataset, split: str = "test"
 def markdown_report(m: dict, run_dir: Path) -> str:
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
     lines = [f"# Evaluation of `{run_dir}` on the {m['split']} split", "",
-             f"Dataset: `{m['dataset']}`; {m['n_images']} images; input {m['img_size']} px"
+             f"Dataset: `{m['dataset']}`; {m['n_images']} images; input {m['img_size']} px; engine {m['engine']}"
              f"{'; flip test-time augmentation' if m['tta_hflip'] else ''}.", "",
              "| metric | value |", "| --- | --- |",
              f"| top-1 accuracy | {pct(m['top1'])} |", f"| top-5 accuracy | {pct(m['top5'])} |",
@@ -63,8 +68,9 @@ def markdown_report(m: dict, run_dir: Path) -> str:
              f"| macro F1 | {pct(m['macro_f1'])} |"]
     if m.get("levels"):
         lines += ["", "## Accuracy per level of the category tree", "",
-                  "| level | nodes | accuracy | via predicted leaf |", "| --- | --- | --- | --- |"]
-        lines += [f"| {lv['level']} | {lv['n_nodes']} | {pct(lv['accuracy'])} | {pct(lv['accuracy_from_leaf'])} |"
+                  "| level | nodes | accuracy (predicted path) | summing leaf probabilities |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {lv['level']} | {lv['n_nodes']} | {pct(lv['accuracy'])} | {pct(lv['accuracy_summed'])} |"
                   for lv in m["levels"]]
     if m["unreadable"]:
         lines += ["", f"{len(m['unreadable'])} image(s) could not be read and were left out."]

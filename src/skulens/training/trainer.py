@@ -30,8 +30,10 @@ from skulens.data.datasets import ImageDataset, Sample, _stratified_split
 from skulens.data.loading import DecodedImages
 from skulens.data.transforms import Preprocessing, build_train_transform
 from skulens.errors import CheckpointError, DatasetError, SkulensError
-from skulens.evaluation.inference import dataset_probabilities
-from skulens.models.registry import NATIVE_SIZES, ModelSpec, create_model, default_normalization
+from skulens.evaluation.inference import dataset_probabilities, torch_probability_fn
+from skulens.models.registry import (
+    FIXED_INPUT_SIZE, NATIVE_SIZES, ModelSpec, create_model, default_normalization,
+)
 from skulens.runtime import autocast, prepare_model, resolve_device, to_device
 from skulens.training.config import TrainConfig
 from skulens.training.plots import plot_training_curves
@@ -136,6 +138,8 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
+        if cfg.keep not in ("best", "last"):
+            raise SkulensError(f"keep must be 'best' or 'last', not {cfg.keep!r}")
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
@@ -152,15 +156,12 @@ class Trainer:
         if not self.resume and (self.run_dir / TRAIN_STATE_FILE).is_file():
             raise SkulensError(f"{self.run_dir} already holds a run: use --resume to continue it, or another --out")
 
-        cache_side = int(round(spec.img_size * 1.15))
+        cache_side = int(round(spec.img_size * max(1.0, cfg.cache_scale)))
         train_data = DecodedImages(train_samples, cache_side, spec.in_chans, build_train_transform(pre, cfg.augment),
                                    desc="decoding train images", progress=cfg.progress)
         if len(train_data) == 0:
             raise DatasetError(f"{self.dataset.root}: none of the {len(train_samples)} training images could be read")
         batch_size = cfg.batch_size or (32 if device.type == "cuda" else 16)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, drop_last=len(train_data) > batch_size,
-                            num_workers=0, generator=generator)
 
         model = create_model(spec, pretrained=cfg.pretrained, weights=cfg.weights)
         frozen = freeze_leading_stages(model, cfg.freeze_stages)
@@ -178,20 +179,20 @@ class Trainer:
         criterion = nn.CrossEntropyLoss(weight=class_weights.to(device) if class_weights is not None else None,
                                         label_smoothing=cfg.label_smoothing)
 
-        steps_per_epoch = len(loader)
+        steps_per_epoch = len(self._epoch_batches(len(train_data), batch_size, 0))
         total_steps = steps_per_epoch * cfg.epochs
         warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-        start_epoch, step, best_acc, best_epoch, stale = 0, 0, -1.0, -1, 0
+        start_epoch, start_batch, step, best_acc, best_epoch, stale = 0, 0, 0, -1.0, -1, 0
         run_config = RunConfig(model=spec, classes=self.dataset.classes, preprocessing=pre, tree=self.dataset.tree,
-                               train_args={**cfg.to_dict(), "dataset": str(self.dataset.root),
+                               train_args={**cfg.to_dict(), "dataset": str(self.dataset.source or self.dataset.root),
+                                           "csv_columns": self.dataset.csv_columns,
                                            "layout": self.dataset.layout, "train_size": spec.img_size})
         if self.resume:
             state = self._load_resume_state(model, ema, optimizer)
-            start_epoch, step = state["epoch"], state["step"]
+            start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
             best_acc, best_epoch, stale = state["best_acc"], state["best_epoch"], state["stale"]
-            generator.set_state(torch.tensor(state["loader_rng"], dtype=torch.uint8))
             torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-            log.info("resuming %s at epoch %d", self.run_dir, start_epoch + 1)
+            log.info("resuming %s at epoch %d, batch %d", self.run_dir, start_epoch + 1, start_batch)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.run_dir / "log.csv"
         if not self.resume or not log_path.is_file():
@@ -200,7 +201,7 @@ class Trainer:
 
         started = time.perf_counter()
         stopped_early = False
-        epoch = start_epoch
+        epoch, batch_pos = start_epoch, start_batch
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
@@ -208,8 +209,12 @@ class Trainer:
                 for module in frozen:
                     module.eval()  # frozen stages keep their BatchNorm statistics
                 loss_sum, correct, seen = 0.0, 0, 0
+                lr = lr_at(step, total_steps, warmup_steps, cfg.lr)
+                batches = self._epoch_batches(len(train_data), batch_size, epoch)
+                batch_pos = start_batch if epoch == start_epoch else 0
+                loader = DataLoader(train_data, batch_sampler=batches[batch_pos:], num_workers=0)
                 bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not cfg.progress,
-                           dynamic_ncols=True)
+                           dynamic_ncols=True, initial=batch_pos, total=len(batches))
                 for x, y in bar:
                     lr = lr_at(step, total_steps, warmup_steps, cfg.lr)
                     for group in optimizer.param_groups:
@@ -224,6 +229,7 @@ class Trainer:
                     if ema is not None:
                         ema.update(model, step=step)
                     step += 1
+                    batch_pos += 1
                     loss_sum += loss.item() * len(y)
                     correct += int((logits.argmax(-1) == y).sum())
                     seen += len(y)
@@ -238,21 +244,26 @@ class Trainer:
                 plot_training_curves(log_path, self.run_dir / "curves.png")
                 log.info("epoch %d: train loss %s, val loss %.4f, val acc %.4f", epoch + 1, row["train_loss"],
                          val_loss, val_acc)
-                if val_acc > best_acc:
+                improved = val_acc > best_acc
+                if improved:
                     best_acc, best_epoch, stale = val_acc, epoch + 1, 0
-                    run_config.metrics = {"val_top1": val_acc, "val_loss": val_loss, "best_epoch": best_epoch}
-                    save_run(self.run_dir, run_config, eval_model.state_dict())
                 else:
                     stale += 1
-                self._save_resume_state(model, ema, optimizer, epoch + 1, step, best_acc, best_epoch, stale, generator)
+                if improved or cfg.keep == "last":
+                    run_config.metrics = {"val_top1": val_acc, "val_loss": val_loss, "epoch": epoch + 1,
+                                          "best_val_epoch": best_epoch, "kept": cfg.keep}
+                    save_run(self.run_dir, run_config, eval_model.state_dict())
+                batch_pos = 0
+                self._save_resume_state(model, ema, optimizer, epoch + 1, 0, step, best_acc, best_epoch, stale)
                 if cfg.patience and stale >= cfg.patience:
                     stopped_early = True
                     log.info("early stopping: no better validation accuracy for %d epochs", stale)
                     break
         except KeyboardInterrupt:
-            # The epoch in progress is dropped; the state saved is that of the last whole epoch.
-            raise SkulensError(f"interrupted; the last finished epoch is saved: continue with "
-                               f"`skulens train ... --out {self.run_dir} --resume`") from None
+            # Save where we are (mid-epoch too), so --resume loses nothing but the batch in flight.
+            self._save_resume_state(model, ema, optimizer, epoch, batch_pos, step, best_acc, best_epoch, stale)
+            raise SkulensError(f"interrupted at epoch {epoch + 1}, batch {batch_pos}; saved: continue with "
+                               f"`skulens train DATASET --out {self.run_dir} --resume`") from None
         train_seconds = time.perf_counter() - started
         if cfg.eval_sizes:
             self._choose_eval_size(val_samples, run_config, device, batch_size)
@@ -261,8 +272,9 @@ class Trainer:
 
     # -- helpers -----------------------------------------------------------------------------
     def _validate(self, model, samples, pre, device, batch_size) -> tuple[float, float]:
-        probs, labels, _, _ = dataset_probabilities(model, samples, pre, device, batch_size=batch_size,
-                                                    progress=self.cfg.progress, desc="validating")
+        probs, labels, _, _ = dataset_probabilities(torch_probability_fn(model, device), samples, pre,
+                                                    batch_size=batch_size, progress=self.cfg.progress,
+                                                    desc="validating")
         if len(labels) == 0:
             return float("nan"), 0.0
         nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()
@@ -275,10 +287,13 @@ class Trainer:
         model, config = load_run(self.run_dir, device)
         prepare_model(model, device)
         scores = {}
-        for size in sorted(set(self.cfg.eval_sizes) | {config.preprocessing.img_size}):
-            probs, labels, _, _ = dataset_probabilities(model, val_samples, config.preprocessing, device, img_size=size,
-                                                        batch_size=batch_size, progress=self.cfg.progress,
-                                                        desc=f"validating at {size}px")
+        sizes = set(self.cfg.eval_sizes) | {config.preprocessing.img_size}
+        if config.model.name in FIXED_INPUT_SIZE:
+            sizes = {config.model.img_size}
+        for size in sorted(sizes):
+            probs, labels, _, _ = dataset_probabilities(torch_probability_fn(model, device), val_samples,
+                                                        config.preprocessing, img_size=size, batch_size=batch_size,
+                                                        progress=self.cfg.progress, desc=f"validating at {size}px")
             scores[size] = float(np.mean(probs.argmax(1) == labels)) if len(labels) else 0.0
         best = max(scores, key=lambda s: (scores[s], -abs(s - config.preprocessing.img_size)))
         config.preprocessing.img_size = best
@@ -287,7 +302,13 @@ class Trainer:
         write_json_atomic(self.run_dir / "config.json", config.to_dict())
         log.info("eval size chosen on validation: %d px (%s)", best, scores)
 
-    def _save_resume_state(self, model, ema, optimizer, epoch, step, best_acc, best_epoch, stale, generator) -> None:
+    def _epoch_batches(self, n: int, batch_size: int, epoch: int) -> list[list[int]]:
+        """The epoch's shuffled batches, a pure function of (seed, epoch) so a resume can skip ahead."""
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)).tolist()
+        usable = n - n % batch_size if n > batch_size else n  # drop the last partial batch (BatchNorm)
+        return [order[i:i + batch_size] for i in range(0, usable, batch_size)]
+
+    def _save_resume_state(self, model, ema, optimizer, epoch, batch, step, best_acc, best_epoch, stale) -> None:
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         if ema is not None:
             tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
@@ -295,8 +316,8 @@ class Trainer:
         tensors.update(opt_tensors)
         save_tensors_atomic(self.run_dir / LAST_WEIGHTS_FILE, tensors)
         write_json_atomic(self.run_dir / TRAIN_STATE_FILE, {
-            "epoch": epoch, "step": step, "best_acc": best_acc, "best_epoch": best_epoch, "stale": stale,
-            "optimizer": opt_plain, "loader_rng": generator.get_state().tolist(),
+            "epoch": epoch, "batch": batch, "step": step, "best_acc": best_acc, "best_epoch": best_epoch,
+            "stale": stale, "optimizer": opt_plain,
             "torch_rng": torch.get_rng_state().tolist(), "config": self.cfg.to_dict()})
 
     def _load_resume_state(self, model, ema, optimizer) -> dict:

@@ -1,0 +1,190 @@
+"""`skulens export RUN --format onnx [--int8]`: ONNX models that prove themselves before they are kept.
+
+The FP32 export has a dynamic batch axis. The INT8 model is static QDQ quantization (per-channel
+weights) calibrated on the user's own training images with onnxruntime's quantization tools.
+Each written model is compared with the PyTorch model on real validation images: top-1 agreement
+and the accuracy change are reported, and a model that disagrees beyond the tolerance is refused
+(nothing is written). ``export.json`` records the checks and the files' checksums, tied to the
+weights they came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skulens.checkpoint import WEIGHTS_FILE, load_run, write_json_atomic
+from skulens.data.datasets import ImageDataset, Sample
+from skulens.data.images import load_image
+from skulens.data.transforms import to_model_input
+from skulens.engines.select import EXPORT_FILE, ONNX_FP32, ONNX_INT8, OnnxEngine, sha256_file
+from skulens.errors import ImageError, SkulensError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelCheck:
+    file: str
+    n_images: int
+    top1_agreement: float
+    max_abs_prob_diff: float
+    torch_top1: float | None
+    onnx_top1: float | None
+    size_bytes: int
+
+    @property
+    def top1_change_points(self) -> float | None:
+        if self.torch_top1 is None or self.onnx_top1 is None:
+            return None
+        return 100 * (self.onnx_top1 - self.torch_top1)
+
+
+@dataclass
+class ExportReport:
+    run_dir: str
+    checks: list[ModelCheck] = field(default_factory=list)
+    calibration_images: int = 0
+
+    def to_dict(self) -> dict:
+        return {"run_dir": self.run_dir, "calibration_images": self.calibration_images,
+                "checks": [{**asdict(c), "top1_change_points": c.top1_change_points} for c in self.checks]}
+
+
+def _load_batch(samples: list[Sample], pre, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    tensors, labels = [], []
+    for s in samples:
+        try:
+            tensors.append(to_model_input(load_image(s.path, draft_size=size), pre, size))
+            labels.append(s.label)
+        except ImageError as exc:
+            log.warning("skipping %s", exc)
+    if not tensors:
+        raise SkulensError("none of the check images could be read")
+    return torch.stack(tensors), np.array(labels)
+
+
+def _pick(samples: list[Sample], n: int, seed: int = 0) -> list[Sample]:
+    samples = list(samples)
+    random.Random(seed).shuffle(samples)
+    return samples[:n]
+
+
+class _CalibrationReader:
+    """Feeds onnxruntime's calibrator one preprocessed batch at a time."""
+
+    def __init__(self, batch: torch.Tensor, input_name: str, batch_size: int = 16):
+        self.chunks = [batch[i:i + batch_size].numpy() for i in range(0, len(batch), batch_size)]
+        self.input_name = input_name
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.chunks):
+            return None
+        self.i += 1
+        return {self.input_name: self.chunks[self.i - 1]}
+
+    def rewind(self):
+        self.i = 0
+
+
+def export_onnx(run_dir: str | Path, *, int8: bool = False, dataset: ImageDataset | None = None,
+                calibration_images: int = 300, check_images: int = 500, min_agreement_fp32: float = 0.99,
+                max_top1_drop_int8: float = 1.0, opset: int = 17) -> ExportReport:
+    """Export ``run_dir`` to ONNX (and INT8); refuse models that disagree with PyTorch."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise SkulensError("ONNX export needs onnx and onnxruntime: pip install onnx onnxruntime") from None
+    run_dir = Path(run_dir)
+    model, config = load_run(run_dir, "cpu")
+    model.eval()
+    pre = config.preprocessing
+    size = pre.img_size
+    if int8 and dataset is None:
+        raise SkulensError("--int8 needs calibration images: pass --calibration DATASET (your training data)")
+
+    if dataset is not None:
+        if list(dataset.classes) != list(config.classes):
+            raise SkulensError("the calibration dataset's classes differ from the model's")
+        check_pool = dataset.split("val") or dataset.split("test") or dataset.split("train")
+        check_x, check_y = _load_batch(_pick(check_pool, check_images), pre, size)
+    else:
+        # No data given: compare on random inputs (agreement only; no accuracy change can be measured).
+        check_x, check_y = torch.randn(32, pre.in_chans, size, size), None
+    with torch.no_grad():
+        torch_probs = torch.cat([model(check_x[i:i + 32]).softmax(-1) for i in range(0, len(check_x), 32)]).numpy()
+
+    report = ExportReport(run_dir=str(run_dir))
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".export-") as tmp:
+        tmp_dir = Path(tmp)
+        fp32_path = tmp_dir / ONNX_FP32
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated upstream but gives a plain static graph that
+            # onnxruntime's quantizer handles well; the warning is not actionable for users.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, torch.zeros(1, pre.in_chans, size, size), str(fp32_path),
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+        fp32_check = _check(fp32_path, config, check_x, check_y, torch_probs)
+        report.checks.append(fp32_check)
+        if fp32_check.top1_agreement < min_agreement_fp32:
+            raise SkulensError(f"refused: the ONNX model agrees with PyTorch on only "
+                               f"{100 * fp32_check.top1_agreement:.1f}% of top-1 answers (need "
+                               f"{100 * min_agreement_fp32:.0f}%); nothing written")
+        files = {ONNX_FP32: fp32_path}
+        if int8:
+            int8_path = tmp_dir / ONNX_INT8
+            calib = _pick(dataset.split("train"), calibration_images, seed=1)
+            calib_x, _ = _load_batch(calib, pre, size)
+            report.calibration_images = len(calib_x)
+            _quantize(fp32_path, int8_path, calib_x, tmp_dir)
+            int8_check = _check(int8_path, config, check_x, check_y, torch_probs)
+            report.checks.append(int8_check)
+            drop = -(int8_check.top1_change_points or 0.0)
+            if drop > max_top1_drop_int8:
+                raise SkulensError(f"refused: INT8 top-1 is {drop:.2f} points below PyTorch on the validation images "
+                                   f"(tolerance {max_top1_drop_int8}); nothing written")
+            files[ONNX_INT8] = int8_path
+        for name, path in files.items():
+            shutil.move(str(path), run_dir / name)
+    stale = [n for n in (ONNX_FP32, ONNX_INT8) if n not in files and (run_dir / n).exists()]
+    for name in stale:
+        (run_dir / name).unlink()  # an older INT8 file would not match the new weights
+    write_json_atomic(run_dir / EXPORT_FILE, {
+        "weights_sha256": sha256_file(run_dir / WEIGHTS_FILE), "img_size": size, "opset": opset,
+        "files": {name: sha256_file(run_dir / name) for name in files}, **report.to_dict()})
+    return report
+
+
+def _quantize(fp32_path: Path, int8_path: Path, calib_x: torch.Tensor, tmp_dir: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = tmp_dir / "prepared.onnx"
+    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    quantize_static(str(prepared), str(int8_path), _CalibrationReader(calib_x, "input"),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+
+
+def _check(path: Path, config, x: torch.Tensor, labels: np.ndarray | None, torch_probs: np.ndarray) -> ModelCheck:
+    engine = OnnxEngine(path, config)
+    onnx_probs = torch.cat([engine.probabilities(x[i:i + 32]) for i in range(0, len(x), 32)]).numpy()
+    agreement = float(np.mean(onnx_probs.argmax(1) == torch_probs.argmax(1)))
+    return ModelCheck(
+        file=path.name, n_images=len(x), top1_agreement=agreement,
+        max_abs_prob_diff=float(np.abs(onnx_probs - torch_probs).max()),
+        torch_top1=float(np.mean(torch_probs.argmax(1) == labels)) if labels is not None else None,
+        onnx_top1=float(np.mean(onnx_probs.argmax(1) == labels)) if labels is not None else None,
+        size_bytes=path.stat().st_size)
