@@ -51,12 +51,24 @@ def test_checkpoint_round_trip_gives_the_same_predictions(trained_run, tmp_path)
 
 def test_class_weighting_ema_and_eval_size_choice(tmp_path):
     data = write_class_folders(tmp_path / "d", per_class=8)
-    cfg = TrainConfig(model="seedcnn", epochs=1, img_size=32, batch_size=8, class_weighting=True, ema_decay=0.9,
-                      eval_sizes=[36], progress=False)
+    cfg = TrainConfig(model="efficientnet_lite0", epochs=1, img_size=32, batch_size=8, class_weighting=True,
+                      ema_decay=0.9, eval_sizes=[40], freeze_stages=3, progress=False)
     train(cfg, load_dataset(data), tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert set(config["metrics"]["val_top1_by_eval_size"]) == {"32", "36"}
-    assert config["preprocessing"]["img_size"] in (32, 36)
+    assert set(config["metrics"]["val_top1_by_eval_size"]) == {"32", "40"}
+    assert config["preprocessing"]["img_size"] in (32, 40)
+    # seedcnn's classifier is tied to its training size: no other size is tried.
+    cfg = TrainConfig(model="seedcnn", epochs=1, img_size=32, batch_size=8, eval_sizes=[40], progress=False)
+    train(cfg, load_dataset(data), tmp_path / "seed")
+    config = json.loads((tmp_path / "seed" / "config.json").read_text())
+    assert set(config["metrics"]["val_top1_by_eval_size"]) == {"32"}
+
+
+def test_keep_last_saves_the_final_epoch(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=6)
+    cfg = TrainConfig(model="seedcnn", epochs=2, img_size=32, batch_size=8, keep="last", patience=0, progress=False)
+    train(cfg, load_dataset(data), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["metrics"]["epoch"] == 2
 
 
 def test_unreadable_training_images_are_skipped(tmp_path):

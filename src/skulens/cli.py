@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--grayscale", action="store_true", help="train on 1-channel images")
     tr.add_argument("--catalog-images", action="store_true", help="also train on the dataset's catalog images")
     tr.add_argument("--eval-sizes", default="", help="comma-separated test-time sizes to choose from on validation")
+    tr.add_argument("--cache-scale", type=float, default=1.6,
+                    help="keep decoded training photos at this multiple of --img-size (default 1.6)")
     tr.add_argument("--max-train-images", type=int, default=None, help="train on a class-balanced subset")
     tr.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -160,7 +162,7 @@ def cmd_train(args) -> int:
             freeze_stages=args.freeze_stages, pretrained=not args.no_pretrained, weights=args.weights,
             in_chans=1 if args.grayscale else 3, catalog_images=args.catalog_images,
             eval_sizes=[int(s) for s in args.eval_sizes.split(",") if s.strip()], device=args.device,
-            max_train_images=args.max_train_images, augment=aug, progress=not args.no_progress)
+            max_train_images=args.max_train_images, cache_scale=args.cache_scale, augment=aug, progress=not args.no_progress)
         result = train(cfg, _load_dataset(args), args.out)
     print(f"trained {result.epochs_run} epoch(s) in {result.train_seconds:.0f} s; best validation top-1 "
           f"{100 * result.best_val_acc:.2f}% at epoch {result.best_epoch}"
