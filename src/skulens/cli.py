@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train, evaluate and predict on the small Grocery Store sample shipped with skulens")
     demo.add_argument("--out", default="runs/demo", help="run folder (replaced if it holds an earlier demo)")
-    demo.add_argument("--epochs", type=int, default=6)
+    demo.add_argument("--epochs", type=int, default=12)
     return parser
 
 
