@@ -21,8 +21,8 @@ test: install
 	$(PY) -m pytest -q
 
 benchmark: install
-	$(PY) benchmarks/grocery_classification.py --model efficientnet_lite2 --img-size 224 --epochs 14 \
-		--freeze-stages 3 --ema-decay 0.998 --catalog-images --out runs/bench-lite2
+	$(PY) benchmarks/grocery_classification.py --model efficientnet_lite2 --img-size 256 --epochs 12 \
+		--freeze-stages 3 --ema-decay 0.998 --catalog-images --keep last --cache-scale 1.6 --out runs/bench-lite2
 
 clean:
 	rm -rf runs build src/*.egg-info
