@@ -1,8 +1,9 @@
 """Grocery Store classification benchmark: train on train, choose settings on val, report on test.
 
 Example (the recorded run, see BENCHMARKS.md):
-    python benchmarks/grocery_classification.py --model efficientnet_lite2 --img-size 224 \
-        --epochs 14 --freeze-stages 3 --ema-decay 0.998 --catalog-images --out runs/bench-lite2
+    python benchmarks/grocery_classification.py --model efficientnet_lite2 --img-size 256 \
+        --epochs 12 --freeze-stages 3 --ema-decay 0.998 --catalog-images --keep last \
+        --cache-scale 1.6 --out runs/bench-lite2
 
 Prints and saves (benchmarks/results/<name>.json): training wall time, the eval settings chosen
 on val (test-time size, flip TTA), and test top-1 / top-5 / macro F1 / per-level accuracy.
