@@ -132,13 +132,13 @@ def _load_folders(root: Path, *, seed: int, val_fraction: float, test_fraction: 
             raise DatasetError(f"{root}: no class folders found (expected ROOT/<class>/*.jpg or ROOT/train/<class>/)")
         class_names = [d.name for d in class_dirs]
         per_class = {i: _images_in(d) for i, d in enumerate(class_dirs)}
-        samples = _stratified_split(per_class, seed, val_fraction, test_fraction)
+        samples = stratified_split(per_class, seed, val_fraction, test_fraction)
     if not any(s.split == "train" for s in samples):
         raise DatasetError(f"{root}: no images found in the class folders")
     return ImageDataset(root=root, layout="folders", classes=class_names, samples=samples)
 
 
-def _stratified_split(per_class: dict[int, list[Path]], seed: int, val_fraction: float,
+def stratified_split(per_class: dict[int, list[Path]], seed: int, val_fraction: float,
                       test_fraction: float) -> list[Sample]:
     """Split each class on its own so every split keeps the class balance; seeded, so repeatable.
 
@@ -196,7 +196,7 @@ def _load_csv(path: Path, cols: CsvColumns) -> ImageDataset:
         else:
             unsplit[label].append(image_path)
     if unsplit:
-        samples.extend(_stratified_split(unsplit, 0, 0.15, 0.15))
+        samples.extend(stratified_split(unsplit, 0, 0.15, 0.15))
     tree = None
     if cols.tree:
         tree_columns = list(cols.tree)

@@ -60,7 +60,7 @@ class DecodedImages(Dataset):
 class PreprocessedImages(Dataset):
     """Evaluation view: decode + the shared preprocessing on every access; bad files yield None."""
 
-    def __init__(self, samples: list[Sample], pre: Preprocessing, img_size: int | None = None, hflip: bool = False):
+    def __init__(self, samples: list[Sample], pre: Preprocessing, img_size: int | None = None):
         self.samples = samples
         self.pre = pre
         self.img_size = img_size or pre.img_size

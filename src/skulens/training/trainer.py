@@ -26,7 +26,7 @@ from skulens.checkpoint import (
     LAST_WEIGHTS_FILE, TRAIN_STATE_FILE, RunConfig, flatten_optimizer_state, save_run, save_tensors_atomic,
     unflatten_optimizer_state, write_json_atomic,
 )
-from skulens.data.datasets import ImageDataset, Sample, _stratified_split
+from skulens.data.datasets import ImageDataset, Sample, stratified_split
 from skulens.data.loading import DecodedImages
 from skulens.data.transforms import Preprocessing, build_train_transform
 from skulens.errors import CheckpointError, DatasetError, SkulensError
@@ -82,7 +82,7 @@ def split_train_val(dataset: ImageDataset, seed: int) -> tuple[list[Sample], lis
         per_class: dict[int, list] = {}
         for s in train:
             per_class.setdefault(s.label, []).append(s.path)
-        resplit = _stratified_split(per_class, seed, 0.1, 0.0)
+        resplit = stratified_split(per_class, seed, 0.1, 0.0)
         train = [Sample(s.path, s.label, "train") for s in resplit if s.split == "train"]
         val = [Sample(s.path, s.label, "val") for s in resplit if s.split == "val"]
         if not val:
