@@ -68,11 +68,13 @@ def test_stale_or_tampered_exports_are_not_used(run_copy):
     (run / "model.onnx").write_bytes(onnx_bytes)
     assert load_engine(run, "auto").name == "onnx-fp32"
     # New weights (e.g. a resumed run): the old export no longer describes the model.
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from skulens.checkpoint import save_tensors_atomic
 
     weights = load_file(str(run / "model.safetensors"))
     weights["classifier.bias"] = weights["classifier.bias"] + 1
-    save_file(weights, str(run / "model.safetensors"))
+    save_tensors_atomic(run / "model.safetensors", weights)  # as training does: the checksum is recorded too
     assert load_engine(run, "auto").name == "torch"
     with pytest.raises(SkulensError, match="no up-to-date"):
         load_engine(run, "onnx")

@@ -4,12 +4,15 @@ A run folder holds:
 - ``model.safetensors``: the best weights (by validation accuracy);
 - ``config.json``: architecture, class names, category tree, preprocessing, metrics, training args;
 - ``last.safetensors`` + ``train_state.json``: the latest epoch, optimiser and RNG state, for
-  ``--resume``.
+  ``--resume``;
+- ``checksums.json``: the sha256 of each weight file, checked before the weights are read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -28,6 +31,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LAST_WEIGHTS_FILE = "last.safetensors"
 TRAIN_STATE_FILE = "train_state.json"
+CHECKSUMS_FILE = "checksums.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,10 +78,63 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write via a temp file and rename, recording the file's sha256 in the folder's checksums.json."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    digest = sha256_file(Path(tmp))
+    # The new digest is accepted ("pending") before the rename and becomes the only one after it,
+    # so a kill -9 at any point leaves a file that matches its record: never a refused run folder.
+    _record_checksum(path.parent, path.name, pending=digest)
     os.replace(tmp, path)
+    _record_checksum(path.parent, path.name, current=digest)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_checksums(folder: Path) -> dict | None:
+    path = folder / CHECKSUMS_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not all(isinstance(record.get(k, {}), dict) for k in ("sha256", "pending")):
+            raise ValueError("sha256 and pending must be objects")
+    except (ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: unreadable checksum record ({exc}); refusing unverifiable weights") from None
+    return record
+
+
+def _record_checksum(folder: Path, name: str, *, current: str | None = None, pending: str | None = None) -> None:
+    record = _read_checksums(folder) or {}
+    record.setdefault("sha256", {})
+    record.setdefault("pending", {})
+    if pending:
+        record["pending"][name] = pending
+    if current:
+        record["sha256"][name] = current
+        record["pending"].pop(name, None)
+    write_json_atomic(folder / CHECKSUMS_FILE, record)
+
+
+def verify_checksum(path: Path) -> None:
+    """Refuse a weight file that differs from the sha256 recorded when it was saved. Runs saved before
+    checksums existed have no record: they still load, with a warning."""
+    record = _read_checksums(path.parent) or {}
+    accepted = {record.get("sha256", {}).get(path.name), record.get("pending", {}).get(path.name)} - {None}
+    if not accepted:
+        log.warning("%s: no recorded checksum (saved by an older skulens); loading it unverified", path)
+        return
+    actual = sha256_file(path)
+    if actual not in accepted:
+        raise CheckpointError(f"{path}: does not match its recorded checksum (sha256 {actual[:16]}...); "
+                              "the file was changed or corrupted after it was saved, so it is not loaded")
 
 
 def save_run(run_dir: Path, config: RunConfig, state_dict: dict[str, torch.Tensor]) -> None:
@@ -106,6 +165,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{run_dir}: no {WEIGHTS_FILE}; the run has not finished an epoch yet")
+    verify_checksum(weights)
     model = create_model(config.model, pretrained=False)
     try:
         state = load_file(str(weights), device=str(device))

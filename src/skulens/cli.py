@@ -10,13 +10,16 @@ import sys
 from pathlib import Path
 
 from skulens import __version__
+from skulens.cli_catalog import CATALOG_COMMANDS, add_catalog_commands
+from skulens.serving.cli import SERVE_COMMANDS, add_serve_commands
+from skulens.privacy.cli import PRIVACY_COMMANDS, add_privacy_commands
 from skulens.errors import SkulensError
 
 EXIT_ERROR = 2
 EXIT_PARTIAL = 1
 
 
-def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+def _add_dataset_args(p: argparse.ArgumentParser, attributes: bool = False) -> None:
     g = p.add_argument_group("CSV manifest columns (when DATASET is a .csv)")
     g.add_argument("--image-column", default="image", help="column with the image path (default: image)")
     g.add_argument("--label", default="label", help="column with the class label (default: label)")
@@ -25,15 +28,33 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tree-columns", default=None,
                    help="comma-separated columns from the top of the category tree down, e.g. "
                         "master_category,sub_category (the label is the leaf)")
+    if attributes:  # train/evaluate only: `report` has an --attribute-columns of its own
+        _add_attribute_args(g)
     p.add_argument("--seed", type=int, default=0, help="seed for splits and training (default: 0)")
+
+
+def _add_attribute_args(g) -> None:
+    # dest names of their own, so they never mix with another command's --attribute-columns
+    g.add_argument("--attribute-columns", dest="head_attributes", default=None,
+                   help="comma-separated columns with one value per image, e.g. colour,usage,gender: a head each, "
+                        "trained with the category (empty cells are unknown and left out)")
+    g.add_argument("--tag-columns", dest="head_tags", default=None,
+                   help="comma-separated columns of '|'-separated tags that can co-occur (a sigmoid per tag; "
+                        "'-' = none of them, empty = unknown)")
 
 
 def _load_dataset(args):
     from skulens.data.datasets import CsvColumns, load_dataset
 
     cols = CsvColumns(image=args.image_column, label=args.label, split=args.split_column,
-                      tree=[c.strip() for c in args.tree_columns.split(",")] if args.tree_columns else None)
+                      tree=[c.strip() for c in args.tree_columns.split(",")] if args.tree_columns else None,
+                      attributes=_columns(getattr(args, "head_attributes", None)),
+                      tags=_columns(getattr(args, "head_tags", None)))
     return load_dataset(args.dataset, csv_columns=cols, seed=args.seed)
+
+
+def _columns(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] or None if text else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,13 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_dataset_args(check)
 
-    tr = sub.add_parser("train", help="train a classifier; writes a run folder")
+    tr = sub.add_parser("train", help="train a classifier; writes a run folder (several processes or machines: "
+                                      "torchrun --nproc_per_node=N -m skulens train ...)")
     tr.add_argument("dataset", help="folder, CSV manifest or Grocery Store root")
     tr.add_argument("--model", default="efficientnet_lite0",
                     help="efficientnet_lite0 (default, ImageNet weights), efficientnet_lite1/2, seedcnn, or a timm name")
     tr.add_argument("--epochs", type=int, default=10)
     tr.add_argument("--img-size", type=int, default=None, help="training input size (default: the model's native size)")
-    tr.add_argument("--batch-size", type=int, default=None, help="default: 16 on a CPU, 32 on a GPU")
+    tr.add_argument("--batch-size", type=int, default=None,
+                    help="images per optimizer step, over all processes under torchrun (default: 16 on a CPU, 32 on a GPU)")
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--weight-decay", type=float, default=0.05)
     tr.add_argument("--warmup-epochs", type=float, default=1.0)
@@ -69,16 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--weights", default=None, help="start from a local .safetensors file")
     tr.add_argument("--grayscale", action="store_true", help="train on 1-channel images")
     tr.add_argument("--catalog-images", action="store_true", help="also train on the dataset's catalog images")
+    tr.add_argument("--catalog-repeats", type=int, default=1, help="count each catalog image N times per epoch")
+    tr.add_argument("--embedding-dim", type=int, default=0,
+                    help="train an ArcFace embedding of this size for visual search (e.g. 512)")
+    tr.add_argument("--attribute-loss-weight", type=float, default=1.0,
+                    help="weight of the attribute losses against the category loss (default 1)")
     tr.add_argument("--eval-sizes", default="", help="comma-separated test-time sizes to choose from on validation")
     tr.add_argument("--cache-scale", type=float, default=1.6,
                     help="keep decoded training photos at this multiple of --img-size (default 1.6)")
     tr.add_argument("--max-train-images", type=int, default=None, help="train on a class-balanced subset")
     tr.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    tr.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     tr.add_argument("--out", required=True, help="run folder to write")
     tr.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_dataset_args(tr)
+    _add_dataset_args(tr, attributes=True)
 
     ev = sub.add_parser("evaluate", help="top-1/top-5, precision/recall/F1, confusion matrix, tree levels")
     ev.add_argument("run", help="run folder written by `skulens train`")
@@ -92,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="report folder (default: RUN/eval-SPLIT)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("--no-progress", action="store_true")
-    _add_dataset_args(ev)
+    _add_dataset_args(ev, attributes=True)
 
     pr = sub.add_parser("predict", help="label, confidence and category path per image")
     pr.add_argument("run")
@@ -103,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"],
                     help="auto: ONNX Runtime on a CPU when the run has an up-to-date export, else PyTorch")
     pr.add_argument("--json", action="store_true", help="print a JSON list")
+
+    xp = sub.add_parser("explain", help="why the model said what it said: Grad-CAM heat map, feature maps")
+    xp.add_argument("run", help="run folder written by `skulens train`")
+    xp.add_argument("image", help="the photo to explain")
+    xp.add_argument("--out", default=None, help="write the Grad-CAM heat map over the photo here (.png/.jpg)")
+    xp.add_argument("--feature-maps", default=None, metavar="FILE", help="write the first layers' feature maps here")
+    xp.add_argument("--class", dest="class_name", default=None, metavar="CLASS",
+                    help="explain this class (label or index) instead of the top prediction")
+    xp.add_argument("--layers", type=int, default=2, help="how many first layers --feature-maps shows (default 2)")
+    xp.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    xp.add_argument("--json", action="store_true", help="print the answer as JSON")
 
     ex = sub.add_parser("export", help="export a run to ONNX (and INT8), checked against PyTorch")
     ex.add_argument("run")
@@ -116,11 +156,44 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true")
     _add_dataset_args(ex)
 
+    ca = sub.add_parser("calibrate", help="pick back-off and 'unknown' thresholds on the validation split")
+    ca.add_argument("run", help="run folder written by `skulens train`")
+    ca.add_argument("dataset", nargs="?", default=None, help="default: the dataset the run was trained on")
+    ca.add_argument("--split", default="val", help="held-out split to calibrate on (default: val)")
+    ca.add_argument("--target-precision", type=float, default=0.95,
+                    help="share of the answers at each tree level that must be right (default 0.95)")
+    ca.add_argument("--unknown-reject-rate", type=float, default=None,
+                    help="set the 'unknown' threshold so this share of validation photos gets it (e.g. 0.02) "
+                         "instead of from the target precision")
+    ca.add_argument("--tta", action="store_true", help="calibrate with flip test-time augmentation")
+    ca.add_argument("--device", default="auto")
+    ca.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"])
+    ca.add_argument("--json", action="store_true", help="print the thresholds record as JSON")
+    ca.add_argument("--no-progress", action="store_true")
+    _add_dataset_args(ca)
+
+    rp = sub.add_parser("report", help="catalog analytics: categories, attributes, colours, what shoppers photograph")
+    rp.add_argument("dataset", metavar="INPUT", help="dataset folder, products CSV, or recognitions log (.jsonl)")
+    rp.add_argument("--out", required=True, help="folder for index.html, the PNG charts and the CSV tables")
+    rp.add_argument("--predictions", metavar="LOG", default=None, help="also report this recognitions log (.jsonl)")
+    rp.add_argument("--attribute-columns", default=None,
+                    help="CSV: comma-separated attribute columns (default: other columns with few distinct values)")
+    rp.add_argument("--colour-sample", type=int, default=500, help="photos read for colours (default 500; 0: none)")
+    rp.add_argument("--period", default="auto", choices=["auto", "day", "week"],
+                    help="recognitions over time per day or week (auto: by the log's span)")
+    rp.add_argument("--title", default=None)
+    rp.add_argument("--json", action="store_true", help="print a summary as JSON")
+    rp.add_argument("--no-progress", action="store_true")
+    _add_dataset_args(rp)
+
     sub.add_parser("models", help="list the model names skulens can train")
 
     demo = sub.add_parser("demo", help="train, evaluate and predict on the small Grocery Store sample shipped with skulens")
     demo.add_argument("--out", default="runs/demo", help="run folder (replaced if it holds an earlier demo)")
     demo.add_argument("--epochs", type=int, default=12)
+    add_catalog_commands(sub)
+    add_serve_commands(sub)
+    add_privacy_commands(sub)
     return parser
 
 
@@ -161,9 +234,15 @@ def cmd_train(args) -> int:
             ema_decay=args.ema_decay,
             freeze_stages=args.freeze_stages, pretrained=not args.no_pretrained, weights=args.weights,
             in_chans=1 if args.grayscale else 3, catalog_images=args.catalog_images,
+            catalog_repeats=args.catalog_repeats, embedding_dim=args.embedding_dim, num_threads=args.threads,
+            attribute_loss_weight=args.attribute_loss_weight,
             eval_sizes=[int(s) for s in args.eval_sizes.split(",") if s.strip()], device=args.device,
             max_train_images=args.max_train_images, cache_scale=args.cache_scale, augment=aug, progress=not args.no_progress)
         result = train(cfg, _load_dataset(args), args.out)
+    from skulens.training.distributed import is_main
+
+    if not is_main():  # under torchrun, rank 0 reports for the job
+        return 0
     print(f"trained {result.epochs_run} epoch(s) in {result.train_seconds:.0f} s; best validation top-1 "
           f"{100 * result.best_val_acc:.2f}% at epoch {result.best_epoch}"
           + (f"; {result.skipped_images} unreadable image(s) skipped" if result.skipped_images else ""))
@@ -184,6 +263,9 @@ def cmd_evaluate(args) -> int:
           f"macro F1 {100 * m['macro_f1']:.2f}%")
     for level in m.get("levels", []):
         print(f"  {level['level']}: {100 * level['accuracy']:.2f}% ({level['n_nodes']} nodes)")
+    for name, a in m.get("attributes", {}).items():
+        what = f"accuracy {100 * a['accuracy']:.2f}%" if a["kind"] == "softmax" else f"mAP {100 * a['mAP']:.2f}%"
+        print(f"  attribute {name}: {what} ({a['n_known']} images with a known value)")
     if m["unreadable"]:
         print(f"  {len(m['unreadable'])} unreadable image(s) left out", file=sys.stderr)
     print(f"report: {m['out_dir']}/report.md, metrics.json, confusion_matrix.png")
@@ -222,10 +304,17 @@ def cmd_predict(args) -> int:
         if args.json:
             records.append(pred.to_dict())
         else:
-            print(f"{path}\t{pred.label}\t{100 * pred.confidence:.1f}%\t{' > '.join(pred.path)}", flush=True)
+            attrs = "".join(f"\t{name}={_attribute_text(a)}" for name, a in pred.attributes.items())
+            print(f"{path}\t{pred.label}\t{100 * pred.confidence:.1f}%\t{' > '.join(pred.path)}{attrs}", flush=True)
     if args.json:
         print(json.dumps(records, indent=2))
     return EXIT_PARTIAL if failed else 0
+
+
+def _attribute_text(a: dict) -> str:
+    if isinstance(a["value"], list):
+        return "|".join(a["value"]) or "-"
+    return f"{a['value']} ({100 * a['confidence']:.0f}%)"
 
 
 def cmd_export(args) -> int:
@@ -309,12 +398,100 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "export": cmd_export, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
+COMMANDS = {**CATALOG_COMMANDS, **SERVE_COMMANDS, **PRIVACY_COMMANDS, "demo": cmd_demo, "export": cmd_export, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
+
+
+def cmd_calibrate(args) -> int:
+    from skulens.checkpoint import read_config
+    from skulens.data.datasets import CsvColumns, load_dataset
+    from skulens.recognition.calibration import calibrate_run
+
+    if args.dataset:
+        dataset = _load_dataset(args)
+    else:
+        train_args = read_config(args.run).train_args
+        recorded = train_args.get("dataset")
+        if not recorded or not Path(recorded).exists():
+            raise SkulensError(f"{args.run}: its training dataset ({recorded or 'not recorded'}) is not here; "
+                               "pass DATASET")
+        columns = train_args.get("csv_columns")
+        dataset = load_dataset(recorded, csv_columns=CsvColumns(**columns) if columns else None,
+                               seed=train_args.get("seed", 0))
+    record = calibrate_run(args.run, dataset, args.split, target_precision=args.target_precision,
+                           unknown_reject_rate=args.unknown_reject_rate, tta=args.tta, engine=args.engine,
+                           device=args.device, progress=not args.no_progress and not args.json)
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    print(f"calibrated on {record['n_images']} {args.split} images for {100 * args.target_precision:g}% precision "
+          f"per level: {record['path']}")
+    for level in record["levels"]:
+        if level["threshold"] is None:
+            print(f"  {level['level']}: never answered ({100 * args.target_precision:g}% not reached)")
+            continue
+        right = "-" if level["precision"] is None else f"{100 * level['precision']:.1f}%"
+        print(f"  {level['level']}: answered at confidence >= {level['threshold']:.3f}; "
+              f"{100 * level['answered']:.1f}% of photos answered here, {right} of them right")
+    print(f"  unknown: {100 * record['unknown']['rate']:.1f}% of photos; overall {100 * record['coverage']:.1f}% "
+          f"answered, {100 * record['accuracy']:.1f}% right")
+    if record["n_images"] < 200:
+        print(f"note: thresholds from {record['n_images']} images are rough; a larger {args.split} split "
+              "gives steadier ones", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from skulens.analytics.records import read_recognitions, records_from_csv, records_from_dataset
+    from skulens.analytics.report import build_report
+
+    source = Path(args.dataset)
+    catalog, log, notes = None, [], []
+    is_log = source.suffix.lower() in (".jsonl", ".ndjson")
+    logs = ([source] if is_log else []) + ([Path(args.predictions)] if args.predictions else [])
+    if not is_log and source.suffix.lower() == ".csv":
+        attributes = [c.strip() for c in args.attribute_columns.split(",") if c.strip()] \
+            if args.attribute_columns else None
+        tree = [c.strip() for c in args.tree_columns.split(",")] if args.tree_columns else None
+        catalog = records_from_csv(source, label=args.label, tree_columns=tree, image_column=args.image_column,
+                                   attributes=attributes, skip_columns=[args.split_column or "split"])
+    elif not is_log:
+        catalog = records_from_dataset(_load_dataset(args))
+    for path in logs:
+        records, problems = read_recognitions(path)
+        log += records
+        if problems:
+            notes.append(f"{path}: {len(problems)} line(s) left out ({problems[0]}).")
+            print(f"skulens: warning: {path}: {len(problems)} line(s) left out, e.g. {problems[0]}", file=sys.stderr)
+    summary = build_report(args.out, products=catalog.records if catalog else None, recognitions=log,
+                           level_names=catalog.level_names if catalog else None,
+                           attribute_names=catalog.attribute_names if catalog else None, title=args.title,
+                           source=", ".join(([catalog.source] if catalog else []) + [str(p) for p in logs]),
+                           colour_sample=args.colour_sample, period=args.period, seed=args.seed,
+                           progress=not args.no_progress and not args.json and sys.stderr.isatty(), notes=notes,
+                           unit="images" if catalog and source.is_dir() else "products")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"report: {summary['index']} ({sum(f.endswith('.png') for f in summary['files'])} charts, "
+              f"{sum(f.endswith('.csv') for f in summary['files'])} CSV tables)")
+    return 0
+
+
+COMMANDS.update(calibrate=cmd_calibrate, report=cmd_report)
+def cmd_explain(args) -> int:
+    from skulens.explain.command import run_explain
+
+    return run_explain(args)
+
+
+COMMANDS["explain"] = cmd_explain
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="skulens: %(message)s")
+    # Our own progress messages only; libraries (faiss, onnxruntime) stay at warnings.
+    logging.basicConfig(level=logging.WARNING, format="skulens: %(message)s")
+    logging.getLogger("skulens").setLevel(logging.INFO)
     handler = cmd_data_check if args.command == "data" else COMMANDS[args.command]
     try:
         return handler(args)

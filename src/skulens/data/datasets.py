@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import random
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from skulens.data.images import is_image_file
@@ -33,6 +33,9 @@ class Sample:
     path: Path
     label: int
     split: str
+    # One entry per dataset attribute, in ``ImageDataset.attributes`` order: a value index (-1 when
+    # the cell is empty) for a softmax attribute, a tuple of tag indices (None when empty) for tags.
+    attributes: tuple = ()
 
 
 @dataclass
@@ -47,6 +50,8 @@ class ImageDataset:
     # What the user passed, so a run can find its data again (export calibration, re-evaluation).
     source: Path | None = None
     csv_columns: dict | None = None
+    # {name: {"values": [...], "kind": "softmax" | "sigmoid"}} (the ModelSpec format), CSV only.
+    attributes: dict[str, dict] = field(default_factory=dict)
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
@@ -68,6 +73,8 @@ class CsvColumns:
     label: str = "label"
     split: str | None = "split"
     tree: list[str] | None = None  # columns from the top of the tree down to the label
+    attributes: list[str] | None = None  # one value per image (colour, gender): a softmax head each
+    tags: list[str] | None = None  # "|"-separated tags that can co-occur: a sigmoid per tag
 
 
 def load_dataset(
@@ -170,7 +177,7 @@ def _load_csv(path: Path, cols: CsvColumns) -> ImageDataset:
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path}: cannot read CSV ({exc})") from None
-    needed = [cols.image, cols.label] + list(cols.tree or [])
+    needed = [cols.image, cols.label] + list(cols.tree or []) + list(cols.attributes or []) + list(cols.tags or [])
     missing = [c for c in needed if c not in header]
     if missing:
         raise DatasetError(f"{path}: column(s) {', '.join(missing)} not found; the CSV has: {', '.join(header)}")
@@ -181,22 +188,28 @@ def _load_csv(path: Path, cols: CsvColumns) -> ImageDataset:
     class_names = sorted({r[cols.label].strip() for r in rows})
     index = {c: i for i, c in enumerate(class_names)}
     base = path.parent
+    attributes = attribute_specs(rows, cols)
+    value_index = {name: {v: i for i, v in enumerate(spec["values"])} for name, spec in attributes.items()}
     samples: list[Sample] = []
     unsplit: dict[int, list[Path]] = defaultdict(list)
+    unsplit_attributes: dict[Path, tuple] = {}
     for row_number, row in enumerate(rows, start=2):
         image_path = Path(row[cols.image].strip())
         if not image_path.is_absolute():
             image_path = base / image_path
         label = index[row[cols.label].strip()]
+        targets = attribute_targets(row, attributes, value_index)
         if use_split:
             split = _SPLIT_ALIASES.get((row.get(cols.split) or "").strip().lower())
             if split is None:
                 raise DatasetError(f"{path}: row {row_number}: unknown split {row.get(cols.split)!r} (use train/val/test)")
-            samples.append(Sample(image_path, label, split))
+            samples.append(Sample(image_path, label, split, targets))
         else:
             unsplit[label].append(image_path)
+            unsplit_attributes[image_path] = targets
     if unsplit:
-        samples.extend(stratified_split(unsplit, 0, 0.15, 0.15))
+        samples.extend(replace(s, attributes=unsplit_attributes[s.path])
+                       for s in stratified_split(unsplit, 0, 0.15, 0.15))
     tree = None
     if cols.tree:
         tree_columns = list(cols.tree)
@@ -208,7 +221,47 @@ def _load_csv(path: Path, cols: CsvColumns) -> ImageDataset:
             leaf_path = tuple((row[c] or "").strip() or "(none)" for c in tree_columns)
             leaf_paths.setdefault(leaf, leaf_path)
         tree = CategoryTree(level_names=tree_columns, paths=[leaf_paths[c] for c in class_names])
-    return ImageDataset(root=base, layout="csv", classes=class_names, samples=samples, tree=tree)
+    return ImageDataset(root=base, layout="csv", classes=class_names, samples=samples, tree=tree,
+                        attributes=attributes)
+
+
+TAG_SEPARATOR = "|"
+NO_TAGS = "-"  # a tag cell saying "none of the tags"; an empty cell means "not known"
+
+
+def _tags(cell: str) -> list[str]:
+    return [t.strip() for t in cell.split(TAG_SEPARATOR) if t.strip() and t.strip() != NO_TAGS]
+
+
+def attribute_specs(rows: list[dict], cols: CsvColumns) -> dict[str, dict]:
+    """Value lists per attribute column (sorted, so they do not depend on row order)."""
+    names = list(cols.attributes or []) + list(cols.tags or [])
+    if len(set(names)) != len(names):
+        raise DatasetError(f"a column is listed twice among attributes/tags: {', '.join(names)}")
+    specs: dict[str, dict] = {}
+    for name in cols.attributes or []:
+        values = sorted({(r.get(name) or "").strip() for r in rows} - {""})
+        if not values:
+            raise DatasetError(f"attribute column {name!r} has no values")
+        specs[name] = {"values": values, "kind": "softmax"}
+    for name in cols.tags or []:
+        values = sorted({t for r in rows for t in _tags(r.get(name) or "")})
+        if not values:
+            raise DatasetError(f"tag column {name!r} has no tags")
+        specs[name] = {"values": values, "kind": "sigmoid"}
+    return specs
+
+
+def attribute_targets(row: dict, specs: dict[str, dict], value_index: dict[str, dict[str, int]]) -> tuple:
+    out: list = []
+    for name, spec in specs.items():
+        cell = (row.get(name) or "").strip()
+        index = value_index[name]
+        if spec["kind"] == "softmax":
+            out.append(index[cell] if cell else -1)
+        else:
+            out.append(tuple(sorted(index[t] for t in _tags(cell))) if cell else None)
+    return tuple(out)
 
 
 # --- layout 3: Grocery Store ----------------------------------------------------------------

@@ -26,6 +26,9 @@ ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+# Preprocessing scales the shorter side up to the model size: a 1x20000 strip (121 bytes as PNG) would
+# become 224x4.5M pixels (4.7 GB). No product photo is 50 times longer than it is wide.
+MAX_ASPECT_RATIO = 50
 
 ImageSource = Union[str, Path, bytes, BinaryIO, Image.Image]
 
@@ -52,7 +55,8 @@ def load_image(
     """
     name = _describe(source)
     if isinstance(source, Image.Image):
-        return _to_rgb(ImageOps.exif_transpose(source), name)
+        _check_aspect(*source.size, name)
+        return _to_rgb(_upright(source), name)
     data = _read_bytes(source, name, max_bytes)
     try:
         img = Image.open(io.BytesIO(data))
@@ -69,6 +73,7 @@ def load_image(
         raise ImageError(f"{name}: image has no pixels")
     if width * height > max_pixels:
         raise ImageError(f"{name}: image is {width}x{height} pixels, over the limit of {max_pixels:,}")
+    _check_aspect(width, height, name)
     if draft_size and img.format == "JPEG":
         img.draft("RGB", (draft_size, draft_size))
     try:
@@ -77,11 +82,22 @@ def load_image(
         raise ImageError(f"{name}: image has too many pixels (decompression bomb?)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name}: image data is truncated or corrupt ({exc})") from None
+    return _to_rgb(_upright(img), name)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    # Also for already-decoded images: a photo whose EXIF Pillow cannot parse still carries it in
+    # ``info``, and the server hands decoded photos on to the recognizer, which calls load_image again.
     try:
-        img = ImageOps.exif_transpose(img)
+        return ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 - broken EXIF must not lose an otherwise good photo
-        pass
-    return _to_rgb(img, name)
+        return img
+
+
+def _check_aspect(width: int, height: int, name: str) -> None:
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise ImageError(f"{name}: image is {width}x{height} pixels, more than {MAX_ASPECT_RATIO} times longer "
+                         "than it is wide (not a photo)")
 
 
 def _read_bytes(source: ImageSource, name: str, max_bytes: int) -> bytes:

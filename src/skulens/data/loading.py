@@ -32,10 +32,13 @@ class DecodedImages(Dataset):
     """Images decoded once into uint8 tensors; ``transform`` runs per access (augmentation)."""
 
     def __init__(self, samples: list[Sample], cache_side: int, in_chans: int, transform=None,
-                 desc: str = "decoding images", progress: bool = True):
+                 desc: str = "decoding images", progress: bool = True, attributes: dict[str, dict] | None = None):
         self.transform = transform
         self.images: list[torch.Tensor] = []
         self.labels: list[int] = []
+        # With ``attributes`` (ImageDataset.attributes), items are (x, label, {name: target}).
+        self.attributes = attributes or {}
+        self.attribute_targets: list[dict[str, torch.Tensor]] = []
         self.skipped: list[SkippedImage] = []
         for sample in tqdm(samples, desc=desc, unit="img", disable=not progress, leave=False):
             try:
@@ -46,6 +49,8 @@ class DecodedImages(Dataset):
             img = resize_shorter_side(img, cache_side) if min(img.size) > cache_side else img
             self.images.append(pil_to_uint8_tensor(img, in_chans))
             self.labels.append(sample.label)
+            if self.attributes:
+                self.attribute_targets.append(encode_attribute_targets(sample.attributes, self.attributes))
         if self.skipped:
             log.warning("skipped %d unreadable image(s), e.g. %s", len(self.skipped), self.skipped[0].reason)
 
@@ -54,7 +59,27 @@ class DecodedImages(Dataset):
 
     def __getitem__(self, i: int):
         img = self.images[i]
-        return (self.transform(img) if self.transform else img), self.labels[i]
+        x = self.transform(img) if self.transform else img
+        if self.attributes:
+            return x, self.labels[i], self.attribute_targets[i]
+        return x, self.labels[i]
+
+
+def encode_attribute_targets(values: tuple, specs: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Loss targets: a class index (-1: unknown) per softmax attribute, a multi-hot vector per tag
+    attribute (all -1: unknown). Samples without attribute data (e.g. catalog images) are all unknown."""
+    out = {}
+    for position, (name, spec) in enumerate(specs.items()):
+        value = values[position] if position < len(values) else None
+        if spec["kind"] == "softmax":
+            out[name] = torch.tensor(-1 if value is None else value, dtype=torch.long)
+        else:
+            target = torch.full((len(spec["values"]),), -1.0)
+            if value is not None:
+                target.zero_()
+                target[list(value)] = 1.0
+            out[name] = target
+    return out
 
 
 class PreprocessedImages(Dataset):

@@ -31,6 +31,34 @@ from skulens.errors import ImageError, SkulensError
 log = logging.getLogger(__name__)
 
 
+class _LogitsAndEmbedding(torch.nn.Module):
+    """The exported graph: ``logits`` for recognition and ``embedding`` for catalog search, one pass."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        from skulens.models.embedding import pooled_features
+
+        pooled = pooled_features(self.model, x)
+        head = self.model.classifier
+        logits = head(pooled)
+        return logits, model_embeddings_from_pooled(self.model, pooled)
+
+
+def model_embeddings_from_pooled(model, pooled: torch.Tensor) -> torch.Tensor:
+    from skulens.models.embedding import has_embedding_head
+
+    if has_embedding_head(model):
+        return model.classifier.embed(pooled)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
+def _has_embedding(model) -> bool:
+    return hasattr(model, "forward_features") and hasattr(model, "forward_head") and hasattr(model, "classifier")
+
+
 @dataclass
 class ModelCheck:
     file: str
@@ -40,6 +68,8 @@ class ModelCheck:
     torch_top1: float | None
     onnx_top1: float | None
     size_bytes: int
+    # mean cosine between ONNX and PyTorch embeddings (the catalog's search vectors); None: no embedding
+    embedding_cosine: float | None = None
 
     @property
     def top1_change_points(self) -> float | None:
@@ -123,6 +153,12 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, dataset: ImageDatase
         check_x, check_y = torch.randn(32, pre.in_chans, size, size), None
     with torch.no_grad():
         torch_probs = torch.cat([model(check_x[i:i + 32]).softmax(-1) for i in range(0, len(check_x), 32)]).numpy()
+    with_embedding = _has_embedding(model)
+    torch_emb = None
+    if with_embedding:
+        wrapped = _LogitsAndEmbedding(model).eval()
+        with torch.no_grad():
+            torch_emb = torch.cat([wrapped(check_x[i:i + 32])[1] for i in range(0, len(check_x), 32)]).numpy()
 
     report = ExportReport(run_dir=str(run_dir))
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=".export-") as tmp:
@@ -132,11 +168,13 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, dataset: ImageDatase
             # The TorchScript exporter is deprecated upstream but gives a plain static graph that
             # onnxruntime's quantizer handles well; the warning is not actionable for users.
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, torch.zeros(1, pre.in_chans, size, size), str(fp32_path),
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            outputs = ["logits", "embedding"] if with_embedding else ["logits"]
+            torch.onnx.export(_LogitsAndEmbedding(model).eval() if with_embedding else model,
+                              torch.zeros(1, pre.in_chans, size, size), str(fp32_path),
+                              input_names=["input"], output_names=outputs,
+                              dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                               opset_version=opset, dynamo=False)
-        fp32_check = _check(fp32_path, config, check_x, check_y, torch_probs)
+        fp32_check = _check(fp32_path, config, check_x, check_y, torch_probs, torch_emb)
         report.checks.append(fp32_check)
         if fp32_check.top1_agreement < min_agreement_fp32:
             raise SkulensError(f"refused: the ONNX model agrees with PyTorch on only "
@@ -149,7 +187,7 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, dataset: ImageDatase
             calib_x, _ = _load_batch(calib, pre, size)
             report.calibration_images = len(calib_x)
             _quantize(fp32_path, int8_path, calib_x, tmp_dir)
-            int8_check = _check(int8_path, config, check_x, check_y, torch_probs)
+            int8_check = _check(int8_path, config, check_x, check_y, torch_probs, torch_emb)
             report.checks.append(int8_check)
             drop = -(int8_check.top1_change_points or 0.0)
             if drop > max_top1_drop_int8:
@@ -178,13 +216,18 @@ def _quantize(fp32_path: Path, int8_path: Path, calib_x: torch.Tensor, tmp_dir: 
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
 
 
-def _check(path: Path, config, x: torch.Tensor, labels: np.ndarray | None, torch_probs: np.ndarray) -> ModelCheck:
+def _check(path: Path, config, x: torch.Tensor, labels: np.ndarray | None, torch_probs: np.ndarray,
+           torch_emb: np.ndarray | None = None) -> ModelCheck:
     engine = OnnxEngine(path, config)
     onnx_probs = torch.cat([engine.probabilities(x[i:i + 32]) for i in range(0, len(x), 32)]).numpy()
+    cosine = None
+    if torch_emb is not None and engine.has_embedding:
+        onnx_emb = np.concatenate([engine.embeddings(x[i:i + 32]) for i in range(0, len(x), 32)])
+        cosine = float(np.mean(np.sum(onnx_emb * torch_emb, axis=1)))
     agreement = float(np.mean(onnx_probs.argmax(1) == torch_probs.argmax(1)))
     return ModelCheck(
         file=path.name, n_images=len(x), top1_agreement=agreement,
         max_abs_prob_diff=float(np.abs(onnx_probs - torch_probs).max()),
         torch_top1=float(np.mean(torch_probs.argmax(1) == labels)) if labels is not None else None,
         onnx_top1=float(np.mean(onnx_probs.argmax(1) == labels)) if labels is not None else None,
-        size_bytes=path.stat().st_size)
+        size_bytes=path.stat().st_size, embedding_cosine=cosine)

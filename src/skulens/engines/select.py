@@ -78,10 +78,19 @@ class OnnxEngine(Engine):
         self.input_name = self.session.get_inputs()[0].name
         self.name = "onnx-int8" if path.name == ONNX_INT8 else "onnx-fp32"
         self.path = path
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.has_embedding = "embedding" in outputs
+        self._logits_only = [outputs[0]]
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.session.run(None, {self.input_name: np.ascontiguousarray(x.numpy(), dtype=np.float32)})[0]
+        feed = {self.input_name: np.ascontiguousarray(x.numpy(), dtype=np.float32)}
+        logits = self.session.run(self._logits_only, feed)[0]
         return torch.from_numpy(logits).float().softmax(-1)
+
+    def embeddings(self, x: torch.Tensor) -> np.ndarray:
+        """The catalog's search vectors (exports made with an ``embedding`` output)."""
+        feed = {self.input_name: np.ascontiguousarray(x.numpy(), dtype=np.float32)}
+        return self.session.run(["embedding"], feed)[0].astype(np.float32)
 
 
 def current_export(run_dir: Path, verify: bool = True) -> dict | None:

@@ -38,6 +38,10 @@ class ModelSpec:
     drop_rate: float = 0.2
     mean: list[float] = field(default_factory=lambda: list(_LITE_NORM["mean"]))
     std: list[float] = field(default_factory=lambda: list(_LITE_NORM["std"]))
+    # > 0: an ArcFace embedding head of this size replaces the linear classifier (for visual search)
+    embedding_dim: int = 0
+    # {name: {"values": [...], "kind": "softmax" | "sigmoid"}}: attribute heads beside the classifier
+    attributes: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +85,14 @@ def create_model(spec: ModelSpec, *, pretrained: bool = True, weights: str | Pat
                                   in_chans=spec.in_chans, drop_rate=spec.drop_rate)
         if pretrained and weights is None and has_packaged_weights(spec.name) and spec.in_chans == 3:
             load_packaged_weights(model, spec.name)
+    if spec.embedding_dim:
+        from skulens.models.embedding import attach_embedding_head
+
+        attach_embedding_head(model, spec.embedding_dim, spec.num_classes)
+    if spec.attributes:
+        from skulens.models.attributes import attach_attribute_heads
+
+        attach_attribute_heads(model, spec.attributes)
     if weights is not None:
         load_backbone_weights(model, Path(weights))
     return model

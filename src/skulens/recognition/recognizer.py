@@ -10,8 +10,11 @@ import torch
 
 from skulens.data.images import ImageSource, load_image
 from skulens.data.transforms import to_model_input
-from skulens.engines.select import Engine, load_engine
+from skulens.engines.select import Engine
 from skulens.errors import ImageError
+from skulens.models.attributes import describe, engine_outputs, load_attribute_thresholds, load_engine_with_attributes
+from skulens.recognition.backoff import Backoff, tree_or_flat
+from skulens.recognition.calibration import load_thresholds
 
 
 @dataclass
@@ -30,6 +33,15 @@ class Prediction:
     path: list[str]
     top_k: list[ScoredClass] = field(default_factory=list)
     source: str | None = None
+    # Back-off (see recognition/backoff.py): the deepest confident node of a consistent path, or
+    # unknown. Without `skulens calibrate` the thresholds are 0 and the answer is the full path.
+    answer_path: list[str] = field(default_factory=list)
+    answer_confidence: float | None = None
+    unknown: bool = False
+    level_confidences: list[dict] = field(default_factory=list)
+    # {name: {"value": v, "confidence": p}} per softmax attribute; tags: {"value": [tags above their
+    # thresholds], "confidence": [their probabilities]}. Empty when the model has no attributes.
+    attributes: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,15 +50,20 @@ class Prediction:
 class Recognizer:
     """A trained run, ready to predict. Build with :meth:`load`."""
 
-    def __init__(self, engine: Engine, tta: bool = False):
+    def __init__(self, engine: Engine, tta: bool = False, thresholds: list[float | None] | None = None,
+                 attribute_thresholds: dict[str, list[float]] | None = None):
         self.engine = engine
+        self.attribute_thresholds = attribute_thresholds
         self.config = engine.config
         self.tta = tta
+        self.calibrated = thresholds is not None
+        self.backoff = Backoff(tree_or_flat(self.config.tree, self.config.classes), thresholds)
 
     @classmethod
     def load(cls, run_dir: str | Path, *, engine: str = "auto", device: str = "auto", tta: bool = False) -> "Recognizer":
         """``engine``: ``auto`` (ONNX Runtime when an up-to-date export exists and we are on a CPU), ``torch`` or ``onnx``."""
-        return cls(load_engine(run_dir, engine, device), tta)
+        runner = load_engine_with_attributes(run_dir, engine, device)
+        return cls(runner, tta, load_thresholds(run_dir, runner.config), load_attribute_thresholds(run_dir))
 
     @property
     def classes(self) -> list[str]:
@@ -69,16 +86,17 @@ class Recognizer:
         images = list(images)
         if not images:
             return []
-        probs = self.engine.probabilities(torch.stack([self._input(img) for img in images]), self.tta)
-        return [self._prediction(row, img, top_k) for row, img in zip(probs, images)]
+        probs, attrs = engine_outputs(self.engine, torch.stack([self._input(img) for img in images]), self.tta)
+        return [self._prediction(row, img, top_k, _row(attrs, i)) for i, (row, img) in enumerate(zip(probs, images))]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 8):
         """Yield ``(path, Prediction or None, error message or None)``; a bad file never stops the rest."""
         pending: list[tuple[Path, torch.Tensor]] = []
 
         def flush():
-            probs = self.engine.probabilities(torch.stack([t for _, t in pending]), self.tta)
-            results = [(p, self._prediction(row, p, top_k), None) for (p, _), row in zip(pending, probs)]
+            probs, attrs = engine_outputs(self.engine, torch.stack([t for _, t in pending]), self.tta)
+            results = [(p, self._prediction(row, p, top_k, _row(attrs, i)), None)
+                       for i, ((p, _), row) in enumerate(zip(pending, probs))]
             pending.clear()
             return results
 
@@ -93,10 +111,20 @@ class Recognizer:
         if pending:
             yield from flush()
 
-    def _prediction(self, probs: torch.Tensor, source: ImageSource, top_k: int) -> Prediction:
+    def _prediction(self, probs: torch.Tensor, source: ImageSource, top_k: int,
+                    attrs: dict[str, torch.Tensor] | None = None) -> Prediction:
         values, indices = probs.topk(min(max(1, top_k), len(self.classes)))
         scored = [ScoredClass(self.classes[i], float(v), self.category_path(i))
                   for v, i in zip(values.tolist(), indices.tolist())]
         best = scored[0]
+        answer = self.backoff.answers(probs.numpy())[0]
         return Prediction(label=best.label, confidence=best.confidence, path=best.path, top_k=scored,
-                          source=str(source) if isinstance(source, (str, Path)) else None)
+                          source=str(source) if isinstance(source, (str, Path)) else None,
+                          answer_path=answer.path, answer_confidence=answer.confidence, unknown=answer.unknown,
+                          level_confidences=[asdict(lv) for lv in answer.levels],
+                          attributes=describe(attrs, self.config.model.attributes, self.attribute_thresholds)
+                          if attrs else {})
+
+
+def _row(attrs: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    return {name: probs[i] for name, probs in attrs.items()}

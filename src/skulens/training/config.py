@@ -29,6 +29,11 @@ class TrainConfig:
     weights: str | None = None  # local safetensors to start from
     in_chans: int = 3
     catalog_images: bool = False  # also train on the dataset's catalog (iconic) images
+    catalog_repeats: int = 1  # each catalog image counts this many times per epoch
+    # > 0: train an ArcFace embedding of this size (the catalog's search vectors) as the classifier
+    embedding_dim: int = 0
+    # Weight of the attribute losses (summed over attributes) against the category loss.
+    attribute_loss_weight: float = 1.0
     eval_sizes: list[int] = field(default_factory=list)  # test-time sizes to choose from on validation
     device: str = "auto"
     num_threads: int | None = None

@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +28,19 @@ from skulens.checkpoint import (
 )
 from skulens.data.datasets import ImageDataset, Sample, stratified_split
 from skulens.data.loading import DecodedImages
+from skulens.models.embedding import model_logits
+from skulens.models.attributes import (
+    OutputCollector, attribute_loss, attribute_metrics, forward_all, log_attribute_epoch, model_outputs,
+    tune_run_thresholds,
+)
 from skulens.data.transforms import Preprocessing, build_train_transform
 from skulens.errors import CheckpointError, DatasetError, SkulensError
 from skulens.evaluation.inference import dataset_probabilities, torch_probability_fn
 from skulens.models.registry import (
     FIXED_INPUT_SIZE, NATIVE_SIZES, ModelSpec, create_model, default_normalization,
 )
-from skulens.runtime import autocast, prepare_model, resolve_device, to_device
+from skulens.runtime import autocast, prepare_model, to_device
+from skulens.training import distributed
 from skulens.training.config import TrainConfig
 from skulens.training.plots import plot_training_curves
 
@@ -83,8 +89,9 @@ def split_train_val(dataset: ImageDataset, seed: int) -> tuple[list[Sample], lis
         for s in train:
             per_class.setdefault(s.label, []).append(s.path)
         resplit = stratified_split(per_class, seed, 0.1, 0.0)
-        train = [Sample(s.path, s.label, "train") for s in resplit if s.split == "train"]
-        val = [Sample(s.path, s.label, "val") for s in resplit if s.split == "val"]
+        by_path = {s.path: s for s in train}  # keeps each sample's attribute targets
+        train = [replace(by_path[s.path], split="train") for s in resplit if s.split == "train"]
+        val = [replace(by_path[s.path], split="val") for s in resplit if s.split == "val"]
         if not val:
             val = train[:1]
     return train, val
@@ -120,6 +127,7 @@ class Trainer:
         self.dataset = dataset
         self.run_dir = Path(out)
         self.resume = resume
+        self._val_attribute_metrics: dict = {}  # {"val_attributes": ...} of the latest validation
 
     # -- setup -------------------------------------------------------------------------------
     def _spec(self) -> ModelSpec:
@@ -127,12 +135,14 @@ class Trainer:
         img_size = cfg.img_size or NATIVE_SIZES.get(cfg.model, 224)
         mean, std = default_normalization(cfg.model, cfg.in_chans)
         return ModelSpec(name=cfg.model, num_classes=len(self.dataset.classes), img_size=img_size,
-                         in_chans=cfg.in_chans, mean=mean, std=std)
+                         in_chans=cfg.in_chans, mean=mean, std=std, embedding_dim=cfg.embedding_dim,
+                         attributes=self.dataset.attributes)
 
     def _class_weights(self, labels: list[int]) -> torch.Tensor | None:
         if not self.cfg.class_weighting:
             return None
         counts = np.bincount(labels, minlength=len(self.dataset.classes)).astype(np.float64)
+        counts = np.asarray(self.dist.sum(counts.tolist()))  # every rank weighs by the whole training set
         weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(counts), 0.0)
         return torch.tensor(weights, dtype=torch.float32)
 
@@ -143,14 +153,19 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
-        device = resolve_device(cfg.device)
+        self.dist = distributed.setup(cfg.device)  # this process's place in a torchrun job (or alone)
+        device = self.dist.device
+        if not self.dist.is_main:
+            cfg.progress = False
         spec = self._spec()
         pre = Preprocessing(img_size=spec.img_size, mean=spec.mean, std=spec.std, in_chans=spec.in_chans)
         train_samples, val_samples = split_train_val(self.dataset, cfg.seed)
         if cfg.max_train_images:
             train_samples = balanced_subset(train_samples, cfg.max_train_images, cfg.seed)
         if cfg.catalog_images:
-            train_samples = train_samples + [Sample(p, label, "train") for label, p in self.dataset.catalog_images.items()]
+            train_samples = train_samples + [Sample(p, label, "train") for label, p in self.dataset.catalog_images.items()
+                                             for _ in range(max(1, cfg.catalog_repeats))]
+        train_samples = self.dist.shard(train_samples, cfg.seed, key=lambda s: s.label)  # each rank decodes its share
         if self.resume and not (self.run_dir / TRAIN_STATE_FILE).is_file():
             raise CheckpointError(f"{self.run_dir}: nothing to resume (no {TRAIN_STATE_FILE})")
         if not self.resume and (self.run_dir / TRAIN_STATE_FILE).is_file():
@@ -158,10 +173,12 @@ class Trainer:
 
         cache_side = int(round(spec.img_size * max(1.0, cfg.cache_scale)))
         train_data = DecodedImages(train_samples, cache_side, spec.in_chans, build_train_transform(pre, cfg.augment),
-                                   desc="decoding train images", progress=cfg.progress)
+                                   desc="decoding train images", progress=cfg.progress,
+                                   attributes=self.dataset.attributes)
         if len(train_data) == 0:
             raise DatasetError(f"{self.dataset.root}: none of the {len(train_samples)} training images could be read")
-        batch_size = cfg.batch_size or (32 if device.type == "cuda" else 16)
+        batch_size, rank_batch = self.dist.split_batch(cfg.batch_size, 32 if device.type == "cuda" else 16)
+        n_train = int(self.dist.min(len(train_data)))  # DDP needs the same number of steps on every rank
 
         model = create_model(spec, pretrained=cfg.pretrained, weights=cfg.weights)
         frozen = freeze_leading_stages(model, cfg.freeze_stages)
@@ -179,7 +196,7 @@ class Trainer:
         criterion = nn.CrossEntropyLoss(weight=class_weights.to(device) if class_weights is not None else None,
                                         label_smoothing=cfg.label_smoothing)
 
-        steps_per_epoch = len(self._epoch_batches(len(train_data), batch_size, 0))
+        steps_per_epoch = len(self._epoch_batches(n_train, rank_batch, 0))
         total_steps = steps_per_epoch * cfg.epochs
         warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
         start_epoch, start_batch, step, best_acc, best_epoch, stale = 0, 0, 0, -1.0, -1, 0
@@ -193,12 +210,14 @@ class Trainer:
             best_acc, best_epoch, stale = state["best_acc"], state["best_epoch"], state["stale"]
             torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
             log.info("resuming %s at epoch %d, batch %d", self.run_dir, start_epoch + 1, start_batch)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.run_dir / "log.csv"
-        if not self.resume or not log_path.is_file():
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main and (not self.resume or not log_path.is_file()):
             with log_path.open("w", newline="") as handle:
                 csv.DictWriter(handle, LOG_FIELDS).writeheader()
 
+        model_call = self.dist.train_forward(model)  # model_call(fn, x, y) = fn(model, x, y), DDP when distributed
         started = time.perf_counter()
         stopped_early = False
         epoch, batch_pos = start_epoch, start_batch
@@ -210,19 +229,26 @@ class Trainer:
                     module.eval()  # frozen stages keep their BatchNorm statistics
                 loss_sum, correct, seen = 0.0, 0, 0
                 lr = lr_at(step, total_steps, warmup_steps, cfg.lr)
-                batches = self._epoch_batches(len(train_data), batch_size, epoch)
+                self.dist.seed_epoch(cfg.seed, epoch)
+                batches = self._epoch_batches(n_train, rank_batch, epoch)
                 batch_pos = start_batch if epoch == start_epoch else 0
                 loader = DataLoader(train_data, batch_sampler=batches[batch_pos:], num_workers=0)
                 bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not cfg.progress,
                            dynamic_ncols=True, initial=batch_pos, total=len(batches))
-                for x, y in bar:
+                for x, y, *attribute_targets in bar:
                     lr = lr_at(step, total_steps, warmup_steps, cfg.lr)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     x, y = to_device(x, device), y.to(device)
                     with autocast(device):
-                        logits = model(x)
-                        loss = criterion(logits.float(), y)
+                        if not attribute_targets:
+                            logits = model_call(model_logits, x, y)
+                            loss = criterion(logits.float(), y)
+                        else:
+                            logits, attribute_out = model_call(forward_all, x, y)
+                            targets = {k: v.to(device) for k, v in attribute_targets[0].items()}
+                            loss = criterion(logits.float(), y) + cfg.attribute_loss_weight * attribute_loss(
+                                attribute_out, targets, spec.attributes, cfg.label_smoothing)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -234,14 +260,22 @@ class Trainer:
                     correct += int((logits.argmax(-1) == y).sum())
                     seen += len(y)
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}")
+                loss_sum, correct, seen = self.dist.sum([loss_sum, correct, seen])
+                self.dist.broadcast_state(model, ema.module if ema is not None else None)
                 eval_model = ema.module if ema is not None else model
-                val_loss, val_acc = self._validate(eval_model, val_samples, pre, device, batch_size)
+                # Rank 0 validates on the whole split (the number one process would get) and shares it.
+                val_loss, val_acc = (self._validate(eval_model, val_samples, pre, device, batch_size)
+                                     if self.dist.is_main else (0.0, 0.0))
+                val_loss, val_acc = self.dist.sum([val_loss, val_acc])
                 row = {"epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{loss_sum / max(seen, 1):.5f}",
                        "train_acc": f"{correct / max(seen, 1):.5f}", "val_loss": f"{val_loss:.5f}",
                        "val_acc": f"{val_acc:.5f}", "seconds": f"{time.perf_counter() - t0:.1f}"}
-                with log_path.open("a", newline="") as handle:
-                    csv.DictWriter(handle, LOG_FIELDS).writerow(row)
-                plot_training_curves(log_path, self.run_dir / "curves.png")
+                if self.dist.is_main:
+                    with log_path.open("a", newline="") as handle:
+                        csv.DictWriter(handle, LOG_FIELDS).writerow(row)
+                    plot_training_curves(log_path, self.run_dir / "curves.png")
+                if self._val_attribute_metrics and self.dist.is_main:
+                    log_attribute_epoch(self.run_dir, epoch + 1, self._val_attribute_metrics["val_attributes"])
                 log.info("epoch %d: train loss %s, val loss %.4f, val acc %.4f", epoch + 1, row["train_loss"],
                          val_loss, val_acc)
                 improved = val_acc > best_acc
@@ -249,9 +283,10 @@ class Trainer:
                     best_acc, best_epoch, stale = val_acc, epoch + 1, 0
                 else:
                     stale += 1
-                if improved or cfg.keep == "last":
+                if (improved or cfg.keep == "last") and self.dist.is_main:
                     run_config.metrics = {"val_top1": val_acc, "val_loss": val_loss, "epoch": epoch + 1,
-                                          "best_val_epoch": best_epoch, "kept": cfg.keep}
+                                          "best_val_epoch": best_epoch, "kept": cfg.keep,
+                                          **self._val_attribute_metrics}
                     save_run(self.run_dir, run_config, eval_model.state_dict())
                 batch_pos = 0
                 self._save_resume_state(model, ema, optimizer, epoch + 1, 0, step, best_acc, best_epoch, stale)
@@ -265,18 +300,27 @@ class Trainer:
             raise SkulensError(f"interrupted at epoch {epoch + 1}, batch {batch_pos}; saved: continue with "
                                f"`skulens train DATASET --out {self.run_dir} --resume`") from None
         train_seconds = time.perf_counter() - started
-        if cfg.eval_sizes:
+        if cfg.eval_sizes and self.dist.is_main:
             self._choose_eval_size(val_samples, run_config, device, batch_size)
+        if any(a["kind"] == "sigmoid" for a in spec.attributes.values()) and self.dist.is_main:
+            tune_run_thresholds(self.run_dir, val_samples, device, batch_size, cfg.progress)
+        self.dist.barrier()  # every rank returns once rank 0 has finished the run folder
         return TrainResult(self.run_dir, best_acc, best_epoch, epoch + 1 - start_epoch, stopped_early,
                            len(train_data.skipped), train_seconds)
 
     # -- helpers -----------------------------------------------------------------------------
     def _validate(self, model, samples, pre, device, batch_size) -> tuple[float, float]:
-        probs, labels, _, _ = dataset_probabilities(torch_probability_fn(model, device), samples, pre,
+        predict = torch_probability_fn(model, device)
+        if self.dataset.attributes:
+            predict = OutputCollector(lambda x: model_outputs(model, x, device, self.dataset.attributes))
+        probs, labels, kept, _ = dataset_probabilities(predict, samples, pre,
                                                     batch_size=batch_size, progress=self.cfg.progress,
                                                     desc="validating")
         if len(labels) == 0:
             return float("nan"), 0.0
+        if self.dataset.attributes:
+            self._val_attribute_metrics = {"val_attributes": attribute_metrics(
+                predict.attribute_probs(), [samples[i] for i in kept], self.dataset.attributes)}
         nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()
         return float(nll), float(np.mean(probs.argmax(1) == labels))
 
@@ -309,6 +353,8 @@ class Trainer:
         return [order[i:i + batch_size] for i in range(0, usable, batch_size)]
 
     def _save_resume_state(self, model, ema, optimizer, epoch, batch, step, best_acc, best_epoch, stale) -> None:
+        if not self.dist.is_main:
+            return
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         if ema is not None:
             tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})

@@ -1,0 +1,88 @@
+"""Rebuild the embedded default that `skulens serve` runs with no arguments (src/skulens/demo_assets):
+
+- ``model/``: a trained run (config.json + weights stored as float16 to halve the file; they are
+  widened back to float32 on load), by default the Grocery Store search model of README/BENCHMARKS;
+- ``catalog/``: the 81 Grocery Store products (iconic image shrunk to 256 px, description, category
+  path) as products.csv + images/, imported into a local catalog database on first start;
+- ``ATTRIBUTION.md``: the dataset's MIT licence and citation.
+
+    python scripts/make_demo_assets.py --run runs/search-lite0 --data ../shared/datasets/grocery-store
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from skulens.data.datasets import load_dataset
+
+OUT = Path(__file__).resolve().parents[1] / "src" / "skulens" / "demo_assets"
+SIDE = 256
+LIMIT_BYTES = 10 * 2**20
+
+
+def write_model(run: Path, out: Path) -> None:
+    out.mkdir(parents=True)
+    config = json.loads((run / "config.json").read_text())
+    # Paths of the machine that trained it mean nothing elsewhere; keep the recipe, drop the paths.
+    for key in ("dataset", "weights"):
+        if key in config.get("train_args", {}):
+            config["train_args"][key] = Path(str(config["train_args"][key])).name if config["train_args"][key] else None
+    config["train_args"]["stored_as"] = "float16 (scripts/make_demo_assets.py)"
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    state = load_file(str(run / "model.safetensors"))
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    save_file(half, str(out / "model.safetensors"))
+
+
+def write_catalog(data: Path, out: Path) -> None:
+    dataset = load_dataset(data)
+    images = out / "images"
+    images.mkdir(parents=True)
+    rows = []
+    for label, name in enumerate(dataset.classes):
+        iconic = dataset.catalog_images[label]
+        img = Image.open(iconic).convert("RGB")
+        img.thumbnail((SIDE, SIDE), Image.LANCZOS)
+        img.save(images / f"{name}.jpg", quality=82, optimize=True)  # re-encoded: no metadata kept
+        text = iconic.with_name(iconic.name.replace("_Iconic.jpg", "_Description.txt"))
+        description = text.read_text(encoding="utf-8", errors="replace").strip() if text.is_file() else ""
+        department, coarse, fine = dataset.tree.paths[label]
+        rows.append({"sku": name, "image": f"images/{name}.jpg", "title": name.replace("-", " "),
+                     "department": department, "coarse": coarse, "fine": fine, "description": description})
+    with (out / "products.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="runs/search-lite0")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "grocery-store"))
+    args = p.parse_args()
+    shutil.rmtree(OUT, ignore_errors=True)
+    write_model(Path(args.run), OUT / "model")
+    write_catalog(Path(args.data), OUT / "catalog")
+    licence = (Path(args.data) / "LICENSE").read_text()
+    (OUT / "ATTRIBUTION.md").write_text(
+        "# Demo assets\n\nThe catalog images and descriptions, and the photos the demo model was trained on, come from "
+        "the Grocery Store dataset by Marcus Klasson, Cheng Zhang and Hedvig Kjellström, \"A Hierarchical "
+        "Grocery Store Image Dataset with Visual and Semantic Labels\", WACV 2019 "
+        "(https://github.com/marcusklasson/GroceryStoreDataset), under the MIT licence:\n\n```\n"
+        + licence.strip() + "\n```\n")
+    total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
+    print(f"wrote {OUT}: {total / 2**20:.2f} MiB")
+    if total > LIMIT_BYTES:
+        raise SystemExit(f"demo assets are {total / 2**20:.1f} MiB, over the 10 MiB budget")
+
+
+if __name__ == "__main__":
+    main()

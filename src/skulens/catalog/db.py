@@ -1,0 +1,131 @@
+"""The catalog's tables (SQLAlchemy): SQLite file by default, PostgreSQL by URL.
+
+The database is the source of truth. Besides products and their images it keeps each image's
+embedding and an append-only ``index_log`` of vector additions and removals, written in the same
+transaction as the product change. The FAISS index beside the database is a cache that records
+the last log entry it reflects, so after a crash (or a write by another server) it catches up
+from the log, or is rebuilt from the stored vectors; it can never silently disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON, ForeignKey, Integer, LargeBinary, String, Text, create_engine, event, select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from skulens.errors import SkulensError
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class ProductRow(Base):
+    __tablename__ = "products"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sku: Mapped[str] = mapped_column(String(128), unique=True, index=True)
+    title: Mapped[str] = mapped_column(Text, default="")
+    category_path: Mapped[list] = mapped_column(JSON, default=list)
+    # "Fruit/Apple/Granny-Smith/": prefix queries for the category filter and the tree counts
+    category_key: Mapped[str] = mapped_column(Text, default="/", index=True)
+    attributes: Mapped[dict] = mapped_column(JSON, default=dict)
+    description: Mapped[str] = mapped_column(Text, default="")
+    content_hash: Mapped[str] = mapped_column(String(64))
+    images: Mapped[list["ImageRow"]] = relationship(back_populates="product", cascade="all, delete-orphan",
+                                                    order_by="ImageRow.position")
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # "catalog" (the product's own photo) or "gallery" (e.g. labelled shopper photos)
+    role: Mapped[str] = mapped_column(String(16), default="catalog")
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    product: Mapped[ProductRow] = relationship(back_populates="images")
+
+
+class IndexLog(Base):
+    __tablename__ = "index_log"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(Integer, index=True)
+    op: Mapped[str] = mapped_column(String(8))  # "add" | "remove"
+
+
+def database_url(db: str | Path) -> str:
+    """A SQLAlchemy URL as given, or a file path turned into a SQLite URL."""
+    text = str(db)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def open_engine(db: str | Path) -> Engine:
+    url = database_url(db)
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if not path.parent.is_dir():
+            raise SkulensError(f"{path.parent}: folder for the catalog database does not exist")
+    try:
+        engine = create_engine(url, future=True)
+    except Exception as exc:  # noqa: BLE001 - a bad URL or a missing driver
+        raise SkulensError(f"cannot open catalog database {url!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _record):  # noqa: ANN001
+            cur = conn.cursor()
+            # WAL: readers never block the writer; synchronous=NORMAL is still crash-safe in WAL mode.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+    try:
+        Base.metadata.create_all(engine)
+        with Session(engine) as session, session.begin():
+            row = session.get(Meta, "schema_version")
+            if row is None:
+                session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(row.value) > SCHEMA_VERSION:
+                raise SkulensError(f"catalog schema version {row.value} is newer than this skulens "
+                                   f"understands ({SCHEMA_VERSION}); upgrade skulens")
+    except SkulensError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise SkulensError(f"cannot open catalog database {url!r}: {exc}") from None
+    return engine
+
+
+def get_meta(session: Session, key: str) -> dict | None:
+    row = session.get(Meta, key)
+    return json.loads(row.value) if row else None
+
+
+def set_meta(session: Session, key: str, value: dict) -> None:
+    row = session.get(Meta, key)
+    if row is None:
+        session.add(Meta(key=key, value=json.dumps(value)))
+    else:
+        row.value = json.dumps(value)
+
+
+def last_log_seq(session: Session) -> int:
+    from sqlalchemy import func
+
+    return int(session.scalar(select(func.coalesce(func.max(IndexLog.seq), 0))))

@@ -1,0 +1,146 @@
+"""Image -> L2-normalised embedding, from a trained run or from the pretrained backbone.
+
+Every embedder has a ``model_id``: a digest of its weights and preprocessing. The catalog stores
+the id of the model that produced its vectors and refuses queries from any other model, because
+vectors from two models live in unrelated spaces and comparing them gives confident nonsense.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from skulens.data.images import ImageSource, load_image
+from skulens.data.transforms import Preprocessing, to_model_input
+from skulens.errors import ImageError, SkulensError
+from skulens.models.embedding import model_embeddings
+from skulens.runtime import prepare_model, resolve_device
+
+
+class Embedder:
+    """``embed(images) -> float32 (n, dim)``, unit-length rows."""
+
+    def __init__(self, model: torch.nn.Module | None, preprocessing: Preprocessing, model_id: str, description: str,
+                 device: str = "auto", source: dict | None = None, onnx_engine=None):
+        self.source = source or {}  # how to load this embedder again: {"run": path} or {"pretrained": name}
+        self.device = resolve_device(device)
+        self.onnx = onnx_engine  # an OnnxEngine with an "embedding" output, or None for PyTorch
+        self.model = prepare_model(model.eval(), self.device) if model is not None else None
+        self.preprocessing = preprocessing
+        self.model_id = model_id
+        self.description = description
+        probe = torch.zeros(1, preprocessing.in_chans, preprocessing.img_size, preprocessing.img_size)
+        self.dim = int(self.embed_tensors(probe).shape[1])
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "auto", engine: str = "torch") -> "Embedder":
+        """``engine``: ``torch``, ``onnx`` (the run's exported model, INT8 when present) or ``auto``
+        (ONNX when an export with an embedding output exists and we are on a CPU). The engine is
+        part of the model identity: INT8 vectors are close to, not equal to, PyTorch's."""
+        from skulens.checkpoint import WEIGHTS_FILE, load_run, read_config
+        from skulens.engines.select import load_engine, sha256_file
+
+        run_dir = Path(run_dir)
+        config = read_config(run_dir)
+        kind = f"{config.model.embedding_dim}-d ArcFace embedding" if config.model.embedding_dim else "pooled features"
+        weights = sha256_file(run_dir / WEIGHTS_FILE)
+        source = {"run": str(run_dir.resolve()), "engine": engine}
+        if engine in ("auto", "onnx"):
+            loaded = load_engine(run_dir, engine, device)
+            if getattr(loaded, "has_embedding", False):
+                return cls(None, config.preprocessing, _digest(weights, config.preprocessing, loaded.name),
+                           f"run {run_dir.name} ({config.model.name}, {kind}, {loaded.name})", "cpu",
+                           {**source, "engine": loaded.name}, onnx_engine=loaded)
+            if engine == "onnx":
+                raise SkulensError(f"{run_dir}: the ONNX export has no embedding output; re-run `skulens export`")
+        model, config = load_run(run_dir)
+        return cls(model, config.preprocessing, _digest(weights, config.preprocessing),
+                   f"run {run_dir.name} ({config.model.name}, {kind})", device, {**source, "engine": "torch"})
+
+    @classmethod
+    def pretrained(cls, name: str = "efficientnet_lite0", img_size: int | None = None, device: str = "auto") -> "Embedder":
+        """ImageNet features of a packaged backbone: useful before any training."""
+        from skulens.engines.select import sha256_file
+        from skulens.models.pretrained import has_packaged_weights, packaged_weights_path
+        from skulens.models.registry import NATIVE_SIZES, ModelSpec, create_model, default_normalization
+
+        if not has_packaged_weights(name):
+            raise SkulensError(f"no packaged ImageNet weights for {name}: use efficientnet_lite0/1/2 or a trained run")
+        size = img_size or NATIVE_SIZES[name]
+        mean, std = default_normalization(name, 3)
+        model = create_model(ModelSpec(name=name, num_classes=1, img_size=size, mean=mean, std=std))
+        pre = Preprocessing(img_size=size, mean=mean, std=std)
+        digest = _digest(sha256_file(Path(packaged_weights_path(name))), pre)
+        return cls(model, pre, digest, f"pretrained {name} (ImageNet features)", device,
+                   {"pretrained": name, "img_size": size})
+
+    def input_tensor(self, image: ImageSource) -> torch.Tensor:
+        pre = self.preprocessing
+        return to_model_input(load_image(image, draft_size=pre.img_size), pre)
+
+    @torch.inference_mode()
+    def embed_tensors(self, x: torch.Tensor) -> np.ndarray:
+        if self.onnx is not None:
+            return self.onnx.embeddings(x)
+        x = x.to(self.device)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return model_embeddings(self.model, x).float().cpu().numpy().astype(np.float32)
+
+    def embed(self, images: Iterable[ImageSource]) -> np.ndarray:
+        """Embeddings of readable images; raises ImageError on the first unusable one."""
+        tensors = [self.input_tensor(img) for img in images]
+        if not tensors:
+            return np.zeros((0, self.dim), np.float32)
+        return self.embed_tensors(torch.stack(tensors))
+
+    def embed_many(self, images: list[ImageSource], batch_size: int = 16) -> tuple[np.ndarray, list[str | None]]:
+        """Embeddings for a list, a bad image costing only itself: ``(vectors, errors)``; a row whose
+        error is not None holds zeros."""
+        out = np.zeros((len(images), self.dim), np.float32)
+        errors: list[str | None] = [None] * len(images)
+        pending: list[tuple[int, torch.Tensor]] = []
+
+        def flush():
+            if pending:
+                out[[i for i, _ in pending]] = self.embed_tensors(torch.stack([t for _, t in pending]))
+                pending.clear()
+
+        for i, image in enumerate(images):
+            try:
+                pending.append((i, self.input_tensor(image)))
+            except ImageError as exc:
+                errors[i] = str(exc)
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        return out, errors
+
+
+def _digest(weights_sha256: str, pre: Preprocessing, engine: str = "torch") -> str:
+    identity = {"weights": weights_sha256, "preprocessing": pre.to_dict()}
+    if engine != "torch":
+        identity["engine"] = engine  # unchanged for PyTorch, so older catalogs keep their id
+    payload = json.dumps(identity, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def load_embedder(run: str | Path | None = None, device: str = "auto", engine: str = "torch") -> Embedder:
+    """A run's embedder, or the pretrained EfficientNet-Lite0 features when no run is given."""
+    return Embedder.from_run(run, device, engine) if run else Embedder.pretrained(device=device)
+
+
+def embedder_from_source(source: dict, device: str = "auto") -> Embedder:
+    """Rebuild the embedder a catalog recorded (see :attr:`Embedder.source`)."""
+    if source.get("run"):
+        if not Path(source["run"]).is_dir():
+            raise SkulensError(f"the catalog was embedded with run {source['run']}, which is no longer there: "
+                               "pass --run")
+        return Embedder.from_run(source["run"], device, source.get("engine", "torch").replace("onnx-int8", "onnx")
+                                 .replace("onnx-fp32", "onnx"))
+    return Embedder.pretrained(source.get("pretrained", "efficientnet_lite0"), source.get("img_size"), device)

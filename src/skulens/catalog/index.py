@@ -1,0 +1,152 @@
+"""The vector index (FAISS, inner product on unit vectors = cosine similarity).
+
+``flat`` is exact search, right for small catalogs; ``ivf`` (an inverted file over k-means cells)
+is approximate and used automatically above ``IVF_THRESHOLD`` vectors, where scanning every vector
+stops being cheap. Both take additions and removals by id without a rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from skulens.errors import SkulensError
+
+IVF_THRESHOLD = 50_000
+KINDS = ("auto", "flat", "ivf")
+
+
+@dataclass
+class IndexState:
+    """What the index file reflects; saved beside it as JSON."""
+
+    kind: str
+    dim: int
+    model_id: str
+    log_seq: int  # the last catalog index_log entry applied
+    ntotal: int
+    nlist: int = 0
+    nprobe: int = 0
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def choose_kind(kind: str, n: int) -> str:
+    if kind not in KINDS:
+        raise SkulensError(f"index kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if kind != "auto":
+        return kind
+    return "ivf" if n >= IVF_THRESHOLD else "flat"
+
+
+def default_nlist(n: int) -> int:
+    # ~4 sqrt(n) cells, and at least ~39 training points per cell (FAISS's k-means warns below that).
+    return int(max(1, min(4 * math.sqrt(max(n, 1)), n // 39)))
+
+
+class VectorIndex:
+    def __init__(self, index, state: IndexState):
+        self.index = index
+        self.state = state
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, *, dim: int, model_id: str, kind: str = "auto",
+              nlist: int | None = None, nprobe: int | None = None, log_seq: int = 0, seed: int = 0) -> "VectorIndex":
+        faiss = _faiss()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        kind = choose_kind(kind, len(ids))
+        if kind == "ivf" and len(ids) < 39:
+            kind = "flat"  # too few vectors to learn cells from
+        if kind == "flat":
+            index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+            state = IndexState("flat", dim, model_id, log_seq, 0)
+        else:
+            nlist = nlist or default_nlist(len(ids))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(seed)
+            sample = vectors[rng.choice(len(vectors), min(len(vectors), 256 * nlist), replace=False)]
+            index.cp.seed = seed
+            index.train(sample)
+            nprobe = nprobe or max(1, min(nlist, round(nlist / 16)))
+            state = IndexState("ivf", dim, model_id, log_seq, 0, nlist=nlist, nprobe=nprobe)
+        built = cls(index, state)
+        built.add(ids, vectors)
+        return built
+
+    # -- updates -----------------------------------------------------------------------------
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.state.dim),
+                                    np.ascontiguousarray(ids, dtype=np.int64))
+        self.state.ntotal = int(self.index.ntotal)
+
+    def remove(self, ids) -> None:
+        ids = np.ascontiguousarray(list(ids), dtype=np.int64)
+        if len(ids):
+            self.index.remove_ids(ids)
+        self.state.ntotal = int(self.index.ntotal)
+
+    # -- queries -----------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, allowed_ids=None, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, ids)`` of shape (n, k); missing neighbours have id -1. ``allowed_ids`` restricts
+        the search to those ids (e.g. one category) inside FAISS, so the top k are all allowed."""
+        faiss = _faiss()
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.state.dim)
+        k = max(1, min(k, max(1, self.state.ntotal)))
+        selector = None
+        if allowed_ids is not None:
+            allowed = np.ascontiguousarray(list(allowed_ids), dtype=np.int64)
+            if len(allowed) == 0:
+                return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+            selector = faiss.IDSelectorBatch(allowed)
+        if self.state.kind == "ivf":
+            params = faiss.SearchParametersIVF(nprobe=nprobe or self.state.nprobe)
+            if selector is not None:
+                params.sel = selector
+        else:
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+        scores, ids = self.index.search(queries, k, params=params)
+        return scores, ids
+
+    # -- files -------------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """Write atomically: the index file first, then its state; a torn pair is detected on load."""
+        faiss = _faiss()
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "vectors.faiss.tmp"
+        faiss.write_index(self.index, str(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, folder / "vectors.faiss")
+        state = {**asdict(self.state), "file_size": (folder / "vectors.faiss").stat().st_size}
+        tmp_json = folder / "state.json.tmp"
+        tmp_json.write_text(json.dumps(state, indent=1))
+        os.replace(tmp_json, folder / "state.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> "VectorIndex | None":
+        """The saved index, or None when it is missing, torn or unreadable (the caller rebuilds)."""
+        faiss = _faiss()
+        try:
+            data = json.loads((folder / "state.json").read_text())
+            path = folder / "vectors.faiss"
+            if path.stat().st_size != data.pop("file_size"):
+                return None
+            index = faiss.read_index(str(path))
+            state = IndexState(**{k: data[k] for k in IndexState.__dataclass_fields__})
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            return None
+        if index.ntotal != state.ntotal or index.d != state.dim:
+            return None
+        return cls(index, state)

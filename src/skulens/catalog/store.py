@@ -1,0 +1,511 @@
+"""``Catalog``: products in a database, their image vectors in a FAISS index, kept in agreement.
+
+    catalog = Catalog.open("shop.db", embedder=load_embedder("runs/search"))
+    catalog.upsert([Product(sku="A1", title="Granny Smith", category_path=["Fruit", "Apple"], images=["a1.jpg"])])
+    catalog.search("photo.jpg", top_k=10)
+    catalog.similar("A1")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, selectinload
+
+from skulens.catalog.db import (
+    ImageRow, IndexLog, ProductRow, database_url, get_meta, last_log_seq, open_engine, set_meta,
+)
+from skulens.catalog.backends import SearchIndex, open_backend
+from skulens.catalog.embedder import Embedder
+from skulens.catalog.index import IVF_THRESHOLD, VectorIndex, choose_kind
+from skulens.data.images import ImageSource
+from skulens.errors import SkulensError
+
+log = logging.getLogger("skulens.catalog")
+INDEX_SAVE_SECONDS = 30.0
+SKU_MAX = 128
+
+
+@dataclass
+class Product:
+    """A product as the user describes it; ``images`` are file paths (the first is the catalog photo)."""
+
+    sku: str
+    title: str = ""
+    category_path: list[str] = field(default_factory=list)
+    attributes: dict = field(default_factory=dict)
+    description: str = ""
+    images: list[str] = field(default_factory=list)
+    # images that are extra search examples (labelled shopper photos), not the product's own photo
+    gallery_images: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchHit:
+    sku: str
+    title: str
+    score: float
+    category_path: list[str]
+    attributes: dict
+    image: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class UpsertResult:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    # (position in the input, sku, reason)
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def check_sku(sku: str) -> str:
+    sku = str(sku).strip()
+    if not sku:
+        raise SkulensError("empty SKU")
+    if len(sku) > SKU_MAX or any(ord(c) < 32 for c in sku) or "/" in sku or "\\" in sku or sku in (".", ".."):
+        raise SkulensError(f"invalid SKU {sku[:40]!r}: at most {SKU_MAX} printable characters, no slashes")
+    return sku
+
+
+def category_key(path: Iterable[str]) -> str:
+    return "/" + "".join(f"{p}/" for p in path)
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _content_hash(p: Product, image_hashes: list[str], gallery_hashes: list[str]) -> str:
+    payload = json.dumps({"title": p.title, "path": list(p.category_path), "attributes": p.attributes,
+                          "description": p.description, "images": image_hashes, "gallery": gallery_hashes},
+                         sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _hit(product: ProductRow, score: float) -> SearchHit:
+    first = next((img.uri for img in product.images if img.role == "catalog"), None)
+    return SearchHit(product.sku, product.title, float(score), list(product.category_path), dict(product.attributes),
+                     first)
+
+
+class Catalog:
+    """Products + vectors. Every public method leaves the database and the index in agreement."""
+
+    def __init__(self, db: str | Path, embedder: Embedder | None = None, *, index_dir: str | Path | None = None,
+                 index_kind: str = "auto", index_backend: str | None = None, milvus_uri: str | None = None):
+        self.url = database_url(db)
+        self.engine = open_engine(db)
+        self.embedder = embedder
+        self.index_kind = choose_kind(index_kind, 0) if index_kind != "auto" else "auto"
+        self.index_dir = Path(index_dir) if index_dir else self._default_index_dir()
+        self._index: VectorIndex | None = None
+        self._dirty_since: float | None = None
+        with Session(self.engine) as session, session.begin():
+            stored = get_meta(session, "embedding_model")
+            if embedder is not None:
+                if stored is None:
+                    set_meta(session, "embedding_model", {"id": embedder.model_id, "dim": embedder.dim,
+                                                          "description": embedder.description,
+                                                          "source": embedder.source})
+                elif stored["id"] != embedder.model_id:
+                    raise SkulensError(
+                        f"this catalog was indexed with {stored['description']} (model {stored['id']}); "
+                        f"{embedder.description} (model {embedder.model_id}) cannot search it: use the same "
+                        f"model, or re-embed with `skulens catalog reindex`")
+        self.model_info = stored or ({"id": embedder.model_id, "dim": embedder.dim, "description": embedder.description}
+                                     if embedder else None)
+        # FAISS beside this process or a Milvus shared by every server (default: $SKULENS_INDEX_BACKEND,
+        # else faiss), so `skulens serve` and every command switch by configuration; see backends.py
+        self.backend = open_backend(index_backend, self, milvus_uri)
+
+    @classmethod
+    def open(cls, db: str | Path, embedder: Embedder | None = None, **kwargs) -> "Catalog":
+        return cls(db, embedder, **kwargs)
+
+    @classmethod
+    def open_with_model(cls, db: str | Path, run: str | Path | None = None, device: str = "auto",
+                        engine: str = "auto", **kwargs) -> "Catalog":
+        """Open with ``run``'s embedder, or with the model the catalog recorded (pretrained Lite0 for a
+        new catalog without a run). A catalog keeps the engine (PyTorch / ONNX) it was built with."""
+        from skulens.catalog.embedder import embedder_from_source, load_embedder
+
+        with Session(open_engine(db)) as session:
+            stored = get_meta(session, "embedding_model")
+        source = (stored or {}).get("source") or {}
+        same_run = run is not None and source.get("run") == str(Path(run).resolve())
+        if stored and source and (run is None or same_run):
+            return cls(db, embedder_from_source(source, device), **kwargs)
+        return cls(db, load_embedder(run, device, engine), **kwargs)
+
+    def info(self) -> dict:
+        with Session(self.engine) as session:
+            n_images = int(session.scalar(select(func.count(ImageRow.id))))
+            seq = last_log_seq(session)
+        state = self.index().state if self.model_info else None
+        return {"database": self.url, "products": len(self), "images": n_images, "log_seq": seq,
+                "embedding_model": self.model_info, "index_backend": self.backend.name,
+                "index_dir": str(self.index_dir) if self.backend.name == "faiss" else None,
+                "index": {"kind": state.kind, "vectors": state.ntotal, "dim": state.dim, "nlist": state.nlist,
+                          "nprobe": state.nprobe} if state else None}
+
+    def reindex(self, embedder: Embedder, batch_size: int = 32, progress: bool = True) -> int:
+        """Re-embed every image with another model (e.g. a newly trained run), then rebuild the index."""
+        from tqdm import tqdm
+
+        with Session(self.engine) as session:
+            images = session.execute(select(ImageRow.id, ImageRow.uri)).all()
+        updated = 0
+        for start in tqdm(range(0, len(images), batch_size), desc="re-embedding", disable=not progress):
+            chunk = images[start:start + batch_size]
+            vectors, errors = embedder.embed_many([uri for _, uri in chunk])
+            with Session(self.engine) as session, session.begin():
+                for (image_id, _), vec, err in zip(chunk, vectors, errors):
+                    row = session.get(ImageRow, image_id)
+                    row.vector = None if err else vec.astype(np.float32).tobytes()
+                    updated += err is None
+        with Session(self.engine) as session, session.begin():
+            set_meta(session, "embedding_model", {"id": embedder.model_id, "dim": embedder.dim,
+                                                  "description": embedder.description, "source": embedder.source})
+        self.embedder = embedder
+        self.model_info = {"id": embedder.model_id, "dim": embedder.dim, "description": embedder.description,
+                           "source": embedder.source}
+        self.rebuild_index()
+        return updated
+
+    def _default_index_dir(self) -> Path:
+        if self.url.startswith("sqlite:///"):
+            return Path(self.url[len("sqlite:///"):] + ".index")
+        digest = hashlib.sha256(self.url.encode()).hexdigest()[:12]
+        return Path.home() / ".cache" / "skulens" / f"index-{digest}"
+
+    def close(self) -> None:
+        self.flush()
+        self.backend.close()
+        self.engine.dispose()
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the index: a cache of the database ----------------------------------------------------
+    def _require_embedder(self) -> Embedder:
+        if self.embedder is None:
+            raise SkulensError("this operation embeds images: open the catalog with a model (--run, or the "
+                               "pretrained default)")
+        return self.embedder
+
+    def _all_vectors(self, session: Session) -> tuple[np.ndarray, np.ndarray]:
+        rows = session.execute(select(ImageRow.id, ImageRow.vector).where(ImageRow.vector.is_not(None))).all()
+        dim = self.model_info["dim"] if self.model_info else 1
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        return (np.array([r[0] for r in rows], np.int64),
+                np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+
+    def rebuild_index(self, kind: str | None = None, nprobe: int | None = None) -> SearchIndex:
+        """Build the index from the vectors stored in the database (no image is re-read)."""
+        if self.model_info is None:
+            raise SkulensError("the catalog has no embeddings yet")
+        return self.backend.rebuild(kind or self.index_kind, nprobe)
+
+    def _faiss_rebuild(self, kind: str | None, nprobe: int | None) -> VectorIndex:
+        with Session(self.engine) as session:
+            seq = last_log_seq(session)
+            ids, vectors = self._all_vectors(session)
+        self._index = VectorIndex.build(ids, vectors, dim=self.model_info["dim"], model_id=self.model_info["id"],
+                                        kind=kind or self.index_kind, nprobe=nprobe, log_seq=seq)
+        self._index.save(self.index_dir)
+        self._dirty_since = None
+        return self._index
+
+    def index(self) -> SearchIndex:
+        """The index, caught up with every change committed to the database (by anyone)."""
+        if self.model_info is None:
+            raise SkulensError("the catalog is empty: import products first")
+        return self.backend.index()
+
+    def _faiss_index(self) -> VectorIndex:
+        if self._index is None:
+            loaded = VectorIndex.load(self.index_dir)
+            if loaded is not None and loaded.state.model_id == self.model_info["id"]:
+                self._index = loaded
+            else:
+                log.info("building the vector index from the database")
+                return self.rebuild_index()
+        with Session(self.engine) as session:
+            seq = last_log_seq(session)
+            if seq != self._index.state.log_seq:
+                self._apply_log(session, self._index.state.log_seq, seq)
+        if (self.index_kind == "auto" and self._index.state.kind == "flat"
+                and self._index.state.ntotal >= IVF_THRESHOLD):
+            log.info("the catalog outgrew exact search: building an IVF index")
+            return self.rebuild_index()
+        return self._index
+
+    def _apply_log(self, session: Session, after: int, upto: int) -> None:
+        """Replay ``index_log`` entries (after, upto]: idempotent, so a torn save is harmless."""
+        touched = set(session.scalars(select(IndexLog.image_id).where(IndexLog.seq > after, IndexLog.seq <= upto)))
+        if upto < after:  # the database was reset under us
+            self.rebuild_index()
+            return
+        rows = session.execute(select(ImageRow.id, ImageRow.vector).where(
+            ImageRow.id.in_(touched), ImageRow.vector.is_not(None))).all() if touched else []
+        self._index.remove(touched)
+        if rows:
+            self._index.add(np.array([r[0] for r in rows], np.int64),
+                            np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+        self._index.state.log_seq = upto
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        now = time.monotonic()
+        if self._dirty_since is None:
+            self._dirty_since = now
+        elif now - self._dirty_since > INDEX_SAVE_SECONDS:
+            self.flush()
+
+    def sync_index(self) -> None:
+        """Bring the index up to date with the database and save it (after bulk writes)."""
+        if self.model_info is not None:
+            self.index()
+            self.flush()
+
+    def flush(self) -> None:
+        """Save the index file if it is behind; also called on close."""
+        if self._index is not None and self._dirty_since is not None:
+            self._index.save(self.index_dir)
+            self._dirty_since = None
+
+    # -- writes ---------------------------------------------------------------------------------
+    def upsert(self, products: list[Product], *, on_conflict: str = "update") -> UpsertResult:
+        """Add or change products in one transaction. ``on_conflict``: what to do when a SKU already
+        exists with other data: ``update`` it, ``skip`` it, or ``error`` (reject the item).
+        An unreadable image rejects its product; the others still go in."""
+        if on_conflict not in ("update", "skip", "error"):
+            raise SkulensError(f"on_conflict must be update, skip or error, not {on_conflict!r}")
+        result = UpsertResult()
+        prepared = []
+        for pos, product in enumerate(products):
+            try:
+                sku = check_sku(product.sku)
+                missing = [p for p in product.images + product.gallery_images if not Path(p).is_file()]
+                if missing:
+                    raise SkulensError(f"image not found: {missing[0]}")
+                hashes = [_file_sha256(p) for p in product.images]
+                gallery = [_file_sha256(p) for p in product.gallery_images]
+                prepared.append((pos, sku, product, hashes, gallery, _content_hash(product, hashes, gallery)))
+            except (SkulensError, OSError) as exc:
+                result.rejected.append((pos, str(product.sku), str(exc)))
+
+        with Session(self.engine) as session:
+            skus = [item[1] for item in prepared]
+            existing = {row.sku: row.content_hash for row in session.execute(
+                select(ProductRow.sku, ProductRow.content_hash).where(ProductRow.sku.in_(skus)))} if skus else {}
+        todo = []
+        for item in prepared:
+            pos, sku, product, hashes, gallery, digest = item
+            if sku not in existing:
+                todo.append(item)
+            elif existing[sku] == digest:
+                result.unchanged.append(sku)
+            elif on_conflict == "update":
+                todo.append(item)
+            elif on_conflict == "skip":
+                result.unchanged.append(sku)
+            else:
+                result.rejected.append((pos, sku, "SKU already in the catalog with different data"))
+
+        # Embed outside the transaction: slow work must not hold database locks.
+        vectors: dict[int, list[np.ndarray]] = {}
+        if todo:
+            embedder = self._require_embedder()
+            paths = [p for item in todo for p in item[2].images + item[2].gallery_images]
+            vecs, errors = embedder.embed_many(paths) if paths else (np.zeros((0, 1), np.float32), [])
+            cursor = 0
+            kept = []
+            for item in todo:
+                n = len(item[2].images) + len(item[2].gallery_images)
+                errs = [e for e in errors[cursor:cursor + n] if e]
+                if errs:
+                    result.rejected.append((item[0], item[1], errs[0]))
+                else:
+                    vectors[item[0]] = list(vecs[cursor:cursor + n])
+                    kept.append(item)
+                cursor += n
+            todo = kept
+        if not todo:
+            return result
+
+        with Session(self.engine) as session, session.begin():
+            rows = {row.sku: row for row in session.scalars(
+                select(ProductRow).options(selectinload(ProductRow.images)).where(
+                    ProductRow.sku.in_([item[1] for item in todo])))}
+            new_images: list[ImageRow] = []
+            for pos, sku, product, hashes, gallery, digest in todo:
+                row = rows.get(sku)
+                if row is None:
+                    row = ProductRow(sku=sku)
+                    session.add(row)
+                    result.added.append(sku)
+                else:
+                    for old in row.images:
+                        session.add(IndexLog(image_id=old.id, op="remove"))
+                    row.images.clear()
+                    result.updated.append(sku)
+                row.title, row.description = product.title, product.description
+                row.category_path, row.category_key = list(product.category_path), category_key(product.category_path)
+                row.attributes, row.content_hash = dict(product.attributes), digest
+                uris = [(p, h, "catalog") for p, h in zip(product.images, hashes)]
+                uris += [(p, h, "gallery") for p, h in zip(product.gallery_images, gallery)]
+                for position, ((uri, sha, role), vec) in enumerate(zip(uris, vectors[pos])):
+                    image = ImageRow(position=position, uri=str(Path(uri).resolve()), sha256=sha, role=role,
+                                     vector=np.asarray(vec, np.float32).tobytes())
+                    row.images.append(image)
+                    new_images.append(image)
+            session.flush()  # assigns image ids
+            for image in new_images:
+                session.add(IndexLog(image_id=image.id, op="add"))
+        return result
+
+    def remove(self, skus: Iterable[str]) -> list[str]:
+        """Delete products (and their vectors); returns the SKUs that existed."""
+        skus = [str(s) for s in skus]
+        with Session(self.engine) as session, session.begin():
+            found = session.execute(select(ProductRow.id, ProductRow.sku).where(ProductRow.sku.in_(skus))).all()
+            if not found:
+                return []
+            ids = [r[0] for r in found]
+            for image_id in session.scalars(select(ImageRow.id).where(ImageRow.product_id.in_(ids))):
+                session.add(IndexLog(image_id=image_id, op="remove"))
+            session.execute(delete(ImageRow).where(ImageRow.product_id.in_(ids)))
+            session.execute(delete(ProductRow).where(ProductRow.id.in_(ids)))
+        return [r[1] for r in found]
+
+    # -- reads ----------------------------------------------------------------------------------
+    def get(self, sku: str) -> Product | None:
+        with Session(self.engine) as session:
+            row = session.scalar(select(ProductRow).options(selectinload(ProductRow.images)).where(ProductRow.sku == sku))
+            if row is None:
+                return None
+            return Product(row.sku, row.title, list(row.category_path), dict(row.attributes), row.description,
+                           [i.uri for i in row.images if i.role == "catalog"],
+                           [i.uri for i in row.images if i.role == "gallery"])
+
+    def __len__(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count(ProductRow.id))))
+
+    def products(self, offset: int = 0, limit: int = 100, category: Iterable[str] | None = None) -> list[SearchHit]:
+        with Session(self.engine) as session:
+            query = select(ProductRow).options(selectinload(ProductRow.images)).order_by(ProductRow.sku)
+            if category:
+                query = query.where(ProductRow.category_key.startswith(category_key(category), autoescape=True))
+            return [_hit(row, 1.0) for row in session.scalars(query.offset(offset).limit(limit))]
+
+    def category_tree(self) -> dict:
+        """``{"name": "", "count": N, "children": [...]}`` with product counts at every node."""
+        root: dict = {"name": "", "count": 0, "children": {}}
+        with Session(self.engine) as session:
+            for (path,) in session.execute(select(ProductRow.category_path)):
+                node = root
+                node["count"] += 1
+                for part in path or []:
+                    node = node["children"].setdefault(part, {"name": part, "count": 0, "children": {}})
+                    node["count"] += 1
+
+        def finish(node):
+            kids = sorted(node["children"].values(), key=lambda n: (-n["count"], n["name"]))
+            return {"name": node["name"], "count": node["count"], "children": [finish(k) for k in kids]}
+
+        return finish(root)
+
+    def stored_vectors(self, sku: str) -> np.ndarray:
+        with Session(self.engine) as session:
+            blobs = session.scalars(select(ImageRow.vector).join(ProductRow).where(
+                ProductRow.sku == sku, ImageRow.vector.is_not(None)).order_by(ImageRow.position)).all()
+        if not blobs:
+            raise SkulensError(f"unknown SKU {sku!r}")
+        return np.stack([np.frombuffer(b, np.float32) for b in blobs])
+
+    def _allowed_ids(self, category: Iterable[str] | None) -> list[int] | None:
+        if not category:
+            return None
+        with Session(self.engine) as session:
+            return list(session.scalars(select(ImageRow.id).join(ProductRow).where(
+                ProductRow.category_key.startswith(category_key(category), autoescape=True))))
+
+    def _rank(self, scores: np.ndarray, ids: np.ndarray, top_k: int, exclude: set[int] = frozenset()) -> list[SearchHit]:
+        """Image hits -> products, each scored by its best image."""
+        best: dict[int, float] = {}
+        image_ids = [int(i) for i in ids if i >= 0]
+        if not image_ids:
+            return []
+        with Session(self.engine) as session:
+            owner = dict(session.execute(select(ImageRow.id, ImageRow.product_id).where(ImageRow.id.in_(image_ids))).all())
+            for score, image_id in zip(scores, ids):
+                pid = owner.get(int(image_id))
+                if pid is None or pid in exclude:
+                    continue
+                if score > best.get(pid, -np.inf):
+                    best[pid] = float(score)
+            chosen = sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
+            rows = {r.id: r for r in session.scalars(select(ProductRow).options(selectinload(ProductRow.images))
+                                                     .where(ProductRow.id.in_([c[0] for c in chosen])))}
+            return [_hit(rows[pid], score) for pid, score in chosen if pid in rows]
+
+    def search_vectors(self, queries: np.ndarray, top_k: int = 10, category: Iterable[str] | None = None,
+                       exclude: set[int] = frozenset(), fetch: int | None = None) -> list[SearchHit]:
+        """Products nearest to one or more query vectors (several vectors: best score over them)."""
+        index = self.index()
+        allowed = self._allowed_ids(category)
+        # Fetch more images than products wanted: a product may hold several images.
+        k = fetch or max(4 * top_k, top_k + 20)
+        scores, ids = index.search(np.atleast_2d(queries), k, allowed)
+        return self._rank(scores.ravel(), ids.ravel(), top_k, exclude)
+
+    def search(self, image: ImageSource, top_k: int = 10, category: Iterable[str] | None = None) -> list[SearchHit]:
+        """Products that look like ``image`` (a path, bytes, file object or PIL image)."""
+        vector = self._require_embedder().embed([image])
+        return self.search_vectors(vector, top_k, category)
+
+    def similar(self, sku: str, top_k: int = 10, same_category: bool = False, duplicate_threshold: float = 0.995) -> list[SearchHit]:
+        """Products like ``sku``, without the product itself and without near-identical copies
+        (cosine >= ``duplicate_threshold`` to the product or to a product already listed)."""
+        vectors = self.stored_vectors(sku)
+        with Session(self.engine) as session:
+            row = session.scalar(select(ProductRow).where(ProductRow.sku == sku))
+            pid, path = row.id, list(row.category_path)
+        candidates = self.search_vectors(vectors, top_k=top_k * 3 + 10, category=path if same_category else None,
+                                         exclude={pid})
+        kept: list[SearchHit] = []
+        kept_vectors: list[np.ndarray] = [vectors]
+        for hit in candidates:
+            vec = self.stored_vectors(hit.sku)
+            if any(float((vec @ other.T).max()) >= duplicate_threshold for other in kept_vectors):
+                continue
+            kept.append(hit)
+            kept_vectors.append(vec)
+            if len(kept) == top_k:
+                break
+        return kept

@@ -1,0 +1,393 @@
+"""Attribute heads: colour, usage, gender... predicted beside the category, from the same features.
+
+Each attribute is one linear layer on the backbone's pooled features (the features the classifier
+sees), trained jointly with the category. An exclusive attribute (one colour per product) is a
+softmax group; tags that can co-occur are independent sigmoids, each with its own threshold tuned
+on validation. ``model(x)`` still returns the class logits alone, so everything that only knows
+about classes (export, calibration, back-off) keeps working; :func:`forward_all` gives both in
+one backbone pass.
+
+Unknown values (empty CSV cells) are -1 targets and drop out of the loss: an empty cell says
+nothing about the product, so learning it as a value of its own would teach the model to guess
+"unknown" from the photo.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from skulens.errors import SkulensError
+
+KINDS = ("softmax", "sigmoid")
+THRESHOLDS_FILE = "attribute_thresholds.json"
+# Name prefix of the per-attribute outputs an ONNX export carries (``attribute:colour``).
+ONNX_OUTPUT_PREFIX = "attribute:"
+
+
+def check_specs(specs: dict[str, dict]) -> None:
+    for name, spec in specs.items():
+        if spec.get("kind") not in KINDS:
+            raise SkulensError(f"attribute {name!r}: kind must be softmax or sigmoid, not {spec.get('kind')!r}")
+        if not spec.get("values"):
+            raise SkulensError(f"attribute {name!r} has no values")
+
+
+class AttributeHeads(nn.Module):
+    """One linear layer per attribute; kept in spec order (names may hold characters a module name cannot)."""
+
+    def __init__(self, in_features: int, specs: dict[str, dict]):
+        super().__init__()
+        check_specs(specs)
+        self.names = list(specs)
+        self.heads = nn.ModuleList(nn.Linear(in_features, len(spec["values"])) for spec in specs.values())
+
+    def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: head(pooled) for name, head in zip(self.names, self.heads)}
+
+
+def _classifier(model: nn.Module) -> nn.Module:
+    head = getattr(model, "classifier", None)
+    if head is None and hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+    return head
+
+
+def attach_attribute_heads(model: nn.Module, specs: dict[str, dict]) -> nn.Module:
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head") and _classifier(model) is not None):
+        raise SkulensError(f"attribute heads need a backbone with pooled features (EfficientNet, seedcnn, most timm "
+                           f"models), not {type(model).__name__}")
+    model.attribute_heads = AttributeHeads(model.num_features, specs)
+    return model
+
+
+def has_attribute_heads(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "attribute_heads", None), AttributeHeads)
+
+
+def forward_all(model: nn.Module, x: torch.Tensor,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(class logits, {attribute: logits})`` from one backbone pass.
+
+    ``labels`` switch on the ArcFace margin of an embedding head while training, as ``model_logits`` does.
+    """
+    from skulens.models.embedding import has_embedding_head, pooled_features
+
+    pooled = pooled_features(model, x)
+    head = _classifier(model)
+    logits = head(pooled, labels) if labels is not None and has_embedding_head(model) else head(pooled)
+    attributes = model.attribute_heads(pooled) if has_attribute_heads(model) else {}
+    return logits, attributes
+
+
+def attribute_logits(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return forward_all(model, x)[1]
+
+
+def attribute_probabilities(logits: dict[str, torch.Tensor], specs: dict[str, dict]) -> dict[str, torch.Tensor]:
+    return {name: (v.float().softmax(-1) if specs[name]["kind"] == "softmax" else v.float().sigmoid())
+            for name, v in logits.items()}
+
+
+def attribute_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], specs: dict[str, dict],
+                   label_smoothing: float = 0.0) -> torch.Tensor:
+    """Sum over attributes of the mean loss over the known targets (a batch with none adds 0)."""
+    total = None
+    for name, spec in specs.items():
+        out, target = logits[name].float(), targets[name]
+        if spec["kind"] == "softmax":
+            known = target >= 0
+            if not known.any():
+                continue
+            # Not ignore_index: with no known target in the batch it would give NaN (0/0).
+            loss = F.cross_entropy(out[known], target[known], label_smoothing=label_smoothing)
+        else:
+            known = target >= 0
+            if not known.any():
+                continue
+            loss = F.binary_cross_entropy_with_logits(out[known], target[known].float())
+        total = loss if total is None else total + loss
+    if total is None:
+        return next(iter(logits.values())).sum() * 0.0  # keeps the graph (and DDP) happy
+    return total
+
+
+# --- collecting outputs over a dataset ------------------------------------------------------
+
+@torch.no_grad()
+def model_outputs(model: nn.Module, x: torch.Tensor, device: torch.device, specs: dict[str, dict],
+                  tta: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Class probabilities and attribute probabilities on the CPU (``tta``: average with the flip)."""
+    from skulens.runtime import autocast, to_device
+
+    x = to_device(x, device)
+    with autocast(device):
+        logits, attrs = forward_all(model, x)
+        probs, attr_probs = logits.float().softmax(-1), attribute_probabilities(attrs, specs)
+        if tta:
+            logits_f, attrs_f = forward_all(model, torch.flip(x, dims=[3]))
+            probs = (probs + logits_f.float().softmax(-1)) / 2
+            flipped = attribute_probabilities(attrs_f, specs)
+            attr_probs = {k: (v + flipped[k]) / 2 for k, v in attr_probs.items()}
+    return probs.cpu(), {k: v.cpu() for k, v in attr_probs.items()}
+
+
+def engine_outputs(engine, x: torch.Tensor, tta: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Both outputs from any engine: PyTorch, or an ONNX export that carries ``attribute:NAME`` outputs."""
+    specs = engine.config.model.attributes
+    if not specs:
+        return engine.probabilities(x, tta), {}
+    if hasattr(engine, "model"):
+        return model_outputs(engine.model, x, engine.device, specs, tta)
+    if not engine_has_attributes(engine):
+        raise SkulensError(f"the {engine.name} engine of this run has no attribute outputs; use --engine torch "
+                           "(or re-export the run)")
+    views = [x, torch.flip(x, dims=[3])] if tta else [x]
+    names = [engine.session.get_outputs()[0].name] + [ONNX_OUTPUT_PREFIX + n for n in specs]
+    runs = [engine.session.run(names, {engine.input_name: np.ascontiguousarray(v.numpy(), dtype=np.float32)})
+            for v in views]
+    probs = sum(torch.from_numpy(r[0]).float().softmax(-1) for r in runs) / len(runs)
+    attr_probs = {}
+    for i, name in enumerate(specs, start=1):
+        attr_probs[name] = sum(attribute_probabilities({name: torch.from_numpy(r[i])}, specs)[name]
+                               for r in runs) / len(runs)
+    return probs, attr_probs
+
+
+def engine_has_attributes(engine) -> bool:
+    specs = engine.config.model.attributes
+    if not specs or hasattr(engine, "model"):
+        return True
+    session = getattr(engine, "session", None)
+    outputs = {o.name for o in session.get_outputs()} if session is not None else set()
+    return all(ONNX_OUTPUT_PREFIX + n in outputs for n in specs)
+
+
+class OutputCollector:
+    """A class-probability function (what ``dataset_probabilities`` takes) that also keeps the
+    attribute probabilities of every batch it sees, so one pass over the images gives both."""
+
+    def __init__(self, predict_all):
+        self.predict_all = predict_all
+        self._batches: list[dict[str, torch.Tensor]] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        probs, attrs = self.predict_all(x)
+        self._batches.append(attrs)
+        return probs
+
+    def attribute_probs(self) -> dict[str, np.ndarray]:
+        if not self._batches:
+            return {}
+        return {name: torch.cat([b[name] for b in self._batches]).numpy() for name in self._batches[0]}
+
+
+# --- metrics and thresholds -----------------------------------------------------------------
+
+def _softmax_targets(samples, position: int) -> np.ndarray:
+    return np.array([s.attributes[position] if position < len(s.attributes) else -1 for s in samples], np.int64)
+
+
+def _tag_targets(samples, position: int, n_values: int) -> np.ndarray:
+    """Multi-hot rows; -1 rows where the tags are unknown."""
+    out = np.full((len(samples), n_values), -1, np.int8)
+    for row, s in enumerate(samples):
+        value = s.attributes[position] if position < len(s.attributes) else None
+        if value is not None:
+            out[row] = 0
+            out[row, list(value)] = 1
+    return out
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Mean of the precision at the rank of each positive (ties broken by order; nan without positives)."""
+    if not positives.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    hits = positives[order].astype(bool)
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision_at[hits].mean())
+
+
+def attribute_metrics(attr_probs: dict[str, np.ndarray], samples, specs: dict[str, dict],
+                      thresholds: dict[str, list[float]] | None = None) -> dict[str, dict]:
+    """Per attribute, over the images whose value is known: accuracy (softmax) or mAP and
+    micro precision/recall/F1 at the tuned thresholds (sigmoid). ``samples`` align with the rows."""
+    out: dict[str, dict] = {}
+    for position, (name, spec) in enumerate(specs.items()):
+        probs = attr_probs[name]
+        if spec["kind"] == "softmax":
+            target = _softmax_targets(samples, position)
+            known = target >= 0
+            pred = probs.argmax(1)
+            out[name] = {"kind": "softmax", "n_known": int(known.sum()), "n_unknown": int((~known).sum()),
+                         "accuracy": float(np.mean(pred[known] == target[known])) if known.any() else float("nan")}
+            continue
+        target = _tag_targets(samples, position, len(spec["values"]))
+        known = target[:, 0] >= 0
+        probs, target = probs[known], target[known]
+        aps = [average_precision(probs[:, j], target[:, j] == 1) for j in range(target.shape[1])]
+        scored = [a for a in aps if not np.isnan(a)]
+        thr = np.array((thresholds or {}).get(name) or [0.5] * len(spec["values"]))
+        pred = probs >= thr[None, :]
+        tp = int(np.sum(pred & (target == 1)))
+        fp, fn = int(np.sum(pred & (target == 0))), int(np.sum(~pred & (target == 1)))
+        precision = tp / (tp + fp) if tp + fp else float("nan")
+        recall = tp / (tp + fn) if tp + fn else float("nan")
+        out[name] = {"kind": "sigmoid", "n_known": int(known.sum()), "n_unknown": int((~known).sum()),
+                     "mAP": float(np.mean(scored)) if scored else float("nan"),
+                     "ap_per_tag": {v: a for v, a in zip(spec["values"], aps)},
+                     "precision": precision, "recall": recall,
+                     "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
+                     "thresholds_tuned": bool(thresholds and name in thresholds)}
+    return out
+
+
+def tune_thresholds(attr_probs: dict[str, np.ndarray], samples, specs: dict[str, dict]) -> dict[str, list[float]]:
+    """Per tag, the threshold with the best F1 on these (validation) images; 0.5 for a tag never seen."""
+    out: dict[str, list[float]] = {}
+    for position, (name, spec) in enumerate(specs.items()):
+        if spec["kind"] != "sigmoid":
+            continue
+        target = _tag_targets(samples, position, len(spec["values"]))
+        known = target[:, 0] >= 0
+        probs, target = attr_probs[name][known], target[known]
+        thresholds = []
+        for j in range(target.shape[1]):
+            positives = target[:, j] == 1
+            if not positives.any():
+                thresholds.append(0.5)
+                continue
+            # Candidate thresholds are the scores themselves; F1 at "score >= t" for each.
+            candidates = np.unique(probs[:, j])
+            f1 = [2 * np.sum((probs[:, j] >= t) & positives) / (np.sum(probs[:, j] >= t) + positives.sum())
+                  for t in candidates]
+            thresholds.append(float(candidates[int(np.argmax(f1))]))
+        out[name] = thresholds
+    return out
+
+
+def save_thresholds(run_dir: Path, thresholds: dict[str, list[float]], split: str = "val") -> None:
+    from skulens.checkpoint import write_json_atomic
+
+    write_json_atomic(Path(run_dir) / THRESHOLDS_FILE, {"tuned_on": split, "thresholds": thresholds})
+
+
+def load_attribute_thresholds(run_dir: str | Path) -> dict[str, list[float]] | None:
+    path = Path(run_dir) / THRESHOLDS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return {k: [float(t) for t in v] for k, v in json.loads(path.read_text())["thresholds"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SkulensError(f"{path}: invalid attribute thresholds ({exc})") from None
+
+
+def describe(attr_probs: dict[str, torch.Tensor | np.ndarray], specs: dict[str, dict],
+             thresholds: dict[str, list[float]] | None = None) -> dict[str, dict]:
+    """One image's attributes as a Prediction carries them: the value (softmax) or the list of
+    tags above their thresholds (sigmoid), with confidences."""
+    out: dict[str, dict] = {}
+    for name, spec in specs.items():
+        p = np.asarray(attr_probs[name], dtype=np.float64)
+        if spec["kind"] == "softmax":
+            best = int(p.argmax())
+            out[name] = {"value": spec["values"][best], "confidence": float(p[best])}
+        else:
+            thr = (thresholds or {}).get(name) or [0.5] * len(p)
+            chosen = [j for j in np.argsort(-p) if p[j] >= thr[j]]
+            out[name] = {"value": [spec["values"][j] for j in chosen], "confidence": [float(p[j]) for j in chosen]}
+    return out
+
+
+# --- run-folder helpers for the trainer -----------------------------------------------------
+
+ATTRIBUTE_LOG_FILE = "attributes_log.csv"
+
+
+def headline(metrics: dict) -> float:
+    """The one number per attribute a log shows: accuracy (softmax) or mAP (sigmoid)."""
+    return metrics["accuracy"] if metrics["kind"] == "softmax" else metrics["mAP"]
+
+
+def log_attribute_epoch(run_dir: Path, epoch: int, metrics: dict[str, dict]) -> None:
+    """Validation accuracy / mAP per attribute, one row per epoch (beside log.csv, whose columns are fixed)."""
+    import csv
+    import logging
+
+    path = Path(run_dir) / ATTRIBUTE_LOG_FILE
+    row = {"epoch": epoch, **{name: f"{headline(m):.5f}" for name, m in metrics.items()}}
+    new = not path.is_file() or epoch == 1
+    with path.open("w" if new else "a", newline="") as handle:
+        writer = csv.DictWriter(handle, list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    logging.getLogger(__name__).info("epoch %d attributes (val): %s", epoch,
+                                     ", ".join(f"{n} {100 * headline(m):.1f}%" for n, m in metrics.items()))
+
+
+def tune_run_thresholds(run_dir: Path, samples, device, batch_size: int = 16,
+                        progress: bool = False) -> dict[str, list[float]]:
+    """Tune the sigmoid tags' thresholds of a finished run on ``samples`` (validation) and save them."""
+    from skulens.checkpoint import load_run
+    from skulens.evaluation.inference import dataset_probabilities
+    from skulens.runtime import prepare_model
+
+    model, config = load_run(run_dir, device)
+    prepare_model(model, device)
+    specs = config.model.attributes
+    collector = OutputCollector(lambda x: model_outputs(model, x, device, specs))
+    _, _, kept, _ = dataset_probabilities(collector, samples, config.preprocessing, batch_size=batch_size,
+                                          progress=progress, desc="tuning tag thresholds")
+    thresholds = tune_thresholds(collector.attribute_probs(), [samples[i] for i in kept], specs)
+    save_thresholds(run_dir, thresholds)
+    return thresholds
+
+
+def align_attributes(samples, dataset_specs: dict[str, dict], model_specs: dict[str, dict]):
+    """Re-index the samples' attribute targets from the dataset's value lists to the model's.
+
+    Returns ``(samples, specs)`` with ``specs`` the model attributes the dataset has columns for.
+    """
+    from dataclasses import replace
+
+    common = {n: s for n, s in model_specs.items() if n in dataset_specs and dataset_specs[n]["kind"] == s["kind"]}
+    positions = {n: list(dataset_specs).index(n) for n in common}
+    maps = {}
+    for name, spec in common.items():
+        unknown = sorted(set(dataset_specs[name]["values"]) - set(spec["values"]))
+        if unknown:
+            raise SkulensError(f"attribute {name!r} has values the model does not know: {', '.join(unknown[:5])}")
+        maps[name] = [spec["values"].index(v) for v in dataset_specs[name]["values"]]
+
+    def convert(s):
+        values = []
+        for name in common:
+            v = s.attributes[positions[name]] if positions[name] < len(s.attributes) else None
+            if common[name]["kind"] == "softmax":
+                values.append(-1 if v is None or v < 0 else maps[name][v])
+            else:
+                values.append(None if v is None else tuple(sorted(maps[name][i] for i in v)))
+        return replace(s, attributes=tuple(values))
+
+    return [convert(s) for s in samples], common
+
+
+def load_engine_with_attributes(run_dir, engine: str = "auto", device: str = "auto"):
+    """``load_engine``, except that ``auto`` falls back to PyTorch when the chosen ONNX export of a
+    run with attributes lacks their outputs (an export made before attributes were exported)."""
+    import logging
+
+    from skulens.engines.select import load_engine
+
+    runner = load_engine(run_dir, engine, device)
+    if engine == "auto" and not engine_has_attributes(runner):
+        logging.getLogger(__name__).warning("%s: the ONNX export has no attribute outputs; using PyTorch", run_dir)
+        runner = load_engine(run_dir, "torch", device)
+    return runner

@@ -1,0 +1,178 @@
+"""``create_app(ServeConfig)``: the FastAPI app with its services, routers, middleware and error handlers.
+
+Each area is a router module: routes_system, routes_recognize, routes_jobs, routes_catalog (search,
+products, categories), routes_explain and routes_web; they read ``services(request)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from skulens import __version__
+from skulens.errors import SkulensError
+from skulens.serving import (
+    routes_catalog, routes_explain, routes_jobs, routes_products, routes_recognize, routes_system, routes_web,
+)
+from skulens.serving.api_errors import install_error_handlers
+from skulens.serving.batching import MicroBatcher
+from skulens.serving.config import ServeConfig
+from skulens.serving.deps import Services
+from skulens.serving.jobs import JobManager
+from skulens.serving.media import MediaStore
+from skulens.serving.metrics import Metrics
+from skulens.serving.observe import ObserveMiddleware
+
+log = logging.getLogger("skulens.serving")
+
+DESCRIPTION = """Product image recognition. Upload a photo to `POST /v1/recognize`; bulk work runs as a job
+(`POST /v1/recognize/bulk`, then poll `GET /v1/jobs/{job_id}`). With a catalog: visual search
+(`POST /v1/search`), products (`/v1/products`, writes need a key) and the category tree. Errors are JSON:
+`{"error": {"code": ..., "message": ...}}`. Write endpoints need an API key (`X-API-Key` header or
+`Authorization: Bearer`); read endpoints too when the server runs with `--protect-reads`."""
+
+
+def load_recognizer(config: ServeConfig):
+    if config.recognizer is not None:
+        return config.recognizer
+    from skulens.recognition.recognizer import Recognizer
+
+    return Recognizer.load(config.run_dir, engine=config.engine, device=config.device)
+
+
+def decode_workers() -> int:
+    """Threads for decoding uploads. Few on purpose: the model's own threads need the cores, and
+    oversubscribed inference threads slow down far more than decoding speeds up."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def load_catalog(config: ServeConfig):
+    if config.catalog_db is None:
+        return config.catalog
+    from skulens.serving.catalog_setup import open_catalog
+
+    return open_catalog(config.catalog_db, config.catalog_run or config.run_dir, config.device, config.engine)
+
+
+def warm_up(what: str, step) -> None:
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - a failed warm-up must not stop the server; requests will report
+        log.warning("warm-up of the %s failed: %s", what, exc)
+
+
+def embedding_batcher(catalog, config: ServeConfig, metrics: Metrics) -> MicroBatcher:
+    import torch
+
+    embedder = catalog.embedder
+    if embedder is None:
+        raise SkulensError("the catalog has no embedding model to search with: open it with one")
+
+    def on_batch(size: int, seconds: float) -> None:
+        metrics.embed_batch_size.observe(size)
+        metrics.embed_inference.observe(seconds)
+
+    # Its own lock: the embedder is a second model, so it need not wait for recognition (and vice versa).
+    return MicroBatcher(lambda tensors: list(embedder.embed_tensors(torch.stack(list(tensors)))),
+                        max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+                        max_queue=config.max_queue, lock=threading.Lock(), on_batch=on_batch)
+
+
+def warm_up_all(svc: Services) -> None:
+    """One prediction per model, and the vector index loaded, so the first request pays for none of it."""
+    from PIL import Image
+
+    grey = Image.new("RGB", (svc.img_size or 224, svc.img_size or 224), (128, 128, 128))
+
+    def run(batcher: MicroBatcher, item) -> None:
+        with batcher.lock:
+            batcher.run_batch([item])
+
+    warm_up("model", lambda: run(svc.batcher, grey))
+    if svc.embed_batcher is not None:
+        warm_up("search embedding", lambda: run(svc.embed_batcher, svc.embedder.input_tensor(grey)))
+    if hasattr(svc.catalog, "index"):
+        def load_index() -> None:
+            with svc.catalog_lock:
+                svc.catalog.index()
+
+        warm_up("vector index", load_index)
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    recognizer = load_recognizer(config)
+    metrics = Metrics()
+    n_classes = len(recognizer.classes)
+
+    def on_batch(size: int, seconds: float) -> None:
+        metrics.batch_size.observe(size)
+        metrics.inference.observe(seconds)
+
+    # Every class is scored so the API can give each level of the category path its own confidence.
+    batcher = MicroBatcher(lambda images: recognizer.predict_batch(images, top_k=n_classes),
+                           max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+                           max_queue=config.max_queue, lock=threading.Lock(), on_batch=on_batch,
+                           on_queue=metrics.queue_depth.set)
+    catalog = load_catalog(config)
+    svc = Services(config=config, recognizer=recognizer, batcher=batcher, metrics=metrics,
+                   engine_name=str(getattr(getattr(recognizer, "engine", None), "name", "model")),
+                   catalog=catalog)
+    if routes_explain.explainable(recognizer):
+        svc.explainer = routes_explain.Explainer(recognizer, batcher.lock)
+    if catalog is not None:
+        from skulens.serving.catalog_setup import default_media_dir
+
+        svc.embed_batcher = embedding_batcher(catalog, config, metrics)
+        svc.media = MediaStore(config.media_dir or default_media_dir(catalog), max_side=config.media_max_side)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Thread pools live with the server, so a second start (tests, reloads) gets fresh ones.
+        svc.decode_pool = ThreadPoolExecutor(max_workers=decode_workers(), thread_name_prefix="skulens-decode")
+        svc.jobs = JobManager(max_jobs=config.max_jobs, max_active=config.max_active_jobs,
+                              workers=config.job_workers, ttl_s=config.job_ttl_s,
+                              on_finish=lambda job: metrics.jobs.labels(kind=job.kind, status=job.status).inc())
+        await batcher.start()
+        if svc.embed_batcher is not None:
+            await svc.embed_batcher.start()
+        if config.warmup:
+            await asyncio.get_running_loop().run_in_executor(None, warm_up_all, svc)
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            if svc.embed_batcher is not None:
+                await svc.embed_batcher.stop()
+            svc.jobs.shutdown()
+            svc.decode_pool.shutdown(wait=False, cancel_futures=True)
+            if catalog is not None and hasattr(catalog, "flush"):
+                with svc.catalog_lock:
+                    # Saves the vector index, so the next start need not replay this run's changes.
+                    catalog.flush()
+
+    # /docs is served by routes_web from local files (FastAPI's default pulls Swagger UI from a CDN).
+    app = FastAPI(title="skulens", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    app.state.services = svc
+    install_error_handlers(app)
+    app.include_router(routes_system.router)
+    app.include_router(routes_recognize.router)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_catalog.router)
+    app.include_router(routes_products.router)
+    app.include_router(routes_explain.router)
+    app.include_router(routes_web.router)
+    routes_web.mount_static(app)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"], max_age=600)
+    app.add_middleware(ObserveMiddleware, metrics=metrics, log_client_ips=config.log_client_ips)
+    return app

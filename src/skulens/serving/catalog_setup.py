@@ -1,0 +1,72 @@
+"""Opening the catalog a server searches: a user's database, or the demo catalog built on first start.
+
+The demo's products ship as a CSV + images inside the package; its database is derived data, so it
+lives in the user's cache folder, named after the embedding model and the package folder: a new
+model or a moved install gets a fresh database instead of vectors or paths that no longer fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from skulens.errors import SkulensError
+
+log = logging.getLogger("skulens.serving")
+DEMO_TREE = ["department", "coarse", "fine"]
+
+
+def cache_dir() -> Path:
+    """``$SKULENS_CACHE_DIR``, else ``$XDG_CACHE_HOME/skulens``, else ``~/.cache/skulens``."""
+    explicit = os.environ.get("SKULENS_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "skulens"
+
+
+def open_catalog(db: str | Path, run: str | Path | None, device: str = "auto", engine: str = "auto"):
+    """A catalog searched with the model it recorded (which may differ from the served run); a new,
+    empty catalog gets ``run``'s embedder, so products added through the API match the served model."""
+    from skulens.catalog import Catalog
+
+    probe = Catalog.open(db)
+    recorded = probe.model_info
+    probe.engine.dispose()
+    catalog = Catalog.open_with_model(db, run=None if recorded else run, device=device, engine=engine)
+    if not recorded:
+        log.info("catalog %s is new: it will be indexed with %s", catalog.url, catalog.embedder.description)
+    return catalog
+
+
+def default_media_dir(catalog) -> Path:
+    """Beside a SQLite file (``shop.db.media/``); for a server database, in the cache folder."""
+    url = str(getattr(catalog, "url", ""))
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):] + ".media")
+    return cache_dir() / f"media-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+
+
+def open_demo_catalog(run: Path, catalog_dir: Path, device: str = "auto", progress: bool = True):
+    """The demo catalog, imported into its cache database (idempotent: later starts find every
+    product unchanged and embed nothing)."""
+    from skulens.catalog import Catalog, CsvMapping, import_products, load_embedder, read_products_csv
+
+    embedder = load_embedder(run, device, "torch")
+    place = hashlib.sha256(str(catalog_dir.resolve()).encode()).hexdigest()[:8]
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SkulensError(f"{folder}: cannot create the cache folder for the demo catalog ({exc.strerror}); "
+                           "set SKULENS_CACHE_DIR to a writable folder") from None
+    catalog = Catalog.open(folder / f"demo-catalog-{embedder.model_id}-{place}.db", embedder)
+    rows, bad = read_products_csv(catalog_dir / "products.csv", CsvMapping(tree=DEMO_TREE))
+    report = import_products(catalog, rows, on_conflict="update", progress=progress, desc="demo catalog")
+    for number, sku, reason in [*bad, *report.rejected]:
+        log.warning("demo catalog row %d (%s): %s", number, sku, reason)
+    if report.added or report.updated:
+        log.info("demo catalog: %d products indexed in %.1f s", report.added + report.updated, report.seconds)
+    return catalog

@@ -1,0 +1,113 @@
+"""What routes share: the services of the running app, and the API-key checks as FastAPI dependencies.
+
+Routers declare ``dependencies=[Depends(require_write)]`` (or ``require_read``) and get
+``services(request)`` for the recognizer, batchers, jobs, metrics, catalog and media store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader
+
+from skulens.serving.api_errors import ApiError
+from skulens.serving.batching import MicroBatcher
+from skulens.serving.catalog_views import product_hit
+from skulens.serving.config import ServeConfig
+from skulens.serving.jobs import JobManager
+from skulens.serving.media import MediaStore
+from skulens.serving.metrics import Metrics
+from skulens.serving.schemas import ProductHit
+from skulens.serving.security import key_matches, presented_key
+
+
+@dataclass
+class Services:
+    config: ServeConfig
+    recognizer: Any
+    batcher: MicroBatcher
+    metrics: Metrics
+    engine_name: str
+    catalog: Any = None
+    # Held for every catalog call that writes or touches the in-memory vector index (search,
+    # similar, upsert, remove): one Catalog instance is not safe for concurrent writes.
+    catalog_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Search embeddings, micro-batched like recognition (a second model: the catalog's embedder).
+    embed_batcher: MicroBatcher | None = None
+    media: MediaStore | None = None
+    explainer: Any = None  # routes_explain.Explainer, when the model can draw Grad-CAM heat maps
+    # Made when the server starts (app.py's lifespan), so a restarted app gets fresh threads.
+    jobs: JobManager | None = None
+    decode_pool: ThreadPoolExecutor | None = None
+
+    @property
+    def img_size(self) -> int | None:
+        pre = getattr(getattr(self.recognizer, "config", None), "preprocessing", None)
+        return getattr(pre, "img_size", None)
+
+    @property
+    def embedder(self):
+        return getattr(self.catalog, "embedder", None)
+
+    @property
+    def draft_size(self) -> int | None:
+        """A photo is decoded once for both models, so at the larger of their input sizes."""
+        sizes = [self.img_size, getattr(getattr(self.embedder, "preprocessing", None), "img_size", None)]
+        sizes = [s for s in sizes if s]
+        return max(sizes) if sizes else None
+
+    def search_vector(self, vector, k: int, category: list[str] | None = None) -> list[ProductHit]:
+        """Products nearest to one embedding; blocking, so it runs in a worker thread."""
+        with self.catalog_lock:
+            hits = self.catalog.search_vectors(vector, top_k=k, category=category or None)
+        return [product_hit(h) for h in hits]
+
+    async def search_image(self, image, k: int, category: list[str] | None = None) -> list[ProductHit]:
+        """Products that look like the photo: embedded in a micro-batch, then one index query."""
+        loop = asyncio.get_running_loop()
+        tensor = await loop.run_in_executor(self.decode_pool, self.embedder.input_tensor, image)
+        vector = await self.embed_batcher.submit(tensor)
+        return await loop.run_in_executor(None, self.search_vector, vector, k, category)
+
+    def embed_now(self, images: list) -> list:
+        """Embeddings of several photos from a job thread, sharing the batcher's lock."""
+        tensors = [self.embedder.input_tensor(img) for img in images]
+        with self.embed_batcher.lock:
+            return list(self.embed_batcher.run_batch(tensors))
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def _check_key(request: Request) -> None:
+    hashes = services(request).config.api_key_hashes
+    key = presented_key(request.headers)
+    challenge = {"WWW-Authenticate": 'Bearer realm="skulens"'}
+    if key is None:
+        raise ApiError(401, "missing_api_key", "this endpoint needs an API key (header X-API-Key or "
+                       "Authorization: Bearer)", challenge)
+    if not key_matches(key, hashes):
+        raise ApiError(401, "invalid_api_key", "the API key is not valid", challenge)
+
+
+# Declared so /docs shows the key and its "Authorize" button; the check itself reads the headers
+# (X-API-Key or Authorization: Bearer) in _check_key.
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                              description="a key from `skulens keys new` (or send Authorization: Bearer KEY)")
+
+
+async def require_read(request: Request, _key: str | None = Security(api_key_header)) -> None:
+    if services(request).config.protect_reads:
+        _check_key(request)
+
+
+async def require_write(request: Request, _key: str | None = Security(api_key_header)) -> None:
+    if not services(request).config.api_key_hashes:
+        raise ApiError(403, "writes_disabled", "write endpoints are off: start the server with --api-keys-file")
+    _check_key(request)

@@ -1,0 +1,48 @@
+"""GET /healthz, GET /metrics (Prometheus text) and GET /v1/info (what the web page needs to know)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from skulens import __version__
+from skulens.data.images import ALLOWED_FORMATS
+from skulens.serving.deps import require_read, services
+from skulens.serving.schemas import AuthInfo, HealthResponse, InfoResponse, LimitsInfo, ModelInfo
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="Liveness: the model is loaded and the server answers")
+async def healthz(request: Request) -> HealthResponse:
+    svc = services(request)
+    return HealthResponse(engine=svc.engine_name, catalog=svc.catalog is not None)
+
+
+@router.get("/metrics", dependencies=[Depends(require_read)], response_class=Response,
+            summary="Prometheus metrics: requests, latencies, batch sizes, errors")
+async def metrics(request: Request) -> Response:
+    m = services(request).metrics
+    return Response(m.render(), media_type=m.content_type)
+
+
+@router.get("/v1/info", response_model=InfoResponse, summary="Model, limits and which features are on")
+async def info(request: Request) -> InfoResponse:
+    svc = services(request)
+    cfg = svc.config
+    rec = svc.recognizer
+    run_config = getattr(rec, "config", None)
+    spec = getattr(run_config, "model", None)
+    return InfoResponse(
+        version=__version__,
+        model=ModelInfo(name=str(getattr(spec, "name", None) or getattr(spec, "arch", None) or "model"),
+                        engine=svc.engine_name, classes=len(rec.classes), img_size=svc.img_size,
+                        has_tree=getattr(run_config, "tree", None) is not None),
+        catalog=svc.catalog is not None,
+        explain=svc.explainer is not None,
+        auth=AuthInfo(reads=cfg.protect_reads, writes=bool(cfg.api_key_hashes)),
+        limits=LimitsInfo(max_upload_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels,
+                          formats=sorted(ALLOWED_FORMATS - {"MPO"}), max_bulk_images=cfg.max_bulk_images,
+                          request_timeout_s=cfg.request_timeout_s),
+        max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms,
+    )

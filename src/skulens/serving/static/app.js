@@ -1,0 +1,329 @@
+// skulens web page: send a photo to /v1/recognize and show the answer, the matching products, similar
+// products, the category tree and (on request) a Grad-CAM heat map. Plain JS, no build step.
+// Everything from the server is written with textContent (never innerHTML), so titles cannot inject markup.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const PAGE_SIZE = 24;
+let info = null;
+let previewUrl = null;
+let heatmapUrl = null;
+let lastFile = null;
+let photoToken = 0;  // answers for an older photo than the one on screen are dropped
+let browsing = null;  // {path, nextOffset} of the category being listed
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  node.append(...children);
+  return node;
+}
+
+function pct(x) {
+  return `${Math.round(100 * x)}%`;
+}
+
+function megabytes(n) {
+  return `${Math.round((10 * n) / 1048576) / 10} MB`;  // MiB, as in --max-upload-mb
+}
+
+function authHeaders() {
+  // The key lives only in this page's memory (the input field): nothing is saved in the browser.
+  const key = $("api-key").value.trim();
+  return key ? { "X-API-Key": key } : {};
+}
+
+async function errorOf(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (_) {
+    body = null;
+  }
+  const error = new Error(body && body.error ? body.error.message : `the server answered HTTP ${response.status}`);
+  error.status = response.status;
+  return error;
+}
+
+async function fetchBlob(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  if (!response.ok) throw await errorOf(response);
+  return response.blob();
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  if (!response.ok) throw await errorOf(response);
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (_) {
+    body = null;
+  }
+  return body;
+}
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+function safeImageUrl(url) {
+  if (!url) return null;
+  try {
+    const parsed = new URL(url, window.location.href);
+    if (["http:", "https:", "blob:"].includes(parsed.protocol)) return parsed.href;
+    if (parsed.protocol === "data:" && url.startsWith("data:image/")) return url;
+  } catch (_) {
+    return null;
+  }
+  return null;
+}
+
+async function loadInfo() {
+  try {
+    info = await api("/v1/info");
+  } catch (error) {
+    $("model-info").textContent = "";
+    showError(`Cannot reach the server: ${error.message}`);
+    return;
+  }
+  const m = info.model;
+  $("model-info").textContent = `${m.name} · ${m.classes} classes · ${m.engine}`;
+  $("limits").textContent = `${info.limits.formats.join(", ")} · up to ${megabytes(info.limits.max_upload_bytes)}`;
+  $("api-key-row").hidden = !info.auth.reads;
+  $("heatmap-row").hidden = !info.explain;
+  if (info.catalog) loadTree();
+}
+
+function showPreview(file) {
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  if (heatmapUrl) URL.revokeObjectURL(heatmapUrl);
+  heatmapUrl = null;
+  previewUrl = URL.createObjectURL(file);
+  $("preview").src = previewUrl;
+  $("preview").alt = "the photo you sent";
+  $("preview").hidden = false;
+}
+
+async function showHeatmap() {
+  // The server blends the heat map over the photo; the page swaps it in for the plain preview.
+  if (!lastFile || !$("heatmap-toggle").checked) return;
+  const token = photoToken;
+  if (!heatmapUrl) {
+    const form = new FormData();
+    form.append("image", lastFile, lastFile.name || "photo.jpg");
+    try {
+      const blob = await fetchBlob("/v1/explain", { method: "POST", body: form });
+      if (token !== photoToken) return;
+      heatmapUrl = URL.createObjectURL(blob);
+    } catch (error) {
+      if (token === photoToken) showError(`No heat map: ${error.message}`);
+      return;
+    }
+  }
+  if ($("heatmap-toggle").checked) {
+    $("preview").src = heatmapUrl;
+    $("preview").alt = "the photo with a heat map of where the model looked";
+  }
+}
+
+function toggleHeatmap() {
+  if ($("heatmap-toggle").checked) {
+    showHeatmap();
+  } else if (previewUrl) {
+    $("preview").src = previewUrl;
+    $("preview").alt = "the photo you sent";
+  }
+}
+
+async function recognize(file) {
+  if (!file) return;
+  clearError();
+  photoToken += 1;
+  lastFile = file;
+  showPreview(file);
+  if (info && file.size > info.limits.max_upload_bytes) {
+    showError(`This photo is ${megabytes(file.size)}; the limit is ${megabytes(info.limits.max_upload_bytes)}.`);
+    return;
+  }
+  setStatus("Recognizing…");
+  const form = new FormData();
+  form.append("image", file, file.name || "photo.jpg");
+  try {
+    const token = photoToken;
+    const result = await api("/v1/recognize", { method: "POST", body: form });
+    if (token !== photoToken) return;
+    renderPrediction(result);
+    renderProducts($("products"), result.products);
+    $("products-panel").hidden = result.products.length === 0;
+    $("similar-panel").hidden = true;
+    setStatus(`Answered in ${Math.round(result.elapsed_ms)} ms.`);
+    showHeatmap();
+  } catch (error) {
+    $("result").hidden = true;
+    $("products-panel").hidden = true;
+    setStatus("");
+    showError(error.message);
+  }
+}
+
+function renderPath(levels) {
+  return levels.map((level) => el("li", {},
+    el("span", { className: "name", textContent: level.name }),
+    el("span", { className: "conf", textContent: pct(level.confidence) })));
+}
+
+function renderPrediction(result) {
+  $("category-path").replaceChildren(...renderPath(result.path));
+  const note = $("answer-note");
+  if (result.unknown) {
+    note.textContent = "The model is not sure what this is; the path above is only its best guess.";
+    note.hidden = false;
+  } else if (result.answer_path && result.answer_path.length) {
+    note.textContent = `Sure only down to: ${result.answer_path.map((l) => l.name).join(" › ")}`;
+    note.hidden = false;
+  } else {
+    note.hidden = true;
+  }
+  const rows = result.top_k.map((scored) => {
+    const bar = el("div", { className: "bar" }, el("span"));
+    bar.firstChild.style.width = pct(scored.confidence);
+    return el("tr", {},
+      el("td", { className: "label", textContent: scored.label, title: scored.path.join(" › ") }),
+      el("td", {}, bar),
+      el("td", { className: "pct", textContent: pct(scored.confidence) }));
+  });
+  $("top-k").tBodies[0].replaceChildren(...rows);
+  const attributes = $("attributes");
+  attributes.replaceChildren(...result.attributes.flatMap((a) => [
+    el("dt", { textContent: a.name }),
+    el("dd", { textContent: a.confidence == null ? a.value : `${a.value} (${pct(a.confidence)})` })]));
+  attributes.hidden = result.attributes.length === 0;
+  $("result").hidden = false;
+}
+
+function productCard(product) {
+  const src = safeImageUrl(product.image_url);
+  const picture = src
+    ? el("img", { src, alt: product.title, loading: "lazy" })
+    : el("div", { className: "noimg", role: "img", ariaLabel: "no image" });
+  // Listings have no score; search answers do.
+  const score = typeof product.score === "number" ? [el("span", { className: "score", textContent: ` · ${pct(product.score)}` })] : [];
+  const card = el("button", { type: "button", className: "card", title: `Show products similar to ${product.title}` },
+    picture,
+    el("span", { className: "title", textContent: product.title }),
+    el("span", { className: "sku" }, product.sku, ...score));
+  card.dataset.sku = product.sku;
+  card.addEventListener("click", () => showSimilar(product));
+  return card;
+}
+
+function renderProducts(container, products) {
+  container.replaceChildren(...(products || []).map(productCard));
+}
+
+async function showSimilar(product) {
+  clearError();
+  setStatus(`Looking for products similar to ${product.title}…`);
+  try {
+    const result = await api(`/v1/products/${encodeURIComponent(product.sku)}/similar`);
+    $("similar-title").textContent = `Similar to ${product.title}`;
+    renderProducts($("similar"), result.products);
+    $("similar-panel").hidden = false;
+    $("similar-panel").scrollIntoView({ behavior: "smooth", block: "start" });
+    setStatus("");
+  } catch (error) {
+    setStatus("");
+    showError(error.message);
+  }
+}
+
+function renderTree(nodes) {
+  return el("ul", {}, ...nodes.map((node) => {
+    const name = el("button", { type: "button", className: "category name", textContent: node.name,
+      title: `Show the products in ${node.path.join(" › ")}` });
+    name.dataset.path = JSON.stringify(node.path);
+    name.addEventListener("click", () => browseCategory(node.path, name));
+    const label = [name, el("span", { className: "count", textContent: `(${node.product_count})` })];
+    if (!node.children || node.children.length === 0) return el("li", {}, ...label);
+    return el("li", {}, el("details", {}, el("summary", {}, ...label), renderTree(node.children)));
+  }));
+}
+
+async function browseCategory(path, button = null, offset = 0) {
+  clearError();
+  if (button) {
+    for (const other of document.querySelectorAll("#tree .category.current")) other.classList.remove("current");
+    button.classList.add("current");
+  }
+  const query = new URLSearchParams({ offset: String(offset), limit: String(PAGE_SIZE) });
+  for (const level of path) query.append("category", level);
+  try {
+    const page = await api(`/v1/products?${query}`);
+    const cards = page.products.map(productCard);
+    if (offset === 0) {
+      $("browse-title").textContent = path.join(" › ");
+      $("browse").replaceChildren(...cards);
+    } else {
+      $("browse").append(...cards);
+    }
+    browsing = { path, nextOffset: page.next_offset };
+    $("browse-more").hidden = page.next_offset == null;
+    $("browse-panel").hidden = false;
+    if (offset === 0) $("browse-panel").scrollIntoView({ behavior: "smooth", block: "start" });
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
+async function loadTree() {
+  try {
+    const result = await api("/v1/categories");
+    $("tree").replaceChildren(renderTree(result.roots));
+    $("tree-panel").hidden = result.roots.length === 0;
+  } catch (_) {
+    $("tree-panel").hidden = true;  // the tree is a convenience: the page works without it
+  }
+}
+
+function wireInputs() {
+  $("heatmap-toggle").addEventListener("change", toggleHeatmap);
+  $("browse-more").addEventListener("click", () => {
+    if (browsing && browsing.nextOffset != null) browseCategory(browsing.path, null, browsing.nextOffset);
+  });
+  for (const id of ["file-input", "camera-input"]) {
+    $(id).addEventListener("change", (event) => {
+      recognize(event.target.files[0]);
+      event.target.value = "";  // choosing the same file again must still trigger a change
+    });
+  }
+  const zone = $("dropzone");
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("dragging");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    const file = [...event.dataTransfer.files].find((f) => f.type.startsWith("image/")) || event.dataTransfer.files[0];
+    recognize(file);
+  });
+  document.addEventListener("paste", (event) => {
+    const item = [...(event.clipboardData || {}).items || []].find((i) => i.type.startsWith("image/"));
+    if (item) recognize(item.getAsFile());
+  });
+}
+
+wireInputs();
+loadInfo();
