@@ -39,6 +39,9 @@ def parse_args():
     p.add_argument("--max-train-images", type=int, default=400)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16, help="global batch (each of 2 processes takes half)")
+    p.add_argument("--freeze-stages", type=int, default=3, help="frozen leading stages (faster steps on a CPU)")
+    p.add_argument("--warmup-epochs", type=float, default=0.3)
+    p.add_argument("--reuse", action="store_true", help="keep run folders a previous call finished")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--out", default="runs/ddp-parity")
     return p.parse_args()
@@ -48,6 +51,7 @@ def train(args, nproc: int, seed: int, out: Path) -> float:
     recipe = ["train", args.data, "--model", args.model, "--img-size", str(args.img_size),
               "--max-train-images", str(args.max_train_images), "--epochs", str(args.epochs),
               "--batch-size", str(args.batch_size), "--seed", str(seed), "--keep", "last", "--patience", "0",
+              "--freeze-stages", str(args.freeze_stages), "--warmup-epochs", str(args.warmup_epochs),
               "--device", "cpu", "--no-progress", "--out", str(out)]
     env = dict(os.environ)
     if nproc == 1:
@@ -57,12 +61,17 @@ def train(args, nproc: int, seed: int, out: Path) -> float:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "skulens", *recipe]
         env["OMP_NUM_THREADS"] = "1"  # one core per process (torchrun's default, stated here)
+    timing = out / "wall_seconds.json"
+    if args.reuse and timing.is_file():
+        return json.loads(timing.read_text())["seconds"]
     if out.exists():
         shutil.rmtree(out)  # a fresh run each time
     print("$", " ".join(cmd), flush=True)
     started = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    timing.write_text(json.dumps({"seconds": seconds}))
+    return seconds
 
 
 def read_log(run: Path) -> dict:
@@ -103,7 +112,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
                "recipe": f"{args.model}, {args.img_size} px, {args.max_train_images} train images, "
-                         f"{args.epochs} epochs, global batch {args.batch_size}",
+                         f"{args.epochs} epochs, global batch {args.batch_size}, {args.freeze_stages} frozen stages",
                "runs": {}}
     for seed in args.seeds:
         for nproc in (1, 2):
@@ -115,6 +124,8 @@ def main() -> None:
                                      "test_top1": metrics["top1"], "test_top5": metrics["top5"],
                                      "curves": read_log(out / name)}
             print(f"{name}: test top-1 {100 * metrics['top1']:.2f}%, {seconds:.0f} s", flush=True)
+            RESULTS.mkdir(exist_ok=True)  # saved as it goes: a long benchmark keeps what it measured
+            (RESULTS / "ddp_parity.json").write_text(json.dumps(results, indent=1))
     one = [r["test_top1"] for r in results["runs"].values() if r["processes"] == 1]
     two = [r["test_top1"] for r in results["runs"].values() if r["processes"] == 2]
     results["summary"] = {

@@ -3,10 +3,10 @@
     python benchmarks/search_scale.py --vectors runs/grocery-vectors.npy [--n 1000000]
 
 The vectors are synthesised to look like a real catalog, not uniform noise: every synthetic
-product is a noisy copy of a real product embedding (``--vectors``: the unit-length embeddings of
-real photos, e.g. saved by benchmarks/grocery_search.py --save-vectors), with the noise scaled so
-that copies of one real product are about as similar to each other as different photos of one
-real product are. The dimension is the one the catalog stores (the trained 512-d embedding).
+product is a random mixture of three real product embeddings plus a little noise (``--vectors``:
+unit-length embeddings of real photos, e.g. saved by benchmarks/grocery_search.py --save-vectors),
+and every query is a new "photo" of a catalog product (noise giving cosine ~0.8 to it). The
+dimension is the one the catalog stores (the trained 512-d embedding).
 
 Reported: index build time (k-means training + adding), memory, query latency p50/p99 at batch 1
 for exact search and for IVF at several nprobe values, and IVF's recall@10 against exact search.
@@ -31,21 +31,36 @@ from skulens.catalog.index import VectorIndex
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def synthesise(real: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """n unit vectors: real embeddings plus noise matched to the real within-product spread."""
+def synthesise_catalog(real: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n distinct synthetic products spread over the region real products occupy.
+
+    Each is a random mixture of three real embeddings (Dirichlet weights, mostly dominated by one,
+    so the catalog keeps a cluster structure with plenty in between) plus a little noise. Copies of
+    a few real vectors would be far too easy for an IVF index: all near neighbours would share one
+    cell. Here the neighbours of a query are many different products, some in other cells."""
     rng = np.random.default_rng(seed)
     dim = real.shape[1]
-    # Noise level: copies of one vector should have cosine ~0.8 to each other, as photos of one
-    # product have in the trained embedding (cos = 1 / (1 + sigma^2 dim) for two noisy copies).
-    sigma = np.sqrt((1 / 0.8 - 1) / dim)
     out = np.empty((n, dim), np.float32)
     step = 100_000
     for start in range(0, n, step):
         m = min(step, n - start)
-        base = real[rng.integers(0, len(real), m)]
-        block = base + sigma * rng.standard_normal((m, dim)).astype(np.float32)
+        weights = rng.dirichlet([0.5, 0.5, 0.5], m).astype(np.float32)
+        picks = rng.integers(0, len(real), (m, 3))
+        block = np.einsum("mk,mkd->md", weights, real[picks])
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        block += np.sqrt(0.1 / dim) * rng.standard_normal((m, dim)).astype(np.float32)
         out[start:start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
+
+
+def new_photos(catalog: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Queries: a new photo of a catalog product, as similar to it as photos of one product are in
+    the trained embedding (cosine ~0.8: noise with sigma^2 * dim = 0.25)."""
+    rng = np.random.default_rng(seed)
+    dim = catalog.shape[1]
+    base = catalog[rng.integers(0, len(catalog), n)]
+    noisy = base + np.sqrt(0.25 / dim) * rng.standard_normal((n, dim)).astype(np.float32)
+    return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
 
 
 def latencies_ms(index: VectorIndex, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -76,9 +91,8 @@ def main() -> None:
     dim = real.shape[1]
     print(f"synthesising {args.n} x {dim} vectors from {len(real)} real embeddings", flush=True)
     base_mb = rss_mb()
-    data = synthesise(real, args.n, args.seed)
-    # Queries: fresh noisy copies (a new photo of a catalog product), not vectors from the index.
-    queries = synthesise(real, args.queries, args.seed + 1)
+    data = synthesise_catalog(real, args.n, args.seed)
+    queries = new_photos(data, args.queries, args.seed + 1)
     ids = np.arange(args.n, dtype=np.int64)
     results: dict = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
                      "n": args.n, "dim": dim, "real_vectors": len(real), "queries": args.queries,

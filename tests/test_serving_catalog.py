@@ -134,6 +134,7 @@ def test_search_finds_products_that_look_like_the_photo(client):
     assert [p["sku"] for p in form.json()["products"]] in (["red-0", "red-1"], ["red-1", "red-0"])
     filtered = search(client, photo_of("blue"), params={"category": ["Paint", "green"]}).json()["products"]
     assert {p["sku"] for p in filtered} == {"green-0", "green-1"}
+    assert search(client, photo_of("blue"), params={"category": "Toys"}).json()["products"] == []
 
 
 def test_recognize_answers_with_catalog_products(client):

@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dataset for calibration (train split) and checks (val split); default: the run's own")
     ex.add_argument("--calibration-images", type=int, default=300)
     ex.add_argument("--check-images", type=int, default=500)
+    ex.add_argument("--calibration-method", default="minmax", choices=["minmax", "percentile", "entropy"],
+                    help="how INT8 activation ranges are set (percentile clips rare outliers)")
     ex.add_argument("--max-top1-drop", type=float, default=1.0, help="INT8 tolerance in top-1 points (default 1.0)")
     ex.add_argument("--json", action="store_true")
     _add_dataset_args(ex)
@@ -335,7 +337,8 @@ def cmd_export(args) -> int:
             dataset = load_dataset(recorded, csv_columns=CsvColumns(**columns) if columns else None,
                                    seed=train_args.get("seed", 0))
     report = export_onnx(args.run, int8=args.int8, dataset=dataset, calibration_images=args.calibration_images,
-                         check_images=args.check_images, max_top1_drop_int8=args.max_top1_drop)
+                         check_images=args.check_images, max_top1_drop_int8=args.max_top1_drop,
+                         calibration_method=args.calibration_method)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0

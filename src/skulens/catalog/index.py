@@ -49,8 +49,9 @@ def choose_kind(kind: str, n: int) -> str:
 
 
 def default_nlist(n: int) -> int:
-    # ~4 sqrt(n) cells, and at least ~39 training points per cell (FAISS's k-means warns below that).
-    return int(max(1, min(4 * math.sqrt(max(n, 1)), n // 39)))
+    # ~2 sqrt(n) cells (2,000 for a million vectors), and at least ~39 training points per cell
+    # (FAISS's k-means warns below that).
+    return int(max(1, min(2 * math.sqrt(max(n, 1)), n // 39)))
 
 
 class VectorIndex:
@@ -75,10 +76,12 @@ class VectorIndex:
             nlist = nlist or default_nlist(len(ids))
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)
-            sample = vectors[rng.choice(len(vectors), min(len(vectors), 256 * nlist), replace=False)]
+            # 64 points per cell train k-means well; more only costs time (minutes at a million vectors).
+            sample = vectors[rng.choice(len(vectors), min(len(vectors), 64 * nlist), replace=False)]
             index.cp.seed = seed
             index.train(sample)
-            nprobe = nprobe or max(1, min(nlist, round(nlist / 16)))
+            # 16 of 2,000 cells gives recall@10 0.987 at 1.7 ms on a million vectors (search_scale.py)
+            nprobe = nprobe or max(1, min(nlist, max(8, round(nlist / 128))))
             state = IndexState("ivf", dim, model_id, log_seq, 0, nlist=nlist, nprobe=nprobe)
         built = cls(index, state)
         built.add(ids, vectors)

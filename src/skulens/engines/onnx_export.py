@@ -39,20 +39,16 @@ class _LogitsAndEmbedding(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor):
-        from skulens.models.embedding import pooled_features
+        from skulens.models.embedding import has_embedding_head, pooled_features
 
         pooled = pooled_features(self.model, x)
         head = self.model.classifier
-        logits = head(pooled)
-        return logits, model_embeddings_from_pooled(self.model, pooled)
-
-
-def model_embeddings_from_pooled(model, pooled: torch.Tensor) -> torch.Tensor:
-    from skulens.models.embedding import has_embedding_head
-
-    if has_embedding_head(model):
-        return model.classifier.embed(pooled)
-    return torch.nn.functional.normalize(pooled.float(), dim=-1)
+        if has_embedding_head(self.model):
+            # one pass through the neck: the logits are the scaled cosines of the same embedding
+            embedding = head.embed(pooled)
+            weight = torch.nn.functional.normalize(head.weight.float(), dim=-1)
+            return head.scale * embedding @ weight.t(), embedding
+        return head(pooled), torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
 def _has_embedding(model) -> bool:
@@ -128,8 +124,13 @@ class _CalibrationReader:
 
 def export_onnx(run_dir: str | Path, *, int8: bool = False, dataset: ImageDataset | None = None,
                 calibration_images: int = 300, check_images: int = 500, min_agreement_fp32: float = 0.99,
-                max_top1_drop_int8: float = 1.0, opset: int = 17) -> ExportReport:
-    """Export ``run_dir`` to ONNX (and INT8); refuse models that disagree with PyTorch."""
+                max_top1_drop_int8: float = 1.0, opset: int = 17, calibration_method: str = "minmax") -> ExportReport:
+    """Export ``run_dir`` to ONNX (and INT8); refuse models that disagree with PyTorch.
+
+    ``calibration_method``: how INT8 activation ranges are set from the calibration images:
+    ``minmax`` (fast), ``percentile`` (clips rare outliers: often more accurate) or ``entropy``."""
+    if calibration_method not in CALIBRATION_METHODS:
+        raise SkulensError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -186,7 +187,7 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, dataset: ImageDatase
             calib = _pick(dataset.split("train"), calibration_images, seed=1)
             calib_x, _ = _load_batch(calib, pre, size)
             report.calibration_images = len(calib_x)
-            _quantize(fp32_path, int8_path, calib_x, tmp_dir)
+            _quantize(fp32_path, int8_path, calib_x, tmp_dir, calibration_method)
             int8_check = _check(int8_path, config, check_x, check_y, torch_probs, torch_emb)
             report.checks.append(int8_check)
             drop = -(int8_check.top1_change_points or 0.0)
@@ -205,15 +206,29 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, dataset: ImageDatase
     return report
 
 
-def _quantize(fp32_path: Path, int8_path: Path, calib_x: torch.Tensor, tmp_dir: Path) -> None:
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def _quantize(fp32_path: Path, int8_path: Path, calib_x: torch.Tensor, tmp_dir: Path, method: str = "minmax") -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    import onnx
+
     prepared = tmp_dir / "prepared.onnx"
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    # Everything after the global pooling (neck, normalisation, classifier) stays in FP32: it is a
+    # sliver of the compute, and an ArcFace head multiplies small cosine differences by its scale
+    # (30), so 8-bit rounding there flips answers. ONNX graphs are topologically sorted.
+    nodes = onnx.load(str(prepared)).graph.node
+    pools = [i for i, n in enumerate(nodes) if n.op_type in ("GlobalAveragePool", "ReduceMean", "Flatten")]
+    head = [n.name for n in nodes[pools[-1] + 1:]] if pools else []
     quantize_static(str(prepared), str(int8_path), _CalibrationReader(calib_x, "input"),
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                    weight_type=QuantType.QInt8, nodes_to_exclude=head,
+                    calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                                      "entropy": CalibrationMethod.Entropy}[method],
+                    extra_options={"CalibPercentile": 99.99})
 
 
 def _check(path: Path, config, x: torch.Tensor, labels: np.ndarray | None, torch_probs: np.ndarray,

@@ -73,8 +73,9 @@ class ProductWriter:
     def encode(self, sku: str, files: list[bytes]) -> list[EncodedImage]:
         """Decode (size, pixel and format limits, bombs, truncation) and re-encode; raises ImageError."""
         cfg = self.config
+        # A JPEG decodes straight at the smallest scale that still fills the stored size.
         return [self.media.encode(sku, decode(data, max_pixels=cfg.max_pixels, max_bytes=cfg.max_upload_bytes,
-                                              draft_size=None)) for data in files]
+                                              draft_size=self.media.max_side)) for data in files]
 
     def _store(self, encoded: list[EncodedImage]) -> tuple[list[str], list[str]]:
         """Write the files: (every path, the paths this call created)."""
