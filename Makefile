@@ -1,9 +1,9 @@
-# Two commands set up a fresh machine:  `make demo` (install + run the demo)  and  `make test`.
+# Two commands set up a fresh machine:  `make demo` (install + serve the built-in demo)  and  `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test browser benchmark clean
+.PHONY: install demo demo-train test browser benchmark clean
 
 install: $(STAMP)
 
@@ -14,7 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[lite,dev,scale]"
 	touch $(STAMP)
 
+# The main job: the web page and HTTP API on the built-in model and 81-product grocery catalog.
 demo: install
+	$(VENV)/bin/skulens serve
+
+# Train, evaluate and predict on the small bundled sample (about 2 minutes on 2 cores).
+demo-train: install
 	$(VENV)/bin/skulens demo
 
 test: install browser

@@ -118,8 +118,12 @@ def main() -> None:
         for nproc in (1, 2):
             name = f"p{nproc}-s{seed}"
             seconds = train(args, nproc, seed, out / name)
-            metrics = evaluate_run(out / name, dataset, "test", device="cpu", engine="torch", progress=False,
-                                   out_dir=out / name / "eval-test")
+            scored = out / name / "eval-test" / "metrics.json"  # written by evaluate_run
+            if args.reuse and scored.is_file():
+                metrics = json.loads(scored.read_text())
+            else:
+                metrics = evaluate_run(out / name, dataset, "test", device="cpu", engine="torch", progress=False,
+                                       out_dir=out / name / "eval-test")
             results["runs"][name] = {"processes": nproc, "seed": seed, "wall_seconds": round(seconds, 1),
                                      "test_top1": metrics["top1"], "test_top5": metrics["top5"],
                                      "curves": read_log(out / name)}

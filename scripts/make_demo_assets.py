@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from skulens.checkpoint import save_tensors_atomic
 
 from skulens.data.datasets import load_dataset
 
@@ -39,7 +41,7 @@ def write_model(run: Path, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=1))
     state = load_file(str(run / "model.safetensors"))
     half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    save_file(half, str(out / "model.safetensors"))
+    save_tensors_atomic(out / "model.safetensors", half)  # also records its sha256 in checksums.json
 
 
 def write_catalog(data: Path, out: Path) -> None:
@@ -78,6 +80,8 @@ def main() -> None:
         "Grocery Store Image Dataset with Visual and Semantic Labels\", WACV 2019 "
         "(https://github.com/marcusklasson/GroceryStoreDataset), under the MIT licence:\n\n```\n"
         + licence.strip() + "\n```\n")
+    for f in OUT.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)  # temp-file writes are 0600; package data must be readable
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
     print(f"wrote {OUT}: {total / 2**20:.2f} MiB")
     if total > LIMIT_BYTES:

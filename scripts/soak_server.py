@@ -127,7 +127,8 @@ class Stats:
     def record(self, endpoint: str, status: int | str, seconds: float, note: str = "") -> None:
         self.requests += 1
         self.latencies.append(seconds)
-        bucket = str(status) if isinstance(status, str) else f"{status // 100}xx"
+        # 413 and 429 are the server's limits at work (batch size, unfinished jobs): counted on their own.
+        bucket = str(status) if isinstance(status, str) or status in (413, 429) else f"{status // 100}xx"
         counts = self.by_endpoint.setdefault(endpoint, {})
         counts[bucket] = counts.get(bucket, 0) + 1
         if isinstance(status, str) or status >= 500:

@@ -21,7 +21,7 @@ from PIL import Image
 from skulens.cli import main
 from skulens.errors import SkulensError
 from skulens.privacy import crypto, faces
-from skulens.privacy.store import UploadStore, purge, read_stored
+from skulens.privacy.store import UploadStore, read_stored
 from skulens.serving import ServeConfig, create_app
 from tests.hostile_corpus import SECRET, build_corpus, encode, metadata_rich_jpeg, metadata_rich_png, quadrants, upright
 

@@ -66,6 +66,9 @@ def load_image(
         raise ImageError(f"{name}: image has too many pixels (decompression bomb?)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"{name}: cannot read image header ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a plugin tripping over hostile bytes (fuzzing found an
+        # OverflowError in Pillow's PSD header parser) is still an unreadable file, not a crash
+        raise ImageError(f"{name}: cannot read image header ({type(exc).__name__})") from None
     if img.format not in ALLOWED_FORMATS:
         raise ImageError(f"{name}: format {img.format} is not allowed (use JPEG, PNG, WebP, GIF, BMP or TIFF)")
     width, height = img.size
@@ -82,6 +85,8 @@ def load_image(
         raise ImageError(f"{name}: image has too many pixels (decompression bomb?)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name}: image data is truncated or corrupt ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - see above: hostile bytes, whatever a decoder raises
+        raise ImageError(f"{name}: image data is truncated or corrupt ({type(exc).__name__})") from None
     return _to_rgb(_upright(img), name)
 
 

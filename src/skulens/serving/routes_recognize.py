@@ -18,7 +18,8 @@ from skulens.serving.uploads import BINARY, decode, decode_off_loop, multipart_d
 log = logging.getLogger("skulens.serving")
 router = APIRouter(prefix="/v1", tags=["recognition"], dependencies=[Depends(require_read)])
 
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 415, 422, 503, 504)}
+# 400: a malformed multipart body (found by scripts/fuzz_api.py: it was answered but not documented).
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503, 504)}
 
 
 def _multipart_doc(field: str, many: bool) -> dict:
