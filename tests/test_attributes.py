@@ -175,7 +175,12 @@ def test_thresholds_are_tuned_for_f1_on_validation():
     assert thresholds == {"tags": [0.25, 0.5]}  # "warm" has no positive: left at 0.5
     assert attribute_metrics(probs, samples, SPECS, thresholds)["tags"]["f1"] == 1.0
     assert describe({"background": np.array([0.2, 0.8]), "tags": np.array([0.3, 0.4])}, SPECS, thresholds) == {
-        "background": {"value": "light", "confidence": 0.8}, "tags": {"value": ["dark"], "confidence": [0.3]}}
+        "background": {"value": "light", "confidence": 0.8},
+        "tags": {"value": "dark", "confidence": None, "tags": {"dark": 0.3}}}
+    both = describe({"background": np.array([0.9, 0.1]), "tags": np.array([0.3, 0.9])}, SPECS, thresholds)
+    assert both["tags"]["value"] == "warm|dark"  # most probable first
+    assert describe({"background": np.array([0.9, 0.1]), "tags": np.array([0.1, 0.2])}, SPECS,
+                    thresholds)["tags"] == {"value": "-", "confidence": None, "tags": {}}
 
 
 # --- training, evaluation, prediction --------------------------------------------------------
@@ -203,7 +208,10 @@ def test_heads_train_and_predict_on_a_toy_set(toy_run, tmp_path):
                    if row["split"] == "test" and row["background"] == "dark"]
     preds = [recognizer.predict(manifest.parent / p) for p in dark_photos]
     assert sum(p.attributes["background"]["value"] == "dark" for p in preds) >= 0.8 * len(preds)
-    assert all(isinstance(p.attributes["tags"]["value"], list) for p in preds)
+    assert all(set(p.attributes["tags"]["tags"]) <= {"dark", "warm"} for p in preds)
+    # The HTTP service's schema takes every attribute (tags included) without error.
+    from skulens.serving.predictions import _attributes
+    assert {a.name for a in _attributes(preds[0].attributes)} == {"background", "tags"}
     assert preds[0].to_dict()["attributes"] == preds[0].attributes
     # Batch prediction gives the same attributes as one by one.
     batch = recognizer.predict_batch([manifest.parent / p for p in dark_photos[:3]])

@@ -47,9 +47,9 @@ def log_rows(run: Path) -> list[dict]:
 
 
 def test_kill_during_an_epoch_then_resume_finishes_the_run(tmp_path, caplog):
-    data = write_class_folders(tmp_path / "shop", per_class=16)
+    data = write_class_folders(tmp_path / "shop", per_class=12)
     run = tmp_path / "run"
-    epochs = 5
+    epochs = 4
     args = [str(data), "--model", "seedcnn", "--epochs", str(epochs), "--img-size", "40", "--batch-size", "4",
             "--patience", "0", "--no-progress", "--out", str(run)]
     proc = subprocess.Popen([sys.executable, "-m", "skulens", "train", *args], env=ENV,

@@ -273,10 +273,9 @@ def test_memory_stays_flat_while_chewing_through_the_corpus(server):
 
     one_pass()  # warm: allocator pools, caches and lazy imports settle
     before = rss_mb()
-    for _ in range(2):
-        one_pass()
+    one_pass()
     grown = rss_mb() - before
-    assert grown < 40, f"memory grew by {grown:.0f} MB over two more passes"
+    assert grown < 40, f"memory grew by {grown:.0f} MB over a second pass"
 
 
 @pytest.mark.parametrize("hostile", ["../../etc/passwd", "..", "%2e%2e%2fetc%2fpasswd", "a" * 5000, "\u202e\u0000x",

@@ -314,8 +314,8 @@ def cmd_predict(args) -> int:
 
 
 def _attribute_text(a: dict) -> str:
-    if isinstance(a["value"], list):
-        return "|".join(a["value"]) or "-"
+    if a.get("confidence") is None:  # tags: "summer|sale" (each one's probability is in --json)
+        return a["value"]
     return f"{a['value']} ({100 * a['confidence']:.0f}%)"
 
 

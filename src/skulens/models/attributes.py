@@ -290,8 +290,10 @@ def load_attribute_thresholds(run_dir: str | Path) -> dict[str, list[float]] | N
 
 def describe(attr_probs: dict[str, torch.Tensor | np.ndarray], specs: dict[str, dict],
              thresholds: dict[str, list[float]] | None = None) -> dict[str, dict]:
-    """One image's attributes as a Prediction carries them: the value (softmax) or the list of
-    tags above their thresholds (sigmoid), with confidences."""
+    """One image's attributes as a Prediction carries them: ``{"value", "confidence"}`` for a softmax
+    attribute; for tags, ``value`` joins the tags above their thresholds with "|" ("-": none, as in
+    the CSV), ``confidence`` is None and ``tags`` maps each of them to its probability. ``value`` is
+    always a string, which is what the HTTP service's attribute schema takes."""
     out: dict[str, dict] = {}
     for name, spec in specs.items():
         p = np.asarray(attr_probs[name], dtype=np.float64)
@@ -300,8 +302,9 @@ def describe(attr_probs: dict[str, torch.Tensor | np.ndarray], specs: dict[str, 
             out[name] = {"value": spec["values"][best], "confidence": float(p[best])}
         else:
             thr = (thresholds or {}).get(name) or [0.5] * len(p)
-            chosen = [j for j in np.argsort(-p) if p[j] >= thr[j]]
-            out[name] = {"value": [spec["values"][j] for j in chosen], "confidence": [float(p[j]) for j in chosen]}
+            chosen = [j for j in np.argsort(-p, kind="stable") if p[j] >= thr[j]]
+            out[name] = {"value": "|".join(spec["values"][j] for j in chosen) or "-", "confidence": None,
+                         "tags": {spec["values"][j]: float(p[j]) for j in chosen}}
     return out
 
 

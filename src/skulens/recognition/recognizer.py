@@ -39,8 +39,8 @@ class Prediction:
     answer_confidence: float | None = None
     unknown: bool = False
     level_confidences: list[dict] = field(default_factory=list)
-    # {name: {"value": v, "confidence": p}} per softmax attribute; tags: {"value": [tags above their
-    # thresholds], "confidence": [their probabilities]}. Empty when the model has no attributes.
+    # {name: {"value": v, "confidence": p}} per softmax attribute; tags: {"value": "a|b" (those above
+    # their thresholds, "-": none), "confidence": None, "tags": {tag: p}}. Empty without attributes.
     attributes: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
