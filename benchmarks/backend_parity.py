@@ -1,14 +1,15 @@
 """Photo search on Grocery Store through the FAISS and the Milvus index backends: the same answers?
 
-    nice -n 15 python benchmarks/backend_parity.py [--run RUN] [--db URL] [--milvus-uri URI]
+    nice -n 15 python benchmarks/backend_parity.py [--run RUN] [--db-prefix URL] [--milvus-uri URI]
 
-One catalog (SQLite by default, or ``--db postgresql+psycopg://...``) is searched through both
-backends: queries = the test photos, right answer = the photo's product. Two galleries:
+Each catalog (SQLite files by default, PostgreSQL databases with ``--db-prefix``) is searched through
+both backends: queries = the test photos, right answer = the photo's product. Two galleries:
 - ``iconic``: the 81 catalog images (exact search in both backends: the answers must agree);
 - ``iconic+train``: plus the labelled train photos, searched exactly (flat) and approximately
   (IVF: FAISS and Milvus each learn their own cells, so they agree up to the index's recall).
 The embedder is the pretrained EfficientNet-Lite0 (``load_embedder(None)``) unless ``--run``.
 Milvus is milvus-lite in a local file unless ``--milvus-uri`` names a server.
+Work files stay in --work (runs/backend-parity), so a re-run embeds nothing again.
 Writes benchmarks/results/backend_parity.json.
 """
 
@@ -18,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -36,8 +36,11 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--run", default=None, help="trained run to embed with (default: pretrained Lite0)")
-    p.add_argument("--db", default=None, help="catalog database URL (default: a temporary SQLite file)")
-    p.add_argument("--milvus-uri", default=None, help="Milvus server (default: a temporary milvus-lite file)")
+    p.add_argument("--work", default="runs/backend-parity",
+                   help="catalogs, milvus-lite file and query vectors, kept: a re-run embeds nothing again")
+    p.add_argument("--db-prefix", default=None, help="PostgreSQL instead of SQLite: a URL to which "
+                                                     "'iconic' / 'gallery' is appended as the database name")
+    p.add_argument("--milvus-uri", default=None, help="Milvus server (default: a milvus-lite file in --work)")
     p.add_argument("--query-split", default="test")
     p.add_argument("--device", default="cpu")
     return p.parse_args()
@@ -75,44 +78,53 @@ def compare(name: str, faiss_catalog: Catalog, milvus_catalog: Catalog, vectors,
     return out
 
 
+def query_vectors(embedder, queries, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, kept query indices), embedded once per model and kept in ``cache`` (a NumPy file)."""
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as saved:
+            return saved["vectors"], saved["kept"]
+    print(f"embedding {len(queries)} query photos with {embedder.description}", flush=True)
+    vectors, errors = embedder.embed_many([str(s.path) for s in queries], batch_size=32)
+    kept = np.array([i for i, e in enumerate(errors) if e is None], np.int64)
+    np.savez(cache, vectors=vectors[kept], kept=kept)
+    return vectors[kept], kept
+
+
 def main() -> None:
     args = parse_args()
     dataset = load_dataset(args.data)
     embedder = load_embedder(args.run, args.device)
-    tmp = Path(tempfile.mkdtemp(prefix="skulens-parity-"))
-    db = args.db or str(tmp / "catalog.db")
-    milvus_uri = args.milvus_uri or str(tmp / "milvus.db")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    milvus_uri = args.milvus_uri or str(work / "milvus.db")
     queries = dataset.split(args.query_split)
-    skus = [dataset.classes[s.label] for s in queries]
-    print(f"embedding {len(queries)} {args.query_split} photos with {embedder.description}", flush=True)
     started = time.perf_counter()
-    vectors, errors = embedder.embed_many([str(s.path) for s in queries], batch_size=32)
-    keep = [i for i, e in enumerate(errors) if e is None]
-    vectors, skus = vectors[keep], [skus[i] for i in keep]
-    embed_seconds = time.perf_counter() - started
-
+    vectors, kept = query_vectors(embedder, queries, work / f"queries-{args.query_split}-{embedder.model_id}.npz")
+    skus = [dataset.classes[queries[i].label] for i in kept]
     results = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-               "embedder": embedder.description, "queries": len(skus), "query_embedding_seconds": round(embed_seconds),
-               "database": "sqlite" if args.db is None else args.db.split("://")[0],
+               "embedder": embedder.description, "queries": len(skus),
+               "database": "postgresql" if args.db_prefix else "sqlite",
                "milvus": "milvus-lite (local file)" if args.milvus_uri is None else "server", "galleries": {}}
-    faiss_catalog = Catalog.open(db, embedder, index_dir=tmp / "faiss-index")
-    milvus_catalog = Catalog.open(db, embedder, index_backend="milvus", milvus_uri=milvus_uri)
-    try:
-        import_products(faiss_catalog, products_from_dataset(dataset), progress=False)
-        results["galleries"]["iconic"] = compare("iconic", faiss_catalog, milvus_catalog, vectors, skus)
-
-        report = import_products(faiss_catalog, products_from_dataset(dataset, "train"), on_conflict="update",
-                                 progress=True, desc="adding the train photos")
-        print(f"gallery now {report.images} images", flush=True)
-        results["galleries"]["iconic+train flat"] = compare("iconic+train flat", faiss_catalog, milvus_catalog,
-                                                             vectors, skus)
-        faiss_catalog.rebuild_index("ivf")
-        milvus_catalog.rebuild_index("ivf")
-        results["galleries"]["iconic+train ivf"] = compare("iconic+train ivf", faiss_catalog, milvus_catalog,
-                                                            vectors, skus)
-    finally:
-        faiss_catalog.close()
-        milvus_catalog.close()
+    # iconic: the 81 catalog images; gallery: plus the labelled train photos (one catalog each, so
+    # each is imported once and a re-run finds it unchanged)
+    for gallery, split in (("iconic", None), ("gallery", "train")):
+        db = f"{args.db_prefix}{gallery}" if args.db_prefix else str(work / f"{gallery}.db")
+        faiss_catalog = Catalog.open(db, embedder, index_dir=work / f"{gallery}-faiss")
+        milvus_catalog = Catalog.open(db, embedder, index_backend="milvus", milvus_uri=milvus_uri)
+        try:
+            report = import_products(faiss_catalog, products_from_dataset(dataset, split), progress=True,
+                                     desc=f"importing the {gallery} catalog")
+            print(f"{gallery}: {report.added} products added, {report.unchanged} unchanged", flush=True)
+            name = "iconic" if split is None else "iconic+train"
+            for kind in ("flat",) if split is None else ("flat", "ivf"):
+                faiss_catalog.rebuild_index(kind)
+                milvus_catalog.rebuild_index(kind)
+                results["galleries"][f"{name} {kind}"] = compare(f"{name} {kind}", faiss_catalog, milvus_catalog,
+                                                                  vectors, skus)
+        finally:
+            faiss_catalog.close()
+            milvus_catalog.close()
+    results["seconds"] = round(time.perf_counter() - started)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "backend_parity.json").write_text(json.dumps(results, indent=1))
     print(json.dumps({k: {b: v[b]["recall@1"] for b in ("faiss", "milvus")} | {"same_top1": v["same_top1_share"]}

@@ -56,6 +56,8 @@ def main() -> None:
     p.add_argument("--color-jitter", type=float, default=0.0)
     p.add_argument("--scale-min", type=float, default=0.5, help="RandomResizedCrop's smallest area share")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU, 8 on GPU)")
+    p.add_argument("--max-train-images", type=int, default=None, help="a class-balanced subset (smoke runs only)")
     p.add_argument("--out", default="runs/bench-fashion-attributes")
     p.add_argument("--name", default="fashion_attributes")
     args = p.parse_args()
@@ -66,8 +68,10 @@ def main() -> None:
                       lr=args.lr, warmup_epochs=args.warmup_epochs, freeze_stages=args.freeze_stages,
                       ema_decay=args.ema_decay, attribute_loss_weight=args.attribute_loss_weight,
                       patience=0, keep="last", cache_scale=args.cache_scale, num_threads=args.threads,
+                      workers=args.workers, max_train_images=args.max_train_images,
                       augment=AugmentConfig(scale_min=args.scale_min, color_jitter=args.color_jitter),
                       progress=sys.stderr.isatty())
+    train_images = dataset.split("train")[:args.max_train_images] if args.max_train_images else dataset.split("train")
     started = datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
     result = train(cfg, dataset, args.out)
@@ -93,7 +97,10 @@ def main() -> None:
         "n_images": {s: len(dataset.split(s)) for s in ("train", "val", "test")},
         "config": cfg.to_dict(), "run_dir": str(args.out),
         "train_seconds": round(result.train_seconds, 1), "train_wall_seconds": round(train_wall, 1),
-        "epochs_run": result.epochs_run, "test_eval_seconds": round(test_seconds, 1),
+        "epochs_run": result.epochs_run,
+        "train_images_per_second": round(len(train_images) * result.epochs_run / max(result.train_seconds, 1e-9), 1),
+        "launcher": (f"torchrun, {os.environ.get('WORLD_SIZE')} process(es)" if "LOCAL_RANK" in os.environ
+                     else "python"), "test_eval_seconds": round(test_seconds, 1),
         "val_top1_no_tta": val[False]["top1"], "val_top1_tta": val[True]["top1"], "tta_chosen": use_tta,
         "val_attributes": {n: a["accuracy"] for n, a in val[use_tta]["attributes"].items()},
         "test_top1_by_level": levels, "test_attribute_accuracy": attributes,

@@ -249,3 +249,24 @@ def test_cli_evaluate_prints_attributes(toy_run, capsys, tmp_path):
                "--engine", "torch", "--out", str(tmp_path), "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0 and "attribute background: accuracy" in out and "attribute tags: mAP" in out
+
+
+def test_onnx_export_carries_the_attribute_outputs(tmp_path):
+    from skulens.engines.onnx_export import export_onnx
+
+    manifest = write_toy_csv(tmp_path / "data")
+    dataset = load_dataset(manifest, csv_columns=COLS)
+    cfg = TrainConfig(model="efficientnet_lite0", epochs=1, img_size=32, batch_size=8, patience=0, keep="last",
+                      freeze_stages=4, progress=False)
+    train(cfg, dataset, tmp_path / "run")
+    export_onnx(tmp_path / "run", dataset=dataset, check_images=40, min_agreement_fp32=0.95)
+    photos = [s.path for s in dataset.split("test")][:6]
+    by_torch = Recognizer.load(tmp_path / "run", engine="torch").predict_batch(photos)
+    by_onnx = Recognizer.load(tmp_path / "run", engine="onnx").predict_batch(photos)
+    # engine auto now picks ONNX for this run instead of falling back to PyTorch
+    assert Recognizer.load(tmp_path / "run", engine="auto").engine.name.startswith("onnx")
+    for a, b in zip(by_torch, by_onnx):
+        assert set(a.attributes) == set(b.attributes) == set(SPECS)
+        for name in SPECS:
+            assert a.attributes[name]["value"] == b.attributes[name]["value"]
+        assert abs(a.attributes["background"]["confidence"] - b.attributes["background"]["confidence"]) < 1e-3

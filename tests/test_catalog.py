@@ -228,6 +228,27 @@ def test_similar_leaves_out_itself_and_duplicates_and_filters_category(tmp_path,
             catalog.similar("nope")
 
 
+def test_search_filters_on_attribute_values(tmp_path, shop, embedder):
+    from skulens.cli_catalog import _attributes
+
+    _, photos = shop
+    with Catalog.open(tmp_path / "shop.db", embedder) as catalog:
+        catalog.upsert([Product(f"{name}-{size}", f"{name} {size}", ["Paint", name], {"colour": name, "size": size},
+                                images=[str(photos[name][i])])
+                        for name in ("red", "blue") for i, size in enumerate(("S", "L"))])
+        query = photos["red"][0]
+        assert {h.sku for h in catalog.search(query, top_k=5, attributes={"colour": "blue"})} == {"blue-S", "blue-L"}
+        assert [h.sku for h in catalog.search(query, top_k=5, attributes={"colour": "blue", "size": "L"})] == ["blue-L"]
+        assert [h.sku for h in catalog.search(query, top_k=5, category=["Paint", "red"],
+                                              attributes={"size": "S"})] == ["red-S"]
+        assert catalog.search(query, top_k=5, attributes={"colour": "green"}) == []
+        assert catalog.search(query, top_k=5, attributes={"material": "oak"}) == []
+        assert len(catalog.search(query, top_k=5, attributes={})) == 4
+    assert _attributes(["colour=Navy Blue", " size = L "]) == {"colour": "Navy Blue", "size": "L"}
+    with pytest.raises(SkulensError, match="NAME=VALUE"):
+        _attributes(["colour"])
+
+
 def test_ivf_index_add_remove_and_recall():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(50, 32))

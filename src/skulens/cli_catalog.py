@@ -80,6 +80,8 @@ def add_catalog_commands(sub) -> None:
     _db_args(se, run_help)
     se.add_argument("--top-k", type=int, default=10)
     se.add_argument("--category", default=None, help="only products under this category path, e.g. 'Fruit > Apple'")
+    se.add_argument("--attribute", action="append", default=[], metavar="NAME=VALUE",
+                    help="only products with this attribute value, e.g. colour=Blue (repeatable: all must match)")
     se.add_argument("--json", action="store_true")
 
     si = sub.add_parser("similar", help="products similar to a product (itself and near-duplicates left out)")
@@ -98,6 +100,18 @@ def add_catalog_commands(sub) -> None:
                                                            "these attributes, e.g. colour")
     ev.add_argument("--out", default=None, help="write the metrics JSON here")
     ev.add_argument("--no-progress", action="store_true")
+
+
+def _attributes(pairs: list[str]) -> dict[str, str] | None:
+    from skulens.errors import SkulensError
+
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise SkulensError(f"--attribute takes NAME=VALUE (e.g. colour=Blue), not {pair!r}")
+        out[name.strip()] = value.strip()
+    return out or None
 
 
 def _category(text: str | None) -> list[str] | None:
@@ -253,10 +267,12 @@ def cmd_search(args) -> int:
     from skulens.errors import ImageError
 
     failures, results = 0, []
+    attributes = _attributes(args.attribute)
     with _open(args) as catalog:
         for image in args.images:
             try:
-                hits = catalog.search(image, top_k=args.top_k, category=_category(args.category))
+                hits = catalog.search(image, top_k=args.top_k, category=_category(args.category),
+                                      attributes=attributes)
             except ImageError as exc:
                 print(f"skulens: {exc}", file=sys.stderr)
                 failures += 1

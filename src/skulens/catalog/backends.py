@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from skulens.catalog.db import ImageRow, IndexLog, Meta, get_meta, last_log_seq, set_meta
-from skulens.catalog.index import IVF_THRESHOLD, IndexState, choose_kind, default_nlist
+from skulens.catalog.index import IndexState, choose_kind, default_nlist
 from skulens.errors import SkulensError
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def open_backend(name: str | None, catalog: "Catalog", milvus_uri: str | None = 
         uri = milvus_uri or os.environ.get("SKULENS_MILVUS_URI")
         if not uri:
             raise SkulensError("the milvus index backend needs a Milvus URI: --milvus-uri http://host:19530 "
-                               "(or a local folder for milvus-lite)")
+                               "(or a local milvus-lite file ending in .db), or $SKULENS_MILVUS_URI")
         return MilvusBackend(catalog, uri)
     raise SkulensError(f"index backend must be one of {', '.join(BACKENDS)}, not {name!r}")
 
@@ -278,9 +278,13 @@ class MilvusBackend:
         pymilvus = _milvus()
         dim = int(self.catalog.model_info["dim"])
         n = int(session.scalar(select(func.count(ImageRow.id)).where(ImageRow.vector.is_not(None))))
-        kind = choose_kind(kind, n) if kind != "auto" else ("ivf" if n >= IVF_THRESHOLD else "flat")
+        kind = choose_kind(kind, n)
+        if kind == "ivf" and n < 39:
+            kind = "flat"  # too few vectors to learn cells from (as the FAISS backend decides)
         nlist = default_nlist(n) if kind == "ivf" else 0
-        nprobe = (nprobe or max(1, min(nlist, round(nlist / 16)))) if kind == "ivf" else 0
+        # the cells and cells-per-query the FAISS backend would choose (VectorIndex.build), so the
+        # two approximate indexes trade recall for speed alike
+        nprobe = (nprobe or max(1, min(nlist, max(8, round(nlist / 128))))) if kind == "ivf" else 0
         log.info("building Milvus collection %s (%s, %d vectors)", name, kind, n)
         prefix = name[:name.index("_", len("skulens_")) + 1]
         for old in self.client.list_collections():
@@ -303,6 +307,7 @@ class MilvusBackend:
                 batch = []
         if batch:
             self.client.insert(name, batch)
+        self.client.flush(name)  # seal the bulk load: searching unsealed rows is ~20x slower in milvus-lite
         return {"log_seq": upto, "kind": kind, "nlist": nlist, "nprobe": nprobe}
 
     def _apply_log(self, session: Session, name: str, after: int, upto: int) -> None:
@@ -318,4 +323,6 @@ class MilvusBackend:
         rows = [{"id": int(i), "vector": np.frombuffer(v, np.float32).tolist()} for i, v in present.items()]
         for chunk in _chunks(rows):
             self.client.upsert(name, chunk)
+        if len(rows) + len(gone) >= CHUNK:
+            self.client.flush(name)  # a bulk change (an import): seal it, as after a build
         log.info("Milvus %s: applied log %d..%d (%d upserted, %d deleted)", name, after + 1, upto, len(rows), len(gone))

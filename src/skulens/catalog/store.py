@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 from sqlalchemy import delete, func, select
@@ -448,12 +448,19 @@ class Catalog:
             raise SkulensError(f"unknown SKU {sku!r}")
         return np.stack([np.frombuffer(b, np.float32) for b in blobs])
 
-    def _allowed_ids(self, category: Iterable[str] | None) -> list[int] | None:
-        if not category:
+    def _allowed_ids(self, category: Iterable[str] | None,
+                     attributes: Mapping[str, str] | None = None) -> list[int] | None:
+        """Image ids the filters let through (None: no filter). Attribute values match exactly, in the
+        database (JSON lookups in SQLite and PostgreSQL alike), so a filter costs one indexed query."""
+        if not category and not attributes:
             return None
+        query = select(ImageRow.id).join(ProductRow)
+        if category:
+            query = query.where(ProductRow.category_key.startswith(category_key(category), autoescape=True))
+        for name, value in (attributes or {}).items():
+            query = query.where(ProductRow.attributes[str(name)].as_string() == str(value))
         with Session(self.engine) as session:
-            return list(session.scalars(select(ImageRow.id).join(ProductRow).where(
-                ProductRow.category_key.startswith(category_key(category), autoescape=True))))
+            return list(session.scalars(query))
 
     def _rank(self, scores: np.ndarray, ids: np.ndarray, top_k: int, exclude: set[int] = frozenset()) -> list[SearchHit]:
         """Image hits -> products, each scored by its best image."""
@@ -475,19 +482,23 @@ class Catalog:
             return [_hit(rows[pid], score) for pid, score in chosen if pid in rows]
 
     def search_vectors(self, queries: np.ndarray, top_k: int = 10, category: Iterable[str] | None = None,
-                       exclude: set[int] = frozenset(), fetch: int | None = None) -> list[SearchHit]:
-        """Products nearest to one or more query vectors (several vectors: best score over them)."""
+                       exclude: set[int] = frozenset(), fetch: int | None = None,
+                       attributes: Mapping[str, str] | None = None) -> list[SearchHit]:
+        """Products nearest to one or more query vectors (several vectors: best score over them),
+        optionally only those under ``category`` and with every ``attributes`` value (e.g. colour=Blue)."""
         index = self.index()
-        allowed = self._allowed_ids(category)
+        allowed = self._allowed_ids(category, attributes)
         # Fetch more images than products wanted: a product may hold several images.
         k = fetch or max(4 * top_k, top_k + 20)
         scores, ids = index.search(np.atleast_2d(queries), k, allowed)
         return self._rank(scores.ravel(), ids.ravel(), top_k, exclude)
 
-    def search(self, image: ImageSource, top_k: int = 10, category: Iterable[str] | None = None) -> list[SearchHit]:
-        """Products that look like ``image`` (a path, bytes, file object or PIL image)."""
+    def search(self, image: ImageSource, top_k: int = 10, category: Iterable[str] | None = None,
+               attributes: Mapping[str, str] | None = None) -> list[SearchHit]:
+        """Products that look like ``image`` (a path, bytes, file object or PIL image); ``category`` and
+        ``attributes`` filter as in :meth:`search_vectors`."""
         vector = self._require_embedder().embed([image])
-        return self.search_vectors(vector, top_k, category)
+        return self.search_vectors(vector, top_k, category, attributes=attributes)
 
     def similar(self, sku: str, top_k: int = 10, same_category: bool = False, duplicate_threshold: float = 0.995) -> list[SearchHit]:
         """Products like ``sku``, without the product itself and without near-identical copies

@@ -39,6 +39,7 @@ class _LogitsAndEmbedding(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor):
+        from skulens.models.attributes import has_attribute_heads
         from skulens.models.embedding import has_embedding_head, pooled_features
 
         pooled = pooled_features(self.model, x)
@@ -47,8 +48,12 @@ class _LogitsAndEmbedding(torch.nn.Module):
             # one pass through the neck: the logits are the scaled cosines of the same embedding
             embedding = head.embed(pooled)
             weight = torch.nn.functional.normalize(head.weight.float(), dim=-1)
-            return head.scale * embedding @ weight.t(), embedding
-        return head(pooled), torch.nn.functional.normalize(pooled.float(), dim=-1)
+            logits = head.scale * embedding @ weight.t()
+        else:
+            logits, embedding = head(pooled), torch.nn.functional.normalize(pooled.float(), dim=-1)
+        # attribute heads (colour, usage, ...): their logits, as outputs named attribute:NAME in spec order
+        attributes = tuple(self.model.attribute_heads(pooled).values()) if has_attribute_heads(self.model) else ()
+        return (logits, embedding, *attributes)
 
 
 def _has_embedding(model) -> bool:
@@ -173,6 +178,10 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, dataset: ImageDatase
             # onnxruntime's quantizer handles well; the warning is not actionable for users.
             warnings.simplefilter("ignore", DeprecationWarning)
             outputs = ["logits", "embedding"] if with_embedding else ["logits"]
+            if with_embedding:
+                from skulens.models.attributes import ONNX_OUTPUT_PREFIX
+
+                outputs += [ONNX_OUTPUT_PREFIX + name for name in config.model.attributes]
             torch.onnx.export(_LogitsAndEmbedding(model).eval() if with_embedding else model,
                               torch.zeros(1, pre.in_chans, size, size), str(fp32_path),
                               input_names=["input"], output_names=outputs,

@@ -33,6 +33,12 @@ class ArcMarginHead(nn.Module):
         return F.normalize(self.neck(pooled).float(), dim=-1)
 
     def forward(self, pooled: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        # Cosines and the margin in float32 even under GPU autocast: bf16 cosines are too coarse for a
+        # margin of a few hundredths, and scatter needs one dtype on both sides.
+        with torch.autocast(pooled.device.type, enabled=False):
+            return self._logits(pooled.float(), labels)
+
+    def _logits(self, pooled: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         cos = self.embed(pooled) @ F.normalize(self.weight.float(), dim=-1).t()
         if labels is None or self.margin <= 0:
             return self.scale * cos

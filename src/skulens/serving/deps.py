@@ -61,18 +61,20 @@ class Services:
         sizes = [s for s in sizes if s]
         return max(sizes) if sizes else None
 
-    def search_vector(self, vector, k: int, category: list[str] | None = None) -> list[ProductHit]:
+    def search_vector(self, vector, k: int, category: list[str] | None = None,
+                      attributes: dict[str, str] | None = None) -> list[ProductHit]:
         """Products nearest to one embedding; blocking, so it runs in a worker thread."""
         with self.catalog_lock:
-            hits = self.catalog.search_vectors(vector, top_k=k, category=category or None)
+            hits = self.catalog.search_vectors(vector, top_k=k, category=category or None, attributes=attributes or None)
         return [product_hit(h) for h in hits]
 
-    async def search_image(self, image, k: int, category: list[str] | None = None) -> list[ProductHit]:
+    async def search_image(self, image, k: int, category: list[str] | None = None,
+                           attributes: dict[str, str] | None = None) -> list[ProductHit]:
         """Products that look like the photo: embedded in a micro-batch, then one index query."""
         loop = asyncio.get_running_loop()
         tensor = await loop.run_in_executor(self.decode_pool, self.embedder.input_tensor, image)
         vector = await self.embed_batcher.submit(tensor)
-        return await loop.run_in_executor(None, self.search_vector, vector, k, category)
+        return await loop.run_in_executor(None, self.search_vector, vector, k, category, attributes)
 
     def embed_now(self, images: list) -> list:
         """Embeddings of several photos from a job thread, sharing the batcher's lock."""

@@ -42,14 +42,22 @@ def catalog_of(svc: Services):
 class SearchOptions(BaseModel):
     top_k: int = Field(ge=1, le=MAX_K)
     category: list[str] = Field(default_factory=list, max_length=12)
+    attributes: dict[str, str] = Field(default_factory=dict, max_length=12)
 
 
 def search_options(svc: Services, request: Request, form) -> SearchOptions:
     """From the query string or, as curl -F sends them, from form fields of the upload."""
     top_k = form_text(form, "top_k") or request.query_params.get("top_k") or svc.config.products_k
     category = [c for c in form.getlist("category") if isinstance(c, str)] or request.query_params.getlist("category")
+    pairs = [a for a in form.getlist("attribute") if isinstance(a, str)] or request.query_params.getlist("attribute")
+    attributes = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ApiError(422, "invalid_request", f"attribute: expected NAME=VALUE (e.g. colour=Blue), not {pair[:80]!r}")
+        attributes[name.strip()] = value.strip()
     try:
-        return SearchOptions(top_k=top_k, category=[c.strip() for c in category if c.strip()])
+        return SearchOptions(top_k=top_k, category=[c.strip() for c in category if c.strip()], attributes=attributes)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ApiError(422, "invalid_request", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -59,10 +67,13 @@ def search_options(svc: Services, request: Request, form) -> SearchOptions:
                                                                    415: {"model": ErrorResponse}},
              openapi_extra=multipart_doc(["image"], {
                  "image": BINARY, "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
-                 "category": {"type": "array", "items": {"type": "string"}, "description": CATEGORY_DOC}}),
+                 "category": {"type": "array", "items": {"type": "string"}, "description": CATEGORY_DOC},
+                 "attribute": {"type": "array", "items": {"type": "string"},
+                               "description": "NAME=VALUE, e.g. colour=Blue; repeat for several (all must match)"}}),
              summary="Products that look like a photo",
-             description="Multipart upload in the field `image`; `top_k` (default: the server's products-k) and "
-                         "`category` (repeat per level) as form fields or query parameters. The photo is not stored.")
+             description="Multipart upload in the field `image`; `top_k` (default: the server's products-k), "
+                         "`category` (repeat per level) and `attribute` (NAME=VALUE, repeatable) as form fields or "
+                         "query parameters. The photo is not stored.")
 async def search(request: Request) -> SearchResponse:
     svc = services(request)
     catalog_of(svc)
@@ -78,7 +89,7 @@ async def _search(svc: Services, request: Request, started: float) -> SearchResp
     finally:
         await form.close()
     image = await decode_off_loop(svc, upload.data)
-    products = await svc.search_image(image, options.top_k, options.category)
+    products = await svc.search_image(image, options.top_k, options.category, options.attributes)
     return SearchResponse(products=products, elapsed_ms=round(1000 * (time.perf_counter() - started), 2))
 
 

@@ -36,7 +36,12 @@ class TrainConfig:
     attribute_loss_weight: float = 1.0
     eval_sizes: list[int] = field(default_factory=list)  # test-time sizes to choose from on validation
     device: str = "auto"
+    # Under torchrun: BatchNorm statistics over the global batch, so N processes compute what one does.
+    sync_bn: bool = True
     num_threads: int | None = None
+    # DataLoader processes running the augmentation; None: 0 on a CPU (the 2 cores are busy with the
+    # model), up to 8 on a GPU (one process cannot augment fast enough to keep it busy).
+    workers: int | None = None
     # Training images are decoded once and kept at (img_size x cache_scale) on the shorter side, so
     # random-resized crops still see detail (package labels) rather than upsampled pixels.
     cache_scale: float = 1.6

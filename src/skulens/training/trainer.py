@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, replace
@@ -97,6 +98,16 @@ def split_train_val(dataset: ImageDataset, seed: int) -> tuple[list[Sample], lis
     return train, val
 
 
+def loader_workers(requested: int | None, device: torch.device, world_size: int = 1) -> int:
+    if requested is not None:
+        if requested < 0:
+            raise SkulensError(f"workers must be 0 or more, not {requested}")
+        return requested
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // max(1, world_size) - 1))
+
+
 def balanced_subset(samples: list[Sample], limit: int, seed: int) -> list[Sample]:
     rng = random.Random(seed)
     by_class: dict[int, list[Sample]] = {}
@@ -179,8 +190,11 @@ class Trainer:
             raise DatasetError(f"{self.dataset.root}: none of the {len(train_samples)} training images could be read")
         batch_size, rank_batch = self.dist.split_batch(cfg.batch_size, 32 if device.type == "cuda" else 16)
         n_train = int(self.dist.min(len(train_data)))  # DDP needs the same number of steps on every rank
+        workers = loader_workers(cfg.workers, device, self.dist.world_size)
 
         model = create_model(spec, pretrained=cfg.pretrained, weights=cfg.weights)
+        if cfg.sync_bn:
+            model = self.dist.sync_batchnorm(model)  # before freezing: frozen layers are then put in eval mode
         frozen = freeze_leading_stages(model, cfg.freeze_stages)
         model = prepare_model(model, device)
         ema = None
@@ -232,7 +246,8 @@ class Trainer:
                 self.dist.seed_epoch(cfg.seed, epoch)
                 batches = self._epoch_batches(n_train, rank_batch, epoch)
                 batch_pos = start_batch if epoch == start_epoch else 0
-                loader = DataLoader(train_data, batch_sampler=batches[batch_pos:], num_workers=0)
+                loader = DataLoader(train_data, batch_sampler=batches[batch_pos:], num_workers=workers,
+                                    pin_memory=device.type == "cuda")
                 bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not cfg.progress,
                            dynamic_ncols=True, initial=batch_pos, total=len(batches))
                 for x, y, *attribute_targets in bar:
