@@ -113,6 +113,9 @@ def main() -> None:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--pca", default="128,256")
     p.add_argument("--save-vectors", default=None, help="save the run's gallery embeddings (.npy) for search_scale.py")
+    p.add_argument("--flip", action="store_true",
+                   help="the run's vectors averaged with their mirror images' (Embedder flip=True), queries and gallery")
+    p.add_argument("--no-catalog-check", action="store_true", help="skip the SQLite + FAISS cross-check (saves a pass)")
     p.add_argument("--out", default=str(RESULTS / "grocery_search.json"))
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -121,13 +124,14 @@ def main() -> None:
     results = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
                "dataset": "Grocery Store: queries = test split (2485 photos); galleries = 81 iconic images, "
                           "and iconic + train split", "embedders": {}}
-    embedder = Embedder.from_run(args.run, device="cpu")
+    embedder = Embedder.from_run(args.run, device="cpu", flip=args.flip)
     main_result = evaluate_embedder(args.run, embedder, dataset, pca_dims)
     if args.save_vectors:
         np.save(args.save_vectors, main_result["_gallery_vectors"], allow_pickle=False)
     results["embedders"][f"run:{Path(args.run).name}"] = main_result
-    results["catalog_check"] = catalog_check(embedder, dataset)
-    print("catalog check:", results["catalog_check"], flush=True)
+    if not args.no_catalog_check:
+        results["catalog_check"] = catalog_check(embedder, dataset)
+        print("catalog check:", results["catalog_check"], flush=True)
     for run in args.baseline_run:
         results["embedders"][f"run:{Path(run).name}"] = evaluate_embedder(run, Embedder.from_run(run, device="cpu"),
                                                                          dataset, pca_dims)

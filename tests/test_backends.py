@@ -197,6 +197,11 @@ def test_postgres_catalog_processes_follow_each_other(tmp_path, embedder, postgr
         assert found.startswith("blue")
         writer.remove([found])
         assert found not in [h.sku for h in reader.search(blue, top_k=3)] and reader.index().state.ntotal == 10
+        # attribute filters are JSON lookups in the database: the same answers on PostgreSQL as on SQLite
+        writer.upsert([Product("blue-large", "blue L", ["Paint", "blue"], {"colour": "blue", "size": "L"},
+                               images=[str(tmp_path / "img" / "blue_1.jpg")])])
+        assert [h.sku for h in reader.search(blue, top_k=3, attributes={"size": "L"})] == ["blue-large"]
+        assert reader.search(blue, top_k=3, attributes={"size": "S"}) == []
 
 
 def test_two_serve_processes_share_postgres_and_milvus(tmp_path, trained_run, embedder, postgres_url,

@@ -301,3 +301,25 @@ def test_onnx_export_carries_the_embedding(tmp_path, trained_run):
     photos = sorted(Path(trained_run[1]).rglob("*.jpg"))[:6]
     a, b = torch_embedder.embed(photos), onnx_embedder.embed(photos)
     assert np.allclose(np.sum(a * b, axis=1), 1.0, atol=1e-4)
+
+
+def test_flip_averaged_embedder_is_mirror_invariant_and_its_own_model(tmp_path, trained_run, shop, embedder):
+    from PIL import Image, ImageOps
+
+    from skulens.catalog.embedder import embedder_from_source
+
+    _, photos = shop
+    flip = Embedder.from_run(trained_run[0], device="cpu", flip=True)
+    assert flip.model_id != embedder.model_id and flip.source["flip"] is True
+    photo = Image.open(photos["red"][0]).convert("RGB")
+    a, b = flip.embed([photo]), flip.embed([ImageOps.mirror(photo)])
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(a, b, atol=1e-4)  # a photo and its mirror image get the same vector
+    plain = embedder.embed([photo, ImageOps.mirror(photo)])
+    assert not np.allclose(plain[0], plain[1], atol=1e-4)  # which the plain embedder does not give
+    with Catalog.open(tmp_path / "shop.db", flip) as catalog:
+        catalog.upsert([Product("red-0", "red", ["Paint", "red"], images=[str(photos["red"][0])])])
+    with pytest.raises(SkulensError, match="cannot search it"):
+        Catalog.open(tmp_path / "shop.db", embedder)
+    again = embedder_from_source(flip.source, device="cpu")
+    assert again.flip and again.model_id == flip.model_id

@@ -146,7 +146,7 @@ def test_search_filters_on_attributes(client):
     assert search(client, photo_of("blue"), params={"attribute": "colour=purple"}).json()["products"] == []
     assert search(client, photo_of("blue"), params={"attribute": "size=XL"}).json()["products"] == []
     bad = search(client, photo_of("blue"), params={"attribute": "colour"})
-    assert bad.status_code == 422 and "NAME=VALUE" in bad.json()["error"]["message"]
+    assert bad.status_code == 422 and "NAME=VALUE" in bad.json()["error"]["message"], bad.text
 
 
 def test_recognize_answers_with_catalog_products(client):

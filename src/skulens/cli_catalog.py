@@ -27,6 +27,9 @@ def _db_args(p: argparse.ArgumentParser, run_help: str) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"],
                    help="embedding engine for a new catalog: auto uses the run's ONNX export on a CPU when present")
+    p.add_argument("--flip", action="store_true",
+                   help="new catalog: average each vector with its mirror image's (twice the embedding time, "
+                        "steadier vectors; BENCHMARKS.md)")
 
 
 def _csv_args(p: argparse.ArgumentParser) -> None:
@@ -103,15 +106,9 @@ def add_catalog_commands(sub) -> None:
 
 
 def _attributes(pairs: list[str]) -> dict[str, str] | None:
-    from skulens.errors import SkulensError
+    from skulens.catalog.store import parse_attribute_filter
 
-    out = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise SkulensError(f"--attribute takes NAME=VALUE (e.g. colour=Blue), not {pair!r}")
-        out[name.strip()] = value.strip()
-    return out or None
+    return parse_attribute_filter(pairs) or None
 
 
 def _category(text: str | None) -> list[str] | None:
@@ -128,7 +125,7 @@ def _open(args, embedder_needed: bool = True):
               "milvus_uri": args.milvus_uri}
     if not embedder_needed:
         return Catalog.open(args.db, **kwargs)
-    return Catalog.open_with_model(args.db, args.run, args.device, args.engine, **kwargs)
+    return Catalog.open_with_model(args.db, args.run, args.device, args.engine, getattr(args, "flip", False), **kwargs)
 
 
 def _mapping(args):

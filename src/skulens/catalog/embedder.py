@@ -26,8 +26,15 @@ class Embedder:
     """``embed(images) -> float32 (n, dim)``, unit-length rows."""
 
     def __init__(self, model: torch.nn.Module | None, preprocessing: Preprocessing, model_id: str, description: str,
-                 device: str = "auto", source: dict | None = None, onnx_engine=None):
+                 device: str = "auto", source: dict | None = None, onnx_engine=None, flip: bool = False):
         self.source = source or {}  # how to load this embedder again: {"run": path} or {"pretrained": name}
+        # flip: each vector is the mean of the photo's and its mirror image's (test-time augmentation:
+        # twice the compute for steadier vectors). Part of the model identity, as the vectors differ.
+        self.flip = flip
+        if flip:
+            self.source = {**self.source, "flip": True}
+            model_id = _flip_id(model_id)
+            description += ", flip-averaged"
         self.device = resolve_device(device)
         self.onnx = onnx_engine  # an OnnxEngine with an "embedding" output, or None for PyTorch
         self.model = prepare_model(model.eval(), self.device) if model is not None else None
@@ -38,7 +45,7 @@ class Embedder:
         self.dim = int(self.embed_tensors(probe).shape[1])
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto", engine: str = "torch") -> "Embedder":
+    def from_run(cls, run_dir: str | Path, device: str = "auto", engine: str = "torch", flip: bool = False) -> "Embedder":
         """``engine``: ``torch``, ``onnx`` (the run's exported model, INT8 when present) or ``auto``
         (ONNX when an export with an embedding output exists and we are on a CPU). The engine is
         part of the model identity: INT8 vectors are close to, not equal to, PyTorch's."""
@@ -55,15 +62,16 @@ class Embedder:
             if getattr(loaded, "has_embedding", False):
                 return cls(None, config.preprocessing, _digest(weights, config.preprocessing, loaded.name),
                            f"run {run_dir.name} ({config.model.name}, {kind}, {loaded.name})", "cpu",
-                           {**source, "engine": loaded.name}, onnx_engine=loaded)
+                           {**source, "engine": loaded.name}, onnx_engine=loaded, flip=flip)
             if engine == "onnx":
                 raise SkulensError(f"{run_dir}: the ONNX export has no embedding output; re-run `skulens export`")
         model, config = load_run(run_dir)
         return cls(model, config.preprocessing, _digest(weights, config.preprocessing),
-                   f"run {run_dir.name} ({config.model.name}, {kind})", device, {**source, "engine": "torch"})
+                   f"run {run_dir.name} ({config.model.name}, {kind})", device, {**source, "engine": "torch"}, flip=flip)
 
     @classmethod
-    def pretrained(cls, name: str = "efficientnet_lite0", img_size: int | None = None, device: str = "auto") -> "Embedder":
+    def pretrained(cls, name: str = "efficientnet_lite0", img_size: int | None = None, device: str = "auto",
+                   flip: bool = False) -> "Embedder":
         """ImageNet features of a packaged backbone: useful before any training."""
         from skulens.engines.select import sha256_file
         from skulens.models.pretrained import has_packaged_weights, packaged_weights_path
@@ -77,7 +85,7 @@ class Embedder:
         pre = Preprocessing(img_size=size, mean=mean, std=std)
         digest = _digest(sha256_file(Path(packaged_weights_path(name))), pre)
         return cls(model, pre, digest, f"pretrained {name} (ImageNet features)", device,
-                   {"pretrained": name, "img_size": size})
+                   {"pretrained": name, "img_size": size}, flip=flip)
 
     def input_tensor(self, image: ImageSource) -> torch.Tensor:
         pre = self.preprocessing
@@ -85,6 +93,12 @@ class Embedder:
 
     @torch.inference_mode()
     def embed_tensors(self, x: torch.Tensor) -> np.ndarray:
+        if not self.flip:
+            return self._embed_tensors(x)
+        both = self._embed_tensors(x) + self._embed_tensors(torch.flip(x, dims=[3]))
+        return (both / np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def _embed_tensors(self, x: torch.Tensor) -> np.ndarray:
         if self.onnx is not None:
             return self.onnx.embeddings(x)
         x = x.to(self.device)
@@ -122,6 +136,10 @@ class Embedder:
         return out, errors
 
 
+def _flip_id(model_id: str) -> str:
+    return hashlib.sha256(f"{model_id}+flip".encode()).hexdigest()[:16]
+
+
 def _digest(weights_sha256: str, pre: Preprocessing, engine: str = "torch") -> str:
     identity = {"weights": weights_sha256, "preprocessing": pre.to_dict()}
     if engine != "torch":
@@ -130,9 +148,10 @@ def _digest(weights_sha256: str, pre: Preprocessing, engine: str = "torch") -> s
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def load_embedder(run: str | Path | None = None, device: str = "auto", engine: str = "torch") -> Embedder:
+def load_embedder(run: str | Path | None = None, device: str = "auto", engine: str = "torch",
+                  flip: bool = False) -> Embedder:
     """A run's embedder, or the pretrained EfficientNet-Lite0 features when no run is given."""
-    return Embedder.from_run(run, device, engine) if run else Embedder.pretrained(device=device)
+    return Embedder.from_run(run, device, engine, flip) if run else Embedder.pretrained(device=device, flip=flip)
 
 
 def embedder_from_source(source: dict, device: str = "auto") -> Embedder:
@@ -142,5 +161,6 @@ def embedder_from_source(source: dict, device: str = "auto") -> Embedder:
             raise SkulensError(f"the catalog was embedded with run {source['run']}, which is no longer there: "
                                "pass --run")
         return Embedder.from_run(source["run"], device, source.get("engine", "torch").replace("onnx-int8", "onnx")
-                                 .replace("onnx-fp32", "onnx"))
-    return Embedder.pretrained(source.get("pretrained", "efficientnet_lite0"), source.get("img_size"), device)
+                                 .replace("onnx-fp32", "onnx"), flip=bool(source.get("flip")))
+    return Embedder.pretrained(source.get("pretrained", "efficientnet_lite0"), source.get("img_size"), device,
+                               flip=bool(source.get("flip")))

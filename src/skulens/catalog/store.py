@@ -107,6 +107,18 @@ def _hit(product: ProductRow, score: float) -> SearchHit:
                      first)
 
 
+
+def parse_attribute_filter(pairs: Iterable[str]) -> dict[str, str]:
+    """``["colour=Navy Blue", "size=L"]`` -> ``{"colour": "Navy Blue", "size": "L"}`` (what the CLI and the
+    API take as search filters); a pair without a name or a value is an error."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise SkulensError(f"attribute filters are NAME=VALUE (e.g. colour=Blue), not {pair[:80]!r}")
+        out[name.strip()] = value.strip()
+    return out
+
 class Catalog:
     """Products + vectors. Every public method leaves the database and the index in agreement."""
 
@@ -143,9 +155,10 @@ class Catalog:
 
     @classmethod
     def open_with_model(cls, db: str | Path, run: str | Path | None = None, device: str = "auto",
-                        engine: str = "auto", **kwargs) -> "Catalog":
+                        engine: str = "auto", flip: bool = False, **kwargs) -> "Catalog":
         """Open with ``run``'s embedder, or with the model the catalog recorded (pretrained Lite0 for a
-        new catalog without a run). A catalog keeps the engine (PyTorch / ONNX) it was built with."""
+        new catalog without a run). A catalog keeps the engine (PyTorch / ONNX) and the flip averaging
+        (``flip``: vectors averaged with the mirror image's) it was built with."""
         from skulens.catalog.embedder import embedder_from_source, load_embedder
 
         with Session(open_engine(db)) as session:
@@ -154,7 +167,7 @@ class Catalog:
         same_run = run is not None and source.get("run") == str(Path(run).resolve())
         if stored and source and (run is None or same_run):
             return cls(db, embedder_from_source(source, device), **kwargs)
-        return cls(db, load_embedder(run, device, engine), **kwargs)
+        return cls(db, load_embedder(run, device, engine, flip), **kwargs)
 
     def info(self) -> dict:
         with Session(self.engine) as session:

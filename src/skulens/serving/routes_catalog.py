@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
+from skulens.catalog.store import parse_attribute_filter
 from skulens.errors import SkulensError
 from skulens.serving.api_errors import ApiError, within_timeout
 from skulens.serving.catalog_views import category_tree, product_detail, product_hit, product_summary
@@ -50,12 +51,10 @@ def search_options(svc: Services, request: Request, form) -> SearchOptions:
     top_k = form_text(form, "top_k") or request.query_params.get("top_k") or svc.config.products_k
     category = [c for c in form.getlist("category") if isinstance(c, str)] or request.query_params.getlist("category")
     pairs = [a for a in form.getlist("attribute") if isinstance(a, str)] or request.query_params.getlist("attribute")
-    attributes = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise ApiError(422, "invalid_request", f"attribute: expected NAME=VALUE (e.g. colour=Blue), not {pair[:80]!r}")
-        attributes[name.strip()] = value.strip()
+    try:
+        attributes = parse_attribute_filter(pairs)
+    except SkulensError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
     try:
         return SearchOptions(top_k=top_k, category=[c.strip() for c in category if c.strip()], attributes=attributes)
     except ValidationError as exc:

@@ -184,25 +184,26 @@ class Context:
         return GlooSyncBatchNorm.convert(model)
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over the processes; its gradient is the sum of the processes' gradients."""
+class _AllGather(torch.autograd.Function):
+    """Every process's tensor, stacked in rank order; the gradient of a process's own tensor sums
+    what every process's loss contributes to it."""
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        out = tensor.clone()
-        dist.all_reduce(out)
-        return out
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.stack(parts)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
-        return grad
+        return grad[dist.get_rank()]
 
 
 class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are summed over every process (PyTorch's SyncBatchNorm
-    runs on GPUs only). The sums go through an all_reduce with a gradient, so the backward pass
+    runs on GPUs only). The statistics go through an all-gather with a gradient, so the backward pass
     also sums the statistics' gradients over the processes, as one process over the whole batch
     would compute them. Evaluation mode is plain BatchNorm."""
 
@@ -216,13 +217,20 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(x)
         channels, dims = x.shape[1], [0, *range(2, x.dim())]
         xf = x.float()
-        count = torch.tensor([x.numel() / channels], dtype=torch.float32, device=x.device)
-        totals = _AllReduceSum.apply(torch.cat([xf.sum(dims), count]))
-        n, shape = totals[-1], [1, channels] + [1] * (x.dim() - 2)
-        mean = totals[:channels] / n
-        # Two passes: E[x^2] - E[x]^2 cancels catastrophically for channels whose mean dwarfs their spread.
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        # Each process's count, mean and sum of squared deviations, gathered in one exchange and
+        # combined exactly (Chan et al.); E[x^2] - E[x]^2 would cancel catastrophically for channels
+        # whose mean dwarfs their spread.
+        count = torch.full((1,), x.numel() / channels, dtype=torch.float32, device=x.device)
+        local_mean = xf.mean(dims)
+        local_m2 = ((xf - local_mean.view(shape)) ** 2).sum(dims)
+        parts = _AllGather.apply(torch.cat([local_mean, local_m2, count]))
+        counts = parts[:, -1:]
+        n = counts.sum()
+        mean = (parts[:, :channels] * counts).sum(0) / n
+        m2 = parts[:, channels:2 * channels].sum(0) + (counts * (parts[:, :channels] - mean) ** 2).sum(0)
+        var = m2 / n
         centred = xf - mean.view(shape)
-        var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
