@@ -140,8 +140,8 @@ def test_products_come_from_the_catalog(recognizer, photo, tmp_path):
     class FakeCatalog:
         embedder = FakeEmbedder()
 
-        def search_vectors(self, vector, top_k, category=None):
-            assert vector.shape == (2,) and category is None
+        def search_vectors(self, vector, top_k, category=None, attributes=None):
+            assert vector.shape == (2,) and category is None and attributes is None
             return [SearchHit(sku=f"SKU {i}", title=f"Product {i}", score=1 - i / 10, category_path=["red"],
                               attributes={"colour": "red"}, image=f"/srv/catalog/{i}.jpg" if i else None)
                     for i in range(top_k)]
