@@ -260,6 +260,13 @@ def test_catalog_routes_are_documented(client):
                          ("/v1/products/{sku}/image", "get"), ("/v1/products/{sku}/similar", "get"),
                          ("/v1/products/import", "post"), ("/v1/categories", "get"), ("/v1/explain", "post")):
         assert method in spec["paths"][path], (path, method)
+    # Routes that read a request body answer a malformed one with 400, and say so
+    for path, method in (("/v1/search", "post"), ("/v1/products", "post"), ("/v1/products/{sku}", "put"),
+                         ("/v1/explain", "post"), ("/v1/recognize", "post"), ("/v1/recognize/bulk", "post")):
+        assert "400" in spec["paths"][path][method]["responses"], (path, method)
+    broken = client.post("/v1/search", content=b"--xyz\r\nnot a part header\r\n",
+                         headers={"content-type": "multipart/form-data"})  # no boundary
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "bad_multipart", broken.text
     # Bodies documented by hand carry their nested models inline: no reference dangles.
     assert "$defs" not in json.dumps(spec)
     imported = spec["paths"]["/v1/products/import"]["post"]["requestBody"]["content"]["application/json"]["schema"]

@@ -51,7 +51,7 @@ class Explainer:
 
 @router.post("/explain", response_class=Response,
              responses={200: {"content": {"image/png": {}}, "description": "the photo with the heat map"},
-                        **{code: {"model": ErrorResponse} for code in (401, 413, 415, 422, 501, 504)}},
+                        **{code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 501, 504)}},
              openapi_extra=multipart_doc(["image"], {"image": BINARY}),
              summary="Where the model looked: a Grad-CAM heat map over the photo (PNG)",
              description="Multipart upload in the field `image`; `label` picks the class to explain (default: "

@@ -61,7 +61,8 @@ async def _in_thread(fn, *args):
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
-@router.post("", status_code=201, response_model=ProductDetail, responses={**ERRORS, 409: {"model": ErrorResponse}},
+@router.post("", status_code=201, response_model=ProductDetail,
+             responses={**ERRORS, 400: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
              openapi_extra=multipart_doc(["product", "images"], {
                  "product": {"type": "string", "description": PRODUCT_FIELD_DOC},
                  "images": {"type": "array", "items": BINARY, "description": "one or more photos; the first is "
@@ -81,7 +82,7 @@ async def _create(svc: Services, request: Request) -> ProductDetail:
     return product_detail(await _in_thread(writer.create, fields, encoded))
 
 
-@router.put("/{sku}", response_model=ProductDetail, responses=ERRORS,
+@router.put("/{sku}", response_model=ProductDetail, responses={**ERRORS, 400: {"model": ErrorResponse}},
             openapi_extra={"requestBody": {"content": {
                 "application/json": {"schema": inline_schema(ProductFields)},
                 "multipart/form-data": {"schema": {"type": "object", "properties": {
