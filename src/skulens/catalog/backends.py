@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from skulens.catalog.db import ImageRow, IndexLog, Meta, get_meta, last_log_seq, set_meta
-from skulens.catalog.index import IndexState, choose_kind, default_nlist
+from skulens.catalog.index import IndexState, build_kind, default_nlist, default_nprobe
 from skulens.errors import SkulensError
 
 if TYPE_CHECKING:
@@ -278,13 +278,11 @@ class MilvusBackend:
         pymilvus = _milvus()
         dim = int(self.catalog.model_info["dim"])
         n = int(session.scalar(select(func.count(ImageRow.id)).where(ImageRow.vector.is_not(None))))
-        kind = choose_kind(kind, n)
-        if kind == "ivf" and n < 39:
-            kind = "flat"  # too few vectors to learn cells from (as the FAISS backend decides)
+        # the kind, cells and cells-per-query the FAISS backend chooses, so the two approximate
+        # indexes trade recall for speed alike
+        kind = build_kind(kind, n)
         nlist = default_nlist(n) if kind == "ivf" else 0
-        # the cells and cells-per-query the FAISS backend would choose (VectorIndex.build), so the
-        # two approximate indexes trade recall for speed alike
-        nprobe = (nprobe or max(1, min(nlist, max(8, round(nlist / 128))))) if kind == "ivf" else 0
+        nprobe = (nprobe or default_nprobe(nlist)) if kind == "ivf" else 0
         log.info("building Milvus collection %s (%s, %d vectors)", name, kind, n)
         prefix = name[:name.index("_", len("skulens_")) + 1]
         for old in self.client.list_collections():

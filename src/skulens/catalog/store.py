@@ -107,7 +107,6 @@ def _hit(product: ProductRow, score: float) -> SearchHit:
                      first)
 
 
-
 def parse_attribute_filter(pairs: Iterable[str]) -> dict[str, str]:
     """``["colour=Navy Blue", "size=L"]`` -> ``{"colour": "Navy Blue", "size": "L"}`` (what the CLI and the
     API take as search filters); a pair without a name or a value is an error."""
@@ -118,6 +117,7 @@ def parse_attribute_filter(pairs: Iterable[str]) -> dict[str, str]:
             raise SkulensError(f"attribute filters are NAME=VALUE (e.g. colour=Blue), not {pair[:80]!r}")
         out[name.strip()] = value.strip()
     return out
+
 
 class Catalog:
     """Products + vectors. Every public method leaves the database and the index in agreement."""

@@ -47,8 +47,7 @@ class _LogitsAndEmbedding(torch.nn.Module):
         if has_embedding_head(self.model):
             # one pass through the neck: the logits are the scaled cosines of the same embedding
             embedding = head.embed(pooled)
-            weight = torch.nn.functional.normalize(head.weight.float(), dim=-1)
-            logits = head.scale * embedding @ weight.t()
+            logits = head.scale * head.cosines(embedding)
         else:
             logits, embedding = head(pooled), torch.nn.functional.normalize(pooled.float(), dim=-1)
         # attribute heads (colour, usage, ...): their logits, as outputs named attribute:NAME in spec order

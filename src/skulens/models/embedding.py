@@ -38,8 +38,12 @@ class ArcMarginHead(nn.Module):
         with torch.autocast(pooled.device.type, enabled=False):
             return self._logits(pooled.float(), labels)
 
+    def cosines(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Cosine of a normalised embedding to every class centre."""
+        return embedding @ F.normalize(self.weight.float(), dim=-1).t()
+
     def _logits(self, pooled: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        cos = self.embed(pooled) @ F.normalize(self.weight.float(), dim=-1).t()
+        cos = self.cosines(self.embed(pooled))
         if labels is None or self.margin <= 0:
             return self.scale * cos
         # cos(theta + m) on the target class only; past theta = pi - m the function stops being

@@ -170,7 +170,6 @@ class Context:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(_Call(model), device_ids=ids)
 
-
     def sync_batchnorm(self, model: nn.Module) -> nn.Module:
         """BatchNorm over the global batch, as one process computes it. Without it each process
         normalises only its share, which measurably costs accuracy when shares are small (BENCHMARKS.md,
