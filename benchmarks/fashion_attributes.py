@@ -55,6 +55,9 @@ def main() -> None:
     # Colour is a label here: hue/saturation jitter would teach the model that it does not matter.
     p.add_argument("--color-jitter", type=float, default=0.0)
     p.add_argument("--scale-min", type=float, default=0.5, help="RandomResizedCrop's smallest area share")
+    p.add_argument("--mix-prob", type=float, default=0.0, help="share of batches blended (Mixup / CutMix)")
+    p.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate")
+    p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU, 8 on GPU)")
     p.add_argument("--max-train-images", type=int, default=None, help="a class-balanced subset (smoke runs only)")
@@ -68,7 +71,8 @@ def main() -> None:
                       lr=args.lr, warmup_epochs=args.warmup_epochs, freeze_stages=args.freeze_stages,
                       ema_decay=args.ema_decay, attribute_loss_weight=args.attribute_loss_weight,
                       patience=0, keep="last", cache_scale=args.cache_scale, num_threads=args.threads,
-                      workers=args.workers, max_train_images=args.max_train_images,
+                      workers=args.workers, max_train_images=args.max_train_images, mix_prob=args.mix_prob,
+                      drop_path=args.drop_path, weight_decay=args.weight_decay,
                       augment=AugmentConfig(scale_min=args.scale_min, color_jitter=args.color_jitter),
                       progress=sys.stderr.isatty())
     train_images = dataset.split("train")[:args.max_train_images] if args.max_train_images else dataset.split("train")

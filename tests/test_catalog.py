@@ -323,3 +323,65 @@ def test_flip_averaged_embedder_is_mirror_invariant_and_its_own_model(tmp_path, 
         Catalog.open(tmp_path / "shop.db", embedder)
     again = embedder_from_source(flip.source, device="cpu")
     assert again.flip and again.model_id == flip.model_id
+
+
+def test_projection_is_pca_and_round_trips(tmp_path):
+    from skulens.catalog.projection import Projection
+
+    rng = np.random.default_rng(0)
+    # 200 vectors with three strong directions and weak noise elsewhere
+    axes = np.linalg.qr(rng.normal(size=(16, 3)))[0]
+    x = (rng.normal(size=(200, 3)) * [5.0, 3.0, 2.0]) @ axes.T + 0.05 * rng.normal(size=(200, 16)) + 1.0
+    p = Projection.fit(x, 3, fitted_for="abc")
+    assert (p.in_dim, p.dim) == (16, 3)
+    y = p.transform(x)
+    assert y.shape == (200, 3) and np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+    # the kept subspace is the top-3 principal subspace (same projector as numpy's SVD)
+    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    assert np.allclose(p.components @ p.components.T, vt[:3].T @ vt[:3], atol=1e-3)
+    w = Projection.fit(x, 3, fitted_for="abc", whiten=True)
+    assert np.allclose(((x - w.mean) @ w.components).std(0, ddof=1), 1.0, atol=1e-3)
+    path = p.save(tmp_path / "p.safetensors")
+    q = Projection.load(path)
+    assert q.fitted_for == "abc" and q.info == p.info and q.digest == p.digest and q.path == str(path.resolve())
+    assert np.array_equal(q.transform(x), y)
+    with pytest.raises(SkulensError, match="1 <= dims <= 16"):
+        Projection.fit(x, 17, fitted_for="abc")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    for bad, message in [(tmp_path / "junk.safetensors", "not a projection file"),
+                         (tmp_path / "missing.safetensors", "no such projection file")]:
+        with pytest.raises(SkulensError, match=message):
+            Projection.load(bad)
+
+
+def test_projected_catalog_is_its_own_model(tmp_path, trained_run, shop, embedder):
+    from skulens.catalog.embedder import embedder_from_source
+    from skulens.catalog.projection import Projection
+    from skulens.cli import main
+
+    run, data = trained_run
+    out = tmp_path / "proj.safetensors"
+    assert main(["catalog", "fit-projection", str(data), "--run", str(run), "--dims", "8", "--device", "cpu",
+                 "--out", str(out), "--no-progress"]) == 0
+    projection = Projection.load(out)
+    n_images = sum(1 for p in Path(data, "train").rglob("*") if p.is_file())
+    assert projection.fitted_for == embedder.model_id and projection.info["vectors"] == n_images
+    projected = Embedder.from_run(run, device="cpu", projection=out)
+    assert projected.dim == 8 and projected.model_id != embedder.model_id
+    assert projected.source["projection"] == str(out.resolve())
+    csv_path, photos = shop
+    images = [str(photos["red"][0]), str(photos["blue"][1])]
+    assert np.allclose(projected.embed(images), projection.transform(embedder.embed(images)), atol=1e-5)
+    rows, _ = read_products_csv(csv_path, MAPPING)
+    with Catalog.open(tmp_path / "shop.db", projected) as catalog:
+        import_products(catalog, rows, progress=False)
+        assert catalog.info()["index"]["dim"] == 8
+        hits = catalog.search(str(photos["green"][0]), top_k=3)
+        assert hits[0].sku.startswith("green")
+    with pytest.raises(SkulensError, match="cannot search it"):
+        Catalog.open(tmp_path / "shop.db", embedder)
+    again = embedder_from_source(projected.source, device="cpu")
+    assert again.model_id == projected.model_id and again.dim == 8
+    # a projection fitted on one model's vectors is refused by another model (here: flip-averaged)
+    with pytest.raises(SkulensError, match="fitted on the vectors of model"):
+        Embedder.from_run(run, device="cpu", flip=True, projection=out)

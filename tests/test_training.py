@@ -168,3 +168,35 @@ def test_loader_workers_run_the_augmentation_in_other_processes(tmp_path, monkey
     assert 1 <= loader_workers(None, torch.device("cuda"), world_size=64) <= 8
     with pytest.raises(SkulensError, match="workers"):
         loader_workers(-1, torch.device("cpu"))
+
+
+def test_mixing_and_stochastic_depth_reach_the_training_loop(tmp_path, monkeypatch):
+    import skulens.training.trainer as trainer_module
+    from skulens.models.registry import ModelSpec, create_model
+
+    calls = []
+    real = trainer_module.mix_batch
+
+    def counting(x, *args):
+        out, mix = real(x, *args)
+        calls.append(mix is not None)
+        return out, mix
+
+    monkeypatch.setattr(trainer_module, "mix_batch", counting)
+    data = write_class_folders(tmp_path / "d", per_class=6)
+    cfg = TrainConfig(model="seedcnn", epochs=1, img_size=32, batch_size=4, mix_prob=1.0, keep="last", patience=0,
+                      progress=False)
+    train(cfg, load_dataset(data), tmp_path / "run")
+    assert calls and all(calls)  # every batch blended at mix_prob 1
+    log = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert np.isfinite(float(log[0]["train_loss"]))
+    with pytest.raises(SkulensError, match="ArcFace"):
+        train(TrainConfig(model="seedcnn", epochs=1, img_size=32, mix_prob=0.5, embedding_dim=8, progress=False),
+              load_dataset(data), tmp_path / "arc")
+    with pytest.raises(SkulensError, match="mix-prob"):
+        train(TrainConfig(model="seedcnn", epochs=1, img_size=32, mix_prob=1.5, progress=False),
+              load_dataset(data), tmp_path / "bad")
+    model = create_model(ModelSpec(name="efficientnet_lite0", num_classes=3, img_size=32, drop_path_rate=0.2),
+                         pretrained=False)
+    rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.2, abs=0.02)

@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--catalog-repeats", type=int, default=1, help="count each catalog image N times per epoch")
     tr.add_argument("--embedding-dim", type=int, default=0,
                     help="train an ArcFace embedding of this size for visual search (e.g. 512)")
+    tr.add_argument("--mix-prob", type=float, default=0.0,
+                    help="share of batches blended with Mixup or CutMix (regularisation; default 0: off)")
+    tr.add_argument("--mixup-alpha", type=float, default=0.2, help="Mixup's Beta alpha (0: CutMix only)")
+    tr.add_argument("--cutmix-alpha", type=float, default=1.0, help="CutMix's Beta alpha (0: Mixup only)")
+    tr.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate while training (e.g. 0.1)")
     tr.add_argument("--attribute-loss-weight", type=float, default=1.0,
                     help="weight of the attribute losses against the category loss (default 1)")
     tr.add_argument("--eval-sizes", default="", help="comma-separated test-time sizes to choose from on validation")
@@ -242,7 +247,8 @@ def cmd_train(args) -> int:
             in_chans=1 if args.grayscale else 3, catalog_images=args.catalog_images,
             catalog_repeats=args.catalog_repeats, embedding_dim=args.embedding_dim, num_threads=args.threads,
             workers=args.workers, sync_bn=not args.no_sync_bn,
-            attribute_loss_weight=args.attribute_loss_weight,
+            attribute_loss_weight=args.attribute_loss_weight, mix_prob=args.mix_prob, mixup_alpha=args.mixup_alpha,
+            cutmix_alpha=args.cutmix_alpha, drop_path=args.drop_path,
             eval_sizes=[int(s) for s in args.eval_sizes.split(",") if s.strip()], device=args.device,
             max_train_images=args.max_train_images, cache_scale=args.cache_scale, augment=aug, progress=not args.no_progress)
         result = train(cfg, _load_dataset(args), args.out)

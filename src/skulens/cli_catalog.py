@@ -30,6 +30,8 @@ def _db_args(p: argparse.ArgumentParser, run_help: str) -> None:
     p.add_argument("--flip", action="store_true",
                    help="new catalog: average each vector with its mirror image's (twice the embedding time, "
                         "steadier vectors; BENCHMARKS.md)")
+    p.add_argument("--projection", default=None, metavar="FILE",
+                   help="new catalog: project every vector with this file (`skulens catalog fit-projection`)")
 
 
 def _csv_args(p: argparse.ArgumentParser) -> None:
@@ -62,6 +64,22 @@ def add_catalog_commands(sub) -> None:
     imp.add_argument("--chunk-size", type=int, default=64, help="products per transaction (default 64)")
     imp.add_argument("--json", action="store_true", help="print the import report as JSON")
     imp.add_argument("--no-progress", action="store_true")
+
+    fp = csub.add_parser("fit-projection", help="fit a PCA projection of the run's vectors on labelled images, "
+                                                "for --projection (smaller index; BENCHMARKS.md for what it does "
+                                                "to recall)")
+    fp.add_argument("source", help="a dataset (its --split photos and catalog images) or a products CSV (its images)")
+    fp.add_argument("--run", default=None, help="trained run (default: pretrained Lite0 features)")
+    fp.add_argument("--device", default="auto")
+    fp.add_argument("--engine", default="torch", choices=["auto", "torch", "onnx"])
+    fp.add_argument("--flip", action="store_true", help="fit on flip-averaged vectors (for a --flip catalog)")
+    fp.add_argument("--dims", type=int, default=128, help="output dimension (default 128)")
+    fp.add_argument("--whiten", action="store_true", help="scale every axis to unit variance")
+    fp.add_argument("--split", default="train", help="the split to fit on (default train; a CSV without a split "
+                                                      "column is used whole)")
+    fp.add_argument("--image-column", default="image", help="CSV sources: the image column")
+    fp.add_argument("--out", required=True, help="the projection file to write (.safetensors)")
+    fp.add_argument("--no-progress", action="store_true")
 
     info = csub.add_parser("info", help="counts, embedding model, index")
     _db_args(info, run_help)
@@ -125,7 +143,8 @@ def _open(args, embedder_needed: bool = True):
               "milvus_uri": args.milvus_uri}
     if not embedder_needed:
         return Catalog.open(args.db, **kwargs)
-    return Catalog.open_with_model(args.db, args.run, args.device, args.engine, getattr(args, "flip", False), **kwargs)
+    return Catalog.open_with_model(args.db, args.run, args.device, args.engine, getattr(args, "flip", False),
+                                   projection=getattr(args, "projection", None), **kwargs)
 
 
 def _mapping(args):
@@ -228,6 +247,8 @@ def cmd_catalog(args) -> int:
             print(f"imported {report.added} new, {report.updated} updated, {report.unchanged} unchanged "
                   f"product(s) ({report.images} images) in {report.seconds:.1f} s; {len(report.rejected)} rejected")
         return EXIT_PARTIAL if report.rejected else EXIT_OK
+    if command == "fit-projection":
+        return _fit_projection(args)
     if command == "info":
         with _open(args, embedder_needed=False) as catalog:
             print(json.dumps(catalog.info(), indent=1))
@@ -247,7 +268,7 @@ def cmd_catalog(args) -> int:
     if command == "reindex":
         from skulens.catalog import load_embedder
 
-        embedder = load_embedder(args.run, args.device, args.engine)
+        embedder = load_embedder(args.run, args.device, args.engine, args.flip, args.projection)
         with _open(args, embedder_needed=False) as catalog:
             n = catalog.reindex(embedder)
         print(f"re-embedded {n} image(s) with {embedder.description}")
@@ -258,6 +279,39 @@ def cmd_catalog(args) -> int:
         print(f"index rebuilt: {state.kind}, {state.ntotal} vectors of dimension {state.dim}")
         return EXIT_OK
     raise AssertionError(command)
+
+
+def _fit_projection(args) -> int:
+    from skulens.catalog import load_embedder
+    from skulens.catalog.projection import fit_on_images
+    from skulens.errors import SkulensError
+
+    source = Path(args.source)
+    if not source.exists():
+        raise SkulensError(f"{source}: no such file or folder")
+    if source.suffix.lower() == ".csv":
+        from skulens.catalog import CsvMapping, read_products_csv
+
+        # a CSV without a split column is used whole
+        rows, _ = read_products_csv(source, CsvMapping(image=args.image_column), split=args.split or None)
+        if not rows and args.split:
+            rows, _ = read_products_csv(source, CsvMapping(image=args.image_column))
+        images = [image for _, product in rows for image in product.images]
+    else:
+        from skulens.data.datasets import load_dataset
+
+        dataset = load_dataset(source)
+        images = [str(s.path) for s in dataset.split(args.split)]
+        images += [str(p) for p in dataset.catalog_images.values()]
+    embedder = load_embedder(args.run, args.device, args.engine, args.flip)
+    projection = fit_on_images(embedder, images, args.dims, args.whiten, source=f"{source} ({len(images)} images)",
+                               progress=not args.no_progress)
+    projection.save(args.out)
+    info = projection.info
+    print(f"projection {embedder.dim} -> {projection.dim} dimensions fitted on {info['vectors']} vectors of "
+          f"{embedder.description} ({info['skipped']} unreadable skipped; {info['explained_variance']:.1%} of the "
+          f"variance kept): {args.out}")
+    return EXIT_OK
 
 
 def cmd_search(args) -> int:

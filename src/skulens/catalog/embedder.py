@@ -17,6 +17,7 @@ import torch
 
 from skulens.data.images import ImageSource, load_image
 from skulens.data.transforms import Preprocessing, to_model_input
+from skulens.catalog.projection import Projection
 from skulens.errors import ImageError, SkulensError
 from skulens.models.embedding import model_embeddings
 from skulens.runtime import prepare_model, resolve_device
@@ -26,7 +27,8 @@ class Embedder:
     """``embed(images) -> float32 (n, dim)``, unit-length rows."""
 
     def __init__(self, model: torch.nn.Module | None, preprocessing: Preprocessing, model_id: str, description: str,
-                 device: str = "auto", source: dict | None = None, onnx_engine=None, flip: bool = False):
+                 device: str = "auto", source: dict | None = None, onnx_engine=None, flip: bool = False,
+                 projection: str | Path | Projection | None = None):
         self.source = source or {}  # how to load this embedder again: {"run": path} or {"pretrained": name}
         # flip: each vector is the mean of the photo's and its mirror image's (test-time augmentation:
         # twice the compute for steadier vectors). Part of the model identity, as the vectors differ.
@@ -35,6 +37,18 @@ class Embedder:
             self.source = {**self.source, "flip": True}
             model_id = _flip_id(model_id)
             description += ", flip-averaged"
+        # projection: a PCA fitted on this model's vectors (projection.py), applied to every vector;
+        # also part of the identity, and refused when it was fitted for another model
+        self.projection = Projection.load(projection) if isinstance(projection, (str, Path)) else projection
+        if self.projection is not None:
+            if self.projection.fitted_for != model_id:
+                raise SkulensError(f"the projection {self.projection.path or ''} was fitted on the vectors of model "
+                                   f"{self.projection.fitted_for}, not of this embedder ({model_id}: {description})")
+            if self.projection.path is None:
+                raise SkulensError("save the projection to a file first: a catalog records where it lives")
+            self.source = {**self.source, "projection": self.projection.path}
+            model_id = hashlib.sha256(f"{model_id}+projection:{self.projection.digest}".encode()).hexdigest()[:16]
+            description += f", {self.projection.describe()}"
         self.device = resolve_device(device)
         self.onnx = onnx_engine  # an OnnxEngine with an "embedding" output, or None for PyTorch
         self.model = prepare_model(model.eval(), self.device) if model is not None else None
@@ -45,7 +59,8 @@ class Embedder:
         self.dim = int(self.embed_tensors(probe).shape[1])
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto", engine: str = "torch", flip: bool = False) -> "Embedder":
+    def from_run(cls, run_dir: str | Path, device: str = "auto", engine: str = "torch", flip: bool = False,
+                 projection: str | Path | Projection | None = None) -> "Embedder":
         """``engine``: ``torch``, ``onnx`` (the run's exported model, INT8 when present) or ``auto``
         (ONNX when an export with an embedding output exists and we are on a CPU). The engine is
         part of the model identity: INT8 vectors are close to, not equal to, PyTorch's."""
@@ -62,16 +77,17 @@ class Embedder:
             if getattr(loaded, "has_embedding", False):
                 return cls(None, config.preprocessing, _digest(weights, config.preprocessing, loaded.name),
                            f"run {run_dir.name} ({config.model.name}, {kind}, {loaded.name})", "cpu",
-                           {**source, "engine": loaded.name}, onnx_engine=loaded, flip=flip)
+                           {**source, "engine": loaded.name}, onnx_engine=loaded, flip=flip, projection=projection)
             if engine == "onnx":
                 raise SkulensError(f"{run_dir}: the ONNX export has no embedding output; re-run `skulens export`")
         model, config = load_run(run_dir)
         return cls(model, config.preprocessing, _digest(weights, config.preprocessing),
-                   f"run {run_dir.name} ({config.model.name}, {kind})", device, {**source, "engine": "torch"}, flip=flip)
+                   f"run {run_dir.name} ({config.model.name}, {kind})", device, {**source, "engine": "torch"}, flip=flip,
+                   projection=projection)
 
     @classmethod
     def pretrained(cls, name: str = "efficientnet_lite0", img_size: int | None = None, device: str = "auto",
-                   flip: bool = False) -> "Embedder":
+                   flip: bool = False, projection: str | Path | Projection | None = None) -> "Embedder":
         """ImageNet features of a packaged backbone: useful before any training."""
         from skulens.engines.select import sha256_file
         from skulens.models.pretrained import has_packaged_weights, packaged_weights_path
@@ -85,7 +101,7 @@ class Embedder:
         pre = Preprocessing(img_size=size, mean=mean, std=std)
         digest = _digest(sha256_file(Path(packaged_weights_path(name))), pre)
         return cls(model, pre, digest, f"pretrained {name} (ImageNet features)", device,
-                   {"pretrained": name, "img_size": size}, flip=flip)
+                   {"pretrained": name, "img_size": size}, flip=flip, projection=projection)
 
     def input_tensor(self, image: ImageSource) -> torch.Tensor:
         pre = self.preprocessing
@@ -93,6 +109,11 @@ class Embedder:
 
     @torch.inference_mode()
     def embed_tensors(self, x: torch.Tensor) -> np.ndarray:
+        vectors = self.model_vectors(x)
+        return vectors if self.projection is None else self.projection.transform(vectors)
+
+    def model_vectors(self, x: torch.Tensor) -> np.ndarray:
+        """The vectors before the projection: what a projection is fitted on."""
         if not self.flip:
             return self._embed_tensors(x)
         both = self._embed_tensors(x) + self._embed_tensors(torch.flip(x, dims=[3]))
@@ -149,18 +170,23 @@ def _digest(weights_sha256: str, pre: Preprocessing, engine: str = "torch") -> s
 
 
 def load_embedder(run: str | Path | None = None, device: str = "auto", engine: str = "torch",
-                  flip: bool = False) -> Embedder:
+                  flip: bool = False, projection: str | Path | None = None) -> Embedder:
     """A run's embedder, or the pretrained EfficientNet-Lite0 features when no run is given."""
-    return Embedder.from_run(run, device, engine, flip) if run else Embedder.pretrained(device=device, flip=flip)
+    if run:
+        return Embedder.from_run(run, device, engine, flip, projection)
+    return Embedder.pretrained(device=device, flip=flip, projection=projection)
 
 
 def embedder_from_source(source: dict, device: str = "auto") -> Embedder:
     """Rebuild the embedder a catalog recorded (see :attr:`Embedder.source`)."""
+    projection = source.get("projection")
+    if projection and not Path(projection).is_file():
+        raise SkulensError(f"the catalog's vectors were projected with {projection}, which is no longer there")
     if source.get("run"):
         if not Path(source["run"]).is_dir():
             raise SkulensError(f"the catalog was embedded with run {source['run']}, which is no longer there: "
                                "pass --run")
         return Embedder.from_run(source["run"], device, source.get("engine", "torch").replace("onnx-int8", "onnx")
-                                 .replace("onnx-fp32", "onnx"), flip=bool(source.get("flip")))
+                                 .replace("onnx-fp32", "onnx"), flip=bool(source.get("flip")), projection=projection)
     return Embedder.pretrained(source.get("pretrained", "efficientnet_lite0"), source.get("img_size"), device,
-                               flip=bool(source.get("flip")))
+                               flip=bool(source.get("flip")), projection=projection)

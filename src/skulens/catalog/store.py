@@ -155,10 +155,12 @@ class Catalog:
 
     @classmethod
     def open_with_model(cls, db: str | Path, run: str | Path | None = None, device: str = "auto",
-                        engine: str = "auto", flip: bool = False, **kwargs) -> "Catalog":
+                        engine: str = "auto", flip: bool = False, projection: str | Path | None = None,
+                        **kwargs) -> "Catalog":
         """Open with ``run``'s embedder, or with the model the catalog recorded (pretrained Lite0 for a
         new catalog without a run). A catalog keeps the engine (PyTorch / ONNX) and the flip averaging
-        (``flip``: vectors averaged with the mirror image's) it was built with."""
+        (``flip``: vectors averaged with the mirror image's) and projection (``projection``: a file from
+        ``skulens catalog fit-projection``) it was built with."""
         from skulens.catalog.embedder import embedder_from_source, load_embedder
 
         with Session(open_engine(db)) as session:
@@ -167,7 +169,7 @@ class Catalog:
         same_run = run is not None and source.get("run") == str(Path(run).resolve())
         if stored and source and (run is None or same_run):
             return cls(db, embedder_from_source(source, device), **kwargs)
-        return cls(db, load_embedder(run, device, engine, flip), **kwargs)
+        return cls(db, load_embedder(run, device, engine, flip, projection), **kwargs)
 
     def info(self) -> dict:
         with Session(self.engine) as session:

@@ -36,6 +36,7 @@ class ModelSpec:
     img_size: int
     in_chans: int = 3
     drop_rate: float = 0.2
+    drop_path_rate: float = 0.0  # stochastic depth while training (timm models); no effect at inference
     mean: list[float] = field(default_factory=lambda: list(_LITE_NORM["mean"]))
     std: list[float] = field(default_factory=lambda: list(_LITE_NORM["std"]))
     # > 0: an ArcFace embedding head of this size replaces the linear classifier (for visual search)
@@ -82,7 +83,8 @@ def create_model(spec: ModelSpec, *, pretrained: bool = True, weights: str | Pat
         if not timm.is_model(spec.name):
             raise SkulensError(f"unknown model {spec.name!r}: use efficientnet_lite0/1/2, seedcnn or a timm architecture name")
         model = timm.create_model(spec.name, pretrained=False, num_classes=spec.num_classes,
-                                  in_chans=spec.in_chans, drop_rate=spec.drop_rate)
+                                  in_chans=spec.in_chans, drop_rate=spec.drop_rate,
+                                  **({"drop_path_rate": spec.drop_path_rate} if spec.drop_path_rate else {}))
         if pretrained and weights is None and has_packaged_weights(spec.name) and spec.in_chans == 3:
             load_packaged_weights(model, spec.name)
     if spec.embedding_dim:

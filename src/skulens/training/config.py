@@ -32,6 +32,13 @@ class TrainConfig:
     catalog_repeats: int = 1  # each catalog image counts this many times per epoch
     # > 0: train an ArcFace embedding of this size (the catalog's search vectors) as the classifier
     embedding_dim: int = 0
+    # Regularisers against memorising the training photos (mixing.py): the share of batches blended
+    # with Mixup or CutMix (0: off; their Beta alphas; an alpha of 0 turns that one off), and
+    # stochastic depth (the rate at which residual blocks are skipped in training; timm models).
+    mix_prob: float = 0.0
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 1.0
+    drop_path: float = 0.0
     # Weight of the attribute losses (summed over attributes) against the category loss.
     attribute_loss_weight: float = 1.0
     eval_sizes: list[int] = field(default_factory=list)  # test-time sizes to choose from on validation

@@ -43,6 +43,7 @@ from skulens.models.registry import (
 from skulens.runtime import autocast, prepare_model, to_device
 from skulens.training import distributed
 from skulens.training.config import TrainConfig
+from skulens.training.mixing import mix_batch, mixed_loss
 from skulens.training.plots import plot_training_curves
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class Trainer:
         mean, std = default_normalization(cfg.model, cfg.in_chans)
         return ModelSpec(name=cfg.model, num_classes=len(self.dataset.classes), img_size=img_size,
                          in_chans=cfg.in_chans, mean=mean, std=std, embedding_dim=cfg.embedding_dim,
-                         attributes=self.dataset.attributes)
+                         attributes=self.dataset.attributes, drop_path_rate=cfg.drop_path)
 
     def _class_weights(self, labels: list[int]) -> torch.Tensor | None:
         if not self.cfg.class_weighting:
@@ -161,6 +162,11 @@ class Trainer:
         cfg = self.cfg
         if cfg.keep not in ("best", "last"):
             raise SkulensError(f"keep must be 'best' or 'last', not {cfg.keep!r}")
+        if not 0 <= cfg.mix_prob <= 1 or cfg.mixup_alpha < 0 or cfg.cutmix_alpha < 0 or not 0 <= cfg.drop_path < 1:
+            raise SkulensError("mix-prob must be in [0, 1], the mixup/cutmix alphas >= 0 and drop-path in [0, 1)")
+        if cfg.mix_prob > 0 and cfg.embedding_dim:
+            # the ArcFace margin is applied to one target class per photo; a blend has two
+            raise SkulensError("Mixup/CutMix (--mix-prob) cannot train an ArcFace embedding (--embedding-dim)")
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
@@ -232,6 +238,7 @@ class Trainer:
                 csv.DictWriter(handle, LOG_FIELDS).writeheader()
 
         model_call = self.dist.train_forward(model)  # model_call(fn, x, y) = fn(model, x, y), DDP when distributed
+        mix_rng = random.Random(f"{cfg.seed}/{self.dist.rank}/{start_epoch}/{start_batch}")
         started = time.perf_counter()
         stopped_early = False
         epoch, batch_pos = start_epoch, start_batch
@@ -255,15 +262,17 @@ class Trainer:
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     x, y = to_device(x, device), y.to(device)
+                    x, mix = mix_batch(x, cfg.mix_prob, cfg.mixup_alpha, cfg.cutmix_alpha, mix_rng)
                     with autocast(device):
                         if not attribute_targets:
                             logits = model_call(model_logits, x, y)
-                            loss = criterion(logits.float(), y)
+                            loss = mixed_loss(lambda y_: criterion(logits.float(), y_), mix, y)
                         else:
                             logits, attribute_out = model_call(forward_all, x, y)
                             targets = {k: v.to(device) for k, v in attribute_targets[0].items()}
-                            loss = criterion(logits.float(), y) + cfg.attribute_loss_weight * attribute_loss(
-                                attribute_out, targets, spec.attributes, cfg.label_smoothing)
+                            loss = mixed_loss(lambda y_, t_: criterion(logits.float(), y_) + cfg.attribute_loss_weight
+                                              * attribute_loss(attribute_out, t_, spec.attributes, cfg.label_smoothing),
+                                              mix, y, targets)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
