@@ -77,9 +77,21 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def load_real_vectors(path: str) -> np.ndarray:
+    if not path.endswith(".db"):
+        return np.load(path, allow_pickle=False).astype(np.float32)
+    import sqlite3
+
+    # the catalog's own rows: what it stores, after its model's flip averaging and projection
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        blobs = [row[0] for row in db.execute("SELECT vector FROM images WHERE vector IS NOT NULL")]
+    return np.stack([np.frombuffer(b, dtype=np.float32) for b in blobs])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vectors", required=True, help=".npy of real unit-length embeddings (n, dim)")
+    p.add_argument("--vectors", required=True, help=".npy of real unit-length embeddings (n, dim), or a SQLite "
+                                                    "catalog (.db): the vectors it stores")
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--nlist", type=int, default=None)
@@ -87,7 +99,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "search_scale.json"))
     args = p.parse_args()
-    real = np.load(args.vectors, allow_pickle=False).astype(np.float32)
+    real = load_real_vectors(args.vectors)
     dim = real.shape[1]
     print(f"synthesising {args.n} x {dim} vectors from {len(real)} real embeddings", flush=True)
     base_mb = rss_mb()
