@@ -13,8 +13,8 @@ the same iconic Recall@1 as the plain matrix computation. Saves benchmarks/resul
 ``--choose-on-val``: chooses the embedding options of a catalog on the **val** split, then reports
 test: flip averaging (on/off) x projection (none, or PCA to each ``--pca`` size, fitted as
 ``skulens catalog fit-projection`` fits it: on the train photos + catalog images, which are also
-the gallery). Ranked by val Recall@1 against the iconic+train gallery; ties go to the simpler
-option. The chosen option is then re-embedded through the real ``Embedder`` (flip + saved
+the gallery). Ranked by val Recall@1 against the iconic+train gallery; ties go to the higher val mAP,
+then to the simpler option. The chosen option is then re-embedded through the real ``Embedder`` (flip + saved
 projection file) on a sample of test photos to check the benchmark's vectors are the product's.
 """
 
@@ -158,7 +158,7 @@ def choose_on_val(run: str, dataset, pca_dims: list[int], out_dir: Path) -> dict
             print(f"flip={flip} pca={dims or '-'}: val R@1 {option['val']['recall@1']:.4f} "
                   f"test R@1 {option['test']['recall@1']:.4f} (iconic {option['test_iconic']['recall@1']:.4f})",
                   flush=True)
-    # ties go to the simpler option: no flip before flip, no projection before a projection
+    # ties go to the higher val mAP, then the simpler option: no flip before flip, no projection before one
     chosen = max(options, key=lambda o: (o["val"]["recall@1"], o["val"]["mAP"], -o["flip"],
                                          -(o["projection_dims"] is not None)))
     check = {}
@@ -173,7 +173,7 @@ def choose_on_val(run: str, dataset, pca_dims: list[int], out_dir: Path) -> dict
                  "projection_file": str(path), "model_id": product.model_id}
     for option in options:
         option.pop("_projection")
-    return {"run": run, "rule": "max val recall@1 (iconic+train gallery); ties: simpler option",
+    return {"run": run, "rule": "max val recall@1 (iconic+train gallery); ties: higher val mAP, then the simpler option",
             "val_queries": len(labels["val"]), "test_queries": len(labels["test"]), "options": options,
             "chosen": {k: chosen[k] for k in ("flip", "projection_dims")}, "chosen_test": chosen["test"],
             "chosen_test_iconic": chosen["test_iconic"], "product_check": check,
