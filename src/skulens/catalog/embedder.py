@@ -15,9 +15,9 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from skulens.catalog.projection import Projection
 from skulens.data.images import ImageSource, load_image
 from skulens.data.transforms import Preprocessing, to_model_input
-from skulens.catalog.projection import Projection
 from skulens.errors import ImageError, SkulensError
 from skulens.models.embedding import model_embeddings
 from skulens.runtime import prepare_model, resolve_device
