@@ -114,13 +114,9 @@ def embed_views(embedder: Embedder, paths: list[Path], batch_size: int = 16) -> 
     return np.vstack(plain), np.vstack(mirrored)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 def choose_on_val(run: str, dataset, pca_dims: list[int], out_dir: Path) -> dict:
     """Flip x projection options ranked on val (iconic+train gallery), scored on test."""
-    from skulens.catalog.projection import Projection
+    from skulens.catalog.projection import Projection, unit_rows
 
     started = time.perf_counter()
     base = Embedder.from_run(run, device="cpu")
@@ -139,7 +135,7 @@ def choose_on_val(run: str, dataset, pca_dims: list[int], out_dir: Path) -> dict
     n = len(dataset.classes)
     options = []
     for flip in (False, True):
-        vectors = {k: (_unit(u + f) if flip else u) for k, (u, f) in views.items()}
+        vectors = {k: (unit_rows(u + f) if flip else u) for k, (u, f) in views.items()}
         model_id = flip_embedder.model_id if flip else base.model_id
         for dims in [0, *pca_dims]:
             if dims >= base.dim:
@@ -167,7 +163,7 @@ def choose_on_val(run: str, dataset, pca_dims: list[int], out_dir: Path) -> dict
         product = Embedder.from_run(run, device="cpu", flip=chosen["flip"], projection=path)
         sample = dataset.split("test")[::50]
         u, f = embed_views(base, [s.path for s in sample])
-        expected = chosen["_projection"].transform(_unit(u + f) if chosen["flip"] else u)
+        expected = chosen["_projection"].transform(unit_rows(u + f) if chosen["flip"] else u)
         got = product.embed([str(s.path) for s in sample])
         check = {"images": len(sample), "max_abs_difference": float(np.abs(got - expected).max()),
                  "projection_file": str(path), "model_id": product.model_id}

@@ -290,12 +290,17 @@ def _fit_projection(args) -> int:
     if not source.exists():
         raise SkulensError(f"{source}: no such file or folder")
     if source.suffix.lower() == ".csv":
+        import csv
+
         from skulens.catalog import CsvMapping, read_products_csv
 
+        try:
+            with source.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+                has_split = "split" in next(csv.reader(handle), [])
+        except (OSError, csv.Error):
+            has_split = False  # read_products_csv says what is wrong with the file
         # a CSV without a split column is used whole
-        rows, _ = read_products_csv(source, CsvMapping(image=args.image_column), split=args.split or None)
-        if not rows and args.split:
-            rows, _ = read_products_csv(source, CsvMapping(image=args.image_column))
+        rows, _ = read_products_csv(source, CsvMapping(image=args.image_column), split=args.split if has_split else None)
         images = [image for _, product in rows for image in product.images]
     else:
         from skulens.data.datasets import load_dataset

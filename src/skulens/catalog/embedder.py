@@ -15,7 +15,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from skulens.catalog.projection import Projection
+from skulens.catalog.projection import Projection, unit_rows
 from skulens.data.images import ImageSource, load_image
 from skulens.data.transforms import Preprocessing, to_model_input
 from skulens.errors import ImageError, SkulensError
@@ -40,6 +40,7 @@ class Embedder:
         # projection: a PCA fitted on this model's vectors (projection.py), applied to every vector;
         # also part of the identity, and refused when it was fitted for another model
         self.projection = Projection.load(projection) if isinstance(projection, (str, Path)) else projection
+        self.unprojected_id = model_id  # what a projection of this embedder's vectors is fitted for
         if self.projection is not None:
             if self.projection.fitted_for != model_id:
                 raise SkulensError(f"the projection {self.projection.path or ''} was fitted on the vectors of model "
@@ -112,12 +113,12 @@ class Embedder:
         vectors = self.model_vectors(x)
         return vectors if self.projection is None else self.projection.transform(vectors)
 
+    @torch.inference_mode()
     def model_vectors(self, x: torch.Tensor) -> np.ndarray:
         """The vectors before the projection: what a projection is fitted on."""
         if not self.flip:
             return self._embed_tensors(x)
-        both = self._embed_tensors(x) + self._embed_tensors(torch.flip(x, dims=[3]))
-        return (both / np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        return unit_rows(self._embed_tensors(x) + self._embed_tensors(torch.flip(x, dims=[3])))
 
     def _embed_tensors(self, x: torch.Tensor) -> np.ndarray:
         if self.onnx is not None:
@@ -134,19 +135,24 @@ class Embedder:
             return np.zeros((0, self.dim), np.float32)
         return self.embed_tensors(torch.stack(tensors))
 
-    def embed_many(self, images: list[ImageSource], batch_size: int = 16) -> tuple[np.ndarray, list[str | None]]:
+    def embed_many(self, images: list[ImageSource], batch_size: int = 16, projected: bool = True,
+                   progress: bool = False) -> tuple[np.ndarray, list[str | None]]:
         """Embeddings for a list, a bad image costing only itself: ``(vectors, errors)``; a row whose
-        error is not None holds zeros."""
-        out = np.zeros((len(images), self.dim), np.float32)
+        error is not None holds zeros. ``projected=False``: the vectors before the projection."""
+        from tqdm import tqdm
+
+        raw = not projected and self.projection is not None
+        embed = self.model_vectors if raw else self.embed_tensors
+        out = np.zeros((len(images), self.projection.in_dim if raw else self.dim), np.float32)
         errors: list[str | None] = [None] * len(images)
         pending: list[tuple[int, torch.Tensor]] = []
 
         def flush():
             if pending:
-                out[[i for i, _ in pending]] = self.embed_tensors(torch.stack([t for _, t in pending]))
+                out[[i for i, _ in pending]] = embed(torch.stack([t for _, t in pending]))
                 pending.clear()
 
-        for i, image in enumerate(images):
+        for i, image in enumerate(tqdm(images, desc="embedding", unit="img", disable=not progress)):
             try:
                 pending.append((i, self.input_tensor(image)))
             except ImageError as exc:

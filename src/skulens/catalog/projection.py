@@ -23,6 +23,11 @@ import numpy as np
 from skulens.errors import SkulensError
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (float32; an all-zero row stays zero)."""
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 @dataclass
 class Projection:
     mean: np.ndarray  # (d,)
@@ -61,8 +66,7 @@ class Projection:
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
         """Projected, unit-length rows (the catalog compares by inner product)."""
-        y = (np.asarray(vectors, np.float32) - self.mean) @ self.components
-        return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        return unit_rows((np.asarray(vectors, np.float32) - self.mean) @ self.components)
 
     @property
     def digest(self) -> str:
@@ -106,30 +110,10 @@ def fit_on_images(embedder, images: list, dims: int, whiten: bool = False, sourc
                   batch_size: int = 16, progress: bool = True) -> Projection:
     """Embed ``images`` with ``embedder`` (before any projection it has) and fit a projection on them.
     Unreadable images are skipped; their number is in ``info["skipped"]``."""
-    import torch
-    from tqdm import tqdm
-
-    from skulens.errors import ImageError
-
-    vectors, pending, skipped = [], [], 0
-
-    def flush():
-        if pending:
-            with torch.inference_mode():
-                vectors.append(embedder.model_vectors(torch.stack(pending)))
-            pending.clear()
-
-    for image in tqdm(images, desc="embedding for the projection", unit="img", disable=not progress):
-        try:
-            pending.append(embedder.input_tensor(image))
-        except ImageError:
-            skipped += 1
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-    if not vectors:
+    vectors, errors = embedder.embed_many(images, batch_size, projected=False, progress=progress)
+    readable = [i for i, error in enumerate(errors) if error is None]
+    if not readable:
         raise SkulensError("no readable image to fit the projection on")
-    base_id = embedder.model_id if embedder.projection is None else embedder.projection.fitted_for
-    projection = Projection.fit(np.vstack(vectors), dims, base_id, whiten, source)
-    projection.info["skipped"] = skipped
+    projection = Projection.fit(vectors[readable], dims, embedder.unprojected_id, whiten, source)
+    projection.info["skipped"] = len(errors) - len(readable)
     return projection

@@ -43,7 +43,7 @@ def mix_batch(x: torch.Tensor, prob: float, mixup_alpha: float, cutmix_alpha: fl
     y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
     x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
     mixed = x.clone()
-    mixed[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    mixed[..., y0:y1, x0:x1] = x[perm, ..., y0:y1, x0:x1]
     lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the box was clipped at the border: the real share
     return mixed, BatchMix(perm, lam, "cutmix")
 
