@@ -36,7 +36,8 @@ browser:
 
 benchmark: install
 	$(PY) benchmarks/grocery_classification.py --model efficientnet_lite2 --img-size 256 --epochs 12 \
-		--freeze-stages 3 --ema-decay 0.998 --catalog-images --keep last --cache-scale 1.6 --out runs/bench-lite2
+		--freeze-stages 3 --ema-decay 0.998 --catalog-images --keep last --cache-scale 1.6 --hue-jitter 0 \
+		--out runs/bench-lite2-hue0 --name grocery_efficientnet_lite2_hue0
 
 clean:
 	rm -rf runs build src/*.egg-info

@@ -58,6 +58,11 @@ def main() -> None:
     p.add_argument("--mix-prob", type=float, default=0.0, help="share of batches blended (Mixup / CutMix)")
     p.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate")
     p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--resize", default="crop", choices=["crop", "pad"],
+                   help="square photos by a centre crop or by padding with their border colour")
+    p.add_argument("--train-splits", default="train",
+                   help="train,val for a final model once the recipe is chosen (val figures are then on seen photos)")
+    p.add_argument("--tree-loss-weight", type=float, default=0.0, help="loss weight of each upper tree level")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU, 8 on GPU)")
     p.add_argument("--max-train-images", type=int, default=None, help="a class-balanced subset (smoke runs only)")
@@ -72,10 +77,12 @@ def main() -> None:
                       ema_decay=args.ema_decay, attribute_loss_weight=args.attribute_loss_weight,
                       patience=0, keep="last", cache_scale=args.cache_scale, num_threads=args.threads,
                       workers=args.workers, max_train_images=args.max_train_images, mix_prob=args.mix_prob,
-                      drop_path=args.drop_path, weight_decay=args.weight_decay,
+                      drop_path=args.drop_path, weight_decay=args.weight_decay, resize=args.resize,
+                      train_splits=args.train_splits.split(","), tree_loss_weight=args.tree_loss_weight,
                       augment=AugmentConfig(scale_min=args.scale_min, color_jitter=args.color_jitter),
                       progress=sys.stderr.isatty())
-    train_images = dataset.split("train")[:args.max_train_images] if args.max_train_images else dataset.split("train")
+    train_images = [s for split in cfg.train_splits for s in dataset.split(split)]
+    train_images = train_images[:args.max_train_images] if args.max_train_images else train_images
     started = datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
     result = train(cfg, dataset, args.out)
@@ -105,6 +112,7 @@ def main() -> None:
         "train_images_per_second": round(len(train_images) * result.epochs_run / max(result.train_seconds, 1e-9), 1),
         "launcher": (f"torchrun, {os.environ.get('WORLD_SIZE')} process(es)" if "LOCAL_RANK" in os.environ
                      else "python"), "test_eval_seconds": round(test_seconds, 1),
+        "val_held_out": "val" not in cfg.train_splits,
         "val_top1_no_tta": val[False]["top1"], "val_top1_tta": val[True]["top1"], "tta_chosen": use_tta,
         "val_attributes": {n: a["accuracy"] for n, a in val[use_tta]["attributes"].items()},
         "test_top1_by_level": levels, "test_attribute_accuracy": attributes,

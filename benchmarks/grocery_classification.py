@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from skulens.data.datasets import load_dataset
+from skulens.data.transforms import AugmentConfig
 from skulens.evaluation.report import evaluate_run
 from skulens.training.config import TrainConfig
 from skulens.training.trainer import train
@@ -44,6 +46,11 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=0)
     p.add_argument("--keep", default="last", choices=["best", "last"])
     p.add_argument("--cache-scale", type=float, default=1.6)
+    p.add_argument("--hue-jitter", type=float, default=None,
+                   help="hue shift of the colour jitter (default min(0.05, 0.3/6); 0: colour-safe)")
+    p.add_argument("--tree-loss-weight", type=float, default=0.0, help="loss weight of each upper tree level")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--name", default=None)
     args = p.parse_args()
@@ -54,7 +61,9 @@ def main() -> None:
     cfg = TrainConfig(model=args.model, epochs=args.epochs, img_size=args.img_size, batch_size=args.batch_size,
                       lr=args.lr, freeze_stages=args.freeze_stages, ema_decay=args.ema_decay,
                       catalog_images=args.catalog_images, patience=args.patience, keep=args.keep,
-                      cache_scale=args.cache_scale,
+                      cache_scale=args.cache_scale, seed=args.seed, workers=args.workers,
+                      augment=AugmentConfig(hue_jitter=args.hue_jitter), tree_loss_weight=args.tree_loss_weight,
+                      progress=sys.stderr.isatty(),
                       eval_sizes=[int(s) for s in args.eval_sizes.split(",") if s])
     t0 = time.perf_counter()
     result = train(cfg, dataset, out)

@@ -249,6 +249,11 @@ def test_cli_evaluate_prints_attributes(toy_run, capsys, tmp_path):
                "--engine", "torch", "--out", str(tmp_path), "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0 and "attribute background: accuracy" in out and "attribute tags: mAP" in out
+    # Without column flags, the CSV is read with the columns the run was trained with.
+    rc = main(["evaluate", str(run), str(manifest), "--engine", "torch", "--out", str(tmp_path / "again"),
+               "--no-progress"])
+    again = capsys.readouterr().out
+    assert rc == 0 and again == out.replace(str(tmp_path), str(tmp_path / "again"))
 
 
 def test_onnx_export_carries_the_attribute_outputs(tmp_path):

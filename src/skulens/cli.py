@@ -53,6 +53,21 @@ def _load_dataset(args):
     return load_dataset(args.dataset, csv_columns=cols, seed=args.seed)
 
 
+def _dataset_for_run(args, run: str):
+    """A dataset to score a run on. A CSV given without column flags is read with the columns the run
+    was trained with (label, tree, attributes), so evaluating needs no repeat of the training flags."""
+    from skulens.checkpoint import read_config
+    from skulens.data.datasets import CsvColumns, load_dataset
+
+    flags_given = (args.label != "label" or args.tree_columns or getattr(args, "head_attributes", None)
+                   or getattr(args, "head_tags", None))
+    if not flags_given and Path(args.dataset).is_file():
+        columns = read_config(run).train_args.get("csv_columns")
+        if columns:
+            return load_dataset(args.dataset, csv_columns=CsvColumns(**columns), seed=args.seed)
+    return _load_dataset(args)
+
+
 def _columns(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] or None if text else None
 
@@ -107,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep decoded training photos at this multiple of --img-size (default 1.6)")
     tr.add_argument("--max-train-images", type=int, default=None, help="train on a class-balanced subset")
     tr.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    tr.add_argument("--scale-min", type=float, default=0.25, help="random-resized-crop's smallest area share")
+    tr.add_argument("--color-jitter", type=float, default=0.3, help="brightness/contrast/saturation jitter (0: off)")
+    tr.add_argument("--hue-jitter", type=float, default=None,
+                    help="hue shift, a share of the colour wheel (default min(0.05, color-jitter/6); 0 where colour "
+                         "tells classes apart)")
+    tr.add_argument("--resize", default="crop", choices=["crop", "pad"],
+                    help="make photos square by a centre crop (default) or by padding with their border colour")
+    tr.add_argument("--train-splits", default="train",
+                    help="comma-separated splits to train on (e.g. train,val for a final model; keeps the last epoch)")
+    tr.add_argument("--tree-loss-weight", type=float, default=0.0,
+                    help="add this weight x the loss at each upper level of the category tree (default 0: off)")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
     tr.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     tr.add_argument("--no-sync-bn", action="store_true",
@@ -237,7 +263,8 @@ def cmd_train(args) -> int:
     else:
         if args.epochs < 1:
             raise SkulensError("--epochs must be at least 1")
-        aug = AugmentConfig(scale_min=1.0, hflip=0, color_jitter=0, affine_prob=0) if args.no_augment else AugmentConfig()
+        aug = (AugmentConfig(scale_min=1.0, hflip=0, color_jitter=0, affine_prob=0) if args.no_augment else
+               AugmentConfig(scale_min=args.scale_min, color_jitter=args.color_jitter, hue_jitter=args.hue_jitter))
         cfg = TrainConfig(
             model=args.model, epochs=args.epochs, img_size=args.img_size, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
@@ -250,6 +277,8 @@ def cmd_train(args) -> int:
             attribute_loss_weight=args.attribute_loss_weight, mix_prob=args.mix_prob, mixup_alpha=args.mixup_alpha,
             cutmix_alpha=args.cutmix_alpha, drop_path=args.drop_path,
             eval_sizes=[int(s) for s in args.eval_sizes.split(",") if s.strip()], device=args.device,
+            resize=args.resize, tree_loss_weight=args.tree_loss_weight,
+            train_splits=[s.strip() for s in args.train_splits.split(",") if s.strip()],
             max_train_images=args.max_train_images, cache_scale=args.cache_scale, augment=aug, progress=not args.no_progress)
         result = train(cfg, _load_dataset(args), args.out)
     from skulens.training.distributed import is_main
@@ -266,7 +295,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from skulens.evaluation.report import evaluate_run
 
-    m = evaluate_run(args.run, _load_dataset(args), args.split, tta=args.tta, img_size=args.img_size,
+    m = evaluate_run(args.run, _dataset_for_run(args, args.run), args.split, tta=args.tta, img_size=args.img_size,
                      device=args.device, engine=args.engine, out_dir=args.out,
                      progress=not args.no_progress and not args.json)
     if args.json:

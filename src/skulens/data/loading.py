@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from skulens.data.datasets import Sample
 from skulens.data.images import load_image
-from skulens.data.transforms import Preprocessing, pil_to_uint8_tensor, resize_shorter_side, to_model_input
+from skulens.data.transforms import (Preprocessing, pad_to_square, pil_to_uint8_tensor, resize_shorter_side,
+                                    to_model_input)
 from skulens.errors import ImageError
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ class DecodedImages(Dataset):
     """Images decoded once into uint8 tensors; ``transform`` runs per access (augmentation)."""
 
     def __init__(self, samples: list[Sample], cache_side: int, in_chans: int, transform=None,
-                 desc: str = "decoding images", progress: bool = True, attributes: dict[str, dict] | None = None):
+                 desc: str = "decoding images", progress: bool = True, attributes: dict[str, dict] | None = None,
+                 pad_square: bool = False):
         self.transform = transform
         self.images: list[torch.Tensor] = []
         self.labels: list[int] = []
@@ -46,6 +48,8 @@ class DecodedImages(Dataset):
             except ImageError as exc:
                 self.skipped.append(SkippedImage(str(sample.path), str(exc)))
                 continue
+            if pad_square:  # Preprocessing.resize == "pad": crops are then taken from the padded square
+                img = pad_to_square(img)
             img = resize_shorter_side(img, cache_side) if min(img.size) > cache_side else img
             self.images.append(pil_to_uint8_tensor(img, in_chans))
             self.labels.append(sample.label)

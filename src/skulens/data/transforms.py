@@ -10,6 +10,8 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from skulens.errors import SkulensError
+
 
 @dataclass
 class Preprocessing:
@@ -19,6 +21,14 @@ class Preprocessing:
     mean: list[float]
     std: list[float]
     in_chans: int = 3
+    # How a non-square photo becomes square: "crop" (shorter side to size, centre crop) or "pad"
+    # (letterboxed with its own border colour, so the whole product stays in view: catalog photos
+    # on a plain background, where a crop cuts the neckline or the hem that tells a kurta from a top).
+    resize: str = "crop"
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise SkulensError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {self.resize!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -26,6 +36,30 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocessing":
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+RESIZE_MODES = ("crop", "pad")
+
+
+def border_colour(img: Image.Image) -> tuple[int, ...]:
+    """Median colour of the photo's outer frame of pixels: the background to pad with."""
+    arr = np.asarray(img)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    frame = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]], axis=0)
+    return tuple(int(v) for v in np.median(frame, axis=0))
+
+
+def pad_to_square(img: Image.Image) -> Image.Image:
+    """The photo centred on a square of its border colour (nothing cropped, nothing stretched)."""
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    fill = border_colour(img)
+    canvas = Image.new(img.mode, (side, side), fill[0] if img.mode == "L" else fill)
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
 
 
 def resize_shorter_side(img: Image.Image, side: int) -> Image.Image:
@@ -39,11 +73,14 @@ def resize_shorter_side(img: Image.Image, side: int) -> Image.Image:
 def to_model_input(img: Image.Image, pre: Preprocessing, img_size: int | None = None) -> torch.Tensor:
     """The one preprocessing path: RGB PIL image -> normalised CHW float tensor.
 
-    Shorter side resized to ``img_size`` then a centre crop, so nothing is stretched.
+    Shorter side resized to ``img_size`` then a centre crop, so nothing is stretched; with
+    ``pre.resize == "pad"`` the photo is first padded to a square, so nothing is cropped either.
     """
     size = img_size or pre.img_size
     if pre.in_chans == 1:
         img = img.convert("L")
+    if pre.resize == "pad":
+        img = pad_to_square(img)
     img = resize_shorter_side(img, size)
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
@@ -61,7 +98,10 @@ class AugmentConfig:
 
     scale_min: float = 0.25
     hflip: float = 0.5
-    color_jitter: float = 0.3
+    color_jitter: float = 0.3  # brightness, contrast and saturation
+    # Hue shift (fraction of the colour wheel); None: min(0.05, color_jitter / 6). Set 0 where colour
+    # tells classes apart (oranges from grapefruits, a "Navy Blue" label from a "Blue" one).
+    hue_jitter: float | None = None
     shear_degrees: float = 11.0  # Keras shear_range=0.2 rad
     zoom: float = 0.2  # Keras zoom_range=0.2
     affine_prob: float = 0.5
@@ -77,7 +117,8 @@ def build_train_transform(pre: Preprocessing, aug: AugmentConfig) -> v2.Compose:
             degrees=0, shear=aug.shear_degrees, scale=(1 - aug.zoom, 1 + aug.zoom), fill=127)], p=aug.affine_prob))
     if aug.color_jitter > 0 and pre.in_chans == 3:
         j = aug.color_jitter
-        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.05, j / 6)))
+        hue = min(0.05, j / 6) if aug.hue_jitter is None else aug.hue_jitter
+        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=hue))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
     return v2.Compose(steps)
 

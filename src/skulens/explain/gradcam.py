@@ -288,7 +288,7 @@ def explain_image(source, image, class_index: int | str | None = None, *, device
     ``class_index``: an index or a label; ``None`` explains the top prediction.
     """
     from skulens.data.images import load_image
-    from skulens.data.transforms import to_model_input
+    from skulens.data.transforms import pad_to_square, to_model_input
 
     model, config = load_explainable(source, device)
     pre = config.preprocessing
@@ -297,6 +297,8 @@ def explain_image(source, image, class_index: int | str | None = None, *, device
     # The model gets exactly the decode Recognizer.predict uses; the picture gets a sharper one.
     x = to_model_input(load_image(image, draft_size=pre.img_size), pre)
     photo = load_image(image, draft_size=DISPLAY_SIDE)
+    if pre.resize == "pad":  # the model saw the padded square: the heat map lies over all of it
+        photo = pad_to_square(photo)
     heat, probs, index = gradcam_with_scores(model, x, resolve_class(config, class_index))
     top = int(np.argmax(probs))
     return Explanation(class_index=index, label=config.classes[index], probability=float(probs[index]),

@@ -28,6 +28,13 @@ class TrainConfig:
     pretrained: bool = True
     weights: str | None = None  # local safetensors to start from
     in_chans: int = 3
+    # Splits trained on. ["train", "val"] is for a final model once the settings are chosen: the
+    # validation figures are then on seen photos, so the last epoch is kept and nothing stops early.
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    resize: str = "crop"  # Preprocessing.resize: "crop" or "pad" (letterbox) to make photos square
+    # > 0: add this weight x the loss at every upper level of the category tree, on the level's summed
+    # leaf probabilities: a wrong leaf under the right parent then costs less than one elsewhere.
+    tree_loss_weight: float = 0.0
     catalog_images: bool = False  # also train on the dataset's catalog (iconic) images
     catalog_repeats: int = 1  # each catalog image counts this many times per epoch
     # > 0: train an ArcFace embedding of this size (the catalog's search vectors) as the classifier

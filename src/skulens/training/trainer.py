@@ -44,6 +44,7 @@ from skulens.runtime import autocast, prepare_model, to_device
 from skulens.training import distributed
 from skulens.training.config import TrainConfig
 from skulens.training.mixing import mix_batch, mixed_loss
+from skulens.training.tree_loss import TreeLoss
 from skulens.training.plots import plot_training_curves
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,22 @@ def freeze_leading_stages(model: nn.Module, n_stages: int) -> list[nn.Module]:
     return frozen
 
 
-def split_train_val(dataset: ImageDataset, seed: int) -> tuple[list[Sample], list[Sample]]:
-    train = dataset.split("train")
+def split_train_val(dataset: ImageDataset, seed: int,
+                    train_splits: list[str] | None = None) -> tuple[list[Sample], list[Sample]]:
+    """Training and validation samples. ``train_splits`` other than ["train"] (e.g. train + val for
+    a final model) train on all of them; validation still runs on val, then seen in training."""
+    splits = list(train_splits or ["train"])
+    if "test" in splits:
+        raise SkulensError("training on the test split would make every test figure meaningless")
+    unknown = [s for s in splits if s not in ("train", "val")]
+    if unknown:
+        raise SkulensError(f"unknown training split(s) {', '.join(unknown)}: use train, or train,val")
+    train = [s for split in splits for s in dataset.split(split)]
     val = dataset.split("val")
     if not train:
-        raise DatasetError(f"{dataset.root}: no training images")
+        raise DatasetError(f"{dataset.root}: no training images in split(s) {', '.join(splits)}")
+    if "val" in splits:
+        return train, val
     if not val:
         # No validation split: hold out a stratified 10% of train for early stopping.
         per_class: dict[int, list] = {}
@@ -164,6 +176,12 @@ class Trainer:
             raise SkulensError(f"keep must be 'best' or 'last', not {cfg.keep!r}")
         if not 0 <= cfg.mix_prob <= 1 or cfg.mixup_alpha < 0 or cfg.cutmix_alpha < 0 or not 0 <= cfg.drop_path < 1:
             raise SkulensError("mix-prob must be in [0, 1], the mixup/cutmix alphas >= 0 and drop-path in [0, 1)")
+        if cfg.tree_loss_weight < 0:
+            raise SkulensError("tree-loss-weight must be 0 (off) or more")
+        if "val" in cfg.train_splits and (cfg.keep != "last" or cfg.patience):
+            # val is then seen in training: it cannot pick an epoch or stop the run
+            log.info("training on %s: keeping the last epoch, no early stopping", "+".join(cfg.train_splits))
+            cfg.keep, cfg.patience = "last", 0
         if cfg.mix_prob > 0 and cfg.embedding_dim:
             # the ArcFace margin is applied to one target class per photo; a blend has two
             raise SkulensError("Mixup/CutMix (--mix-prob) cannot train an ArcFace embedding (--embedding-dim)")
@@ -175,8 +193,9 @@ class Trainer:
         if not self.dist.is_main:
             cfg.progress = False
         spec = self._spec()
-        pre = Preprocessing(img_size=spec.img_size, mean=spec.mean, std=spec.std, in_chans=spec.in_chans)
-        train_samples, val_samples = split_train_val(self.dataset, cfg.seed)
+        pre = Preprocessing(img_size=spec.img_size, mean=spec.mean, std=spec.std, in_chans=spec.in_chans,
+                            resize=cfg.resize)
+        train_samples, val_samples = split_train_val(self.dataset, cfg.seed, cfg.train_splits)
         if cfg.max_train_images:
             train_samples = balanced_subset(train_samples, cfg.max_train_images, cfg.seed)
         if cfg.catalog_images:
@@ -191,7 +210,7 @@ class Trainer:
         cache_side = int(round(spec.img_size * max(1.0, cfg.cache_scale)))
         train_data = DecodedImages(train_samples, cache_side, spec.in_chans, build_train_transform(pre, cfg.augment),
                                    desc="decoding train images", progress=cfg.progress,
-                                   attributes=self.dataset.attributes)
+                                   attributes=self.dataset.attributes, pad_square=pre.resize == "pad")
         if len(train_data) == 0:
             raise DatasetError(f"{self.dataset.root}: none of the {len(train_samples)} training images could be read")
         batch_size, rank_batch = self.dist.split_batch(cfg.batch_size, 32 if device.type == "cuda" else 16)
@@ -215,6 +234,8 @@ class Trainer:
         class_weights = self._class_weights(train_data.labels)
         criterion = nn.CrossEntropyLoss(weight=class_weights.to(device) if class_weights is not None else None,
                                         label_smoothing=cfg.label_smoothing)
+        if cfg.tree_loss_weight > 0 and self.dataset.tree is not None and self.dataset.tree.depth > 1:
+            criterion = TreeLoss(self.dataset.tree, cfg.tree_loss_weight, criterion).to(device)
 
         steps_per_epoch = len(self._epoch_batches(n_train, rank_batch, 0))
         total_steps = steps_per_epoch * cfg.epochs
