@@ -130,3 +130,8 @@ def test_cli_recipe_flags(tmp_path, capsys):
     assert main(["train", str(data), "--model", "seedcnn", "--epochs", "1", "--tree-loss-weight", "-1",
                  "--no-progress", "--out", str(tmp_path / "bad")]) != 0
     assert "tree-loss-weight" in capsys.readouterr().err
+    for flag, value in (("--hue-jitter", "0.7"), ("--scale-min", "0"), ("--color-jitter", "-0.1")):
+        assert main(["train", str(data), "--model", "seedcnn", "--epochs", "1", flag, value, "--no-progress",
+                     "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert flag[2:] in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

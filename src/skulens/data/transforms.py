@@ -106,6 +106,15 @@ class AugmentConfig:
     zoom: float = 0.2  # Keras zoom_range=0.2
     affine_prob: float = 0.5
 
+    def check(self) -> None:
+        """One clear line for settings the transforms would reject with a traceback."""
+        if not 0 < self.scale_min <= 1:
+            raise SkulensError(f"scale-min must be in (0, 1], not {self.scale_min}")
+        if not 0 <= self.color_jitter < 1:
+            raise SkulensError(f"color-jitter must be in [0, 1), not {self.color_jitter}")
+        if self.hue_jitter is not None and not 0 <= self.hue_jitter <= 0.5:
+            raise SkulensError(f"hue-jitter must be in [0, 0.5] (a share of the colour wheel), not {self.hue_jitter}")
+
 
 def build_train_transform(pre: Preprocessing, aug: AugmentConfig) -> v2.Compose:
     """Augmentation on a cached uint8 CHW tensor -> normalised float tensor."""

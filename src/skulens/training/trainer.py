@@ -176,6 +176,7 @@ class Trainer:
             raise SkulensError(f"keep must be 'best' or 'last', not {cfg.keep!r}")
         if not 0 <= cfg.mix_prob <= 1 or cfg.mixup_alpha < 0 or cfg.cutmix_alpha < 0 or not 0 <= cfg.drop_path < 1:
             raise SkulensError("mix-prob must be in [0, 1], the mixup/cutmix alphas >= 0 and drop-path in [0, 1)")
+        cfg.augment.check()
         if cfg.tree_loss_weight < 0:
             raise SkulensError("tree-loss-weight must be 0 (off) or more")
         if "val" in cfg.train_splits and (cfg.keep != "last" or cfg.patience):
