@@ -27,9 +27,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from skulens.checkpoint import load_run
-from skulens.data.datasets import CsvColumns, load_dataset
+from skulens.data.datasets import load_dataset, recorded_columns
 from skulens.data.loading import PreprocessedImages, collate_skip_bad
-from skulens.models.attributes import attribute_probabilities, forward_all
+from skulens.models.attributes import attribute_probabilities, heads_on_pooled
 from skulens.models.embedding import pooled_features
 from skulens.runtime import autocast, prepare_model, resolve_device, to_device
 
@@ -50,8 +50,8 @@ def _outputs(model, config, samples, device, batch_size: int, workers: int, flip
         views = (x, torch.flip(x, dims=[3])) if flip else (x,)
         for view in views:
             with autocast(device):
-                pooled = pooled_features(model, view)
-                logits, attr_logits = forward_all(model, view)
+                pooled = pooled_features(model, view)  # one backbone pass: search vector and heads
+                logits, attr_logits = heads_on_pooled(model, pooled)
             f_sum = f_sum + torch.nn.functional.normalize(pooled.float(), dim=-1)
             p_sum = p_sum + logits.float().softmax(-1)
             for k, v in attribute_probabilities(attr_logits, specs).items():
@@ -68,8 +68,8 @@ def dump(args) -> None:
     device = resolve_device(args.device)
     model, config = load_run(args.run)
     model = prepare_model(model.eval(), device)
-    columns = config.train_args.get("csv_columns")  # a CSV is read with the columns the run was trained on
-    dataset = load_dataset(args.data, csv_columns=CsvColumns(**columns) if columns else None)
+    # a CSV is read with the columns the run was trained on
+    dataset = load_dataset(args.data, csv_columns=recorded_columns(config.train_args))
     attr_names = list(dataset.attributes)
     out: dict[str, np.ndarray] = {"classes": np.array(config.classes)}
     gallery = [s for split in args.gallery.split(",") for s in dataset.split(split)]

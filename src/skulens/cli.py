@@ -53,19 +53,29 @@ def _load_dataset(args):
     return load_dataset(args.dataset, csv_columns=cols, seed=args.seed)
 
 
-def _dataset_for_run(args, run: str):
-    """A dataset to score a run on. A CSV given without column flags is read with the columns the run
-    was trained with (label, tree, attributes), so evaluating needs no repeat of the training flags."""
+def _dataset_for_run(args, run: str, path: str | None, *, required: bool = True):
+    """The dataset to score or calibrate a run on. PATH given: as the flags say, except that a CSV given
+    without column flags is read with the columns the run was trained with (no repeat of the training
+    flags). No PATH: the run's recorded training dataset; when it is not on this machine, an error
+    (``required``) or None."""
     from skulens.checkpoint import read_config
-    from skulens.data.datasets import CsvColumns, load_dataset
+    from skulens.data.datasets import load_dataset, recorded_columns
 
-    flags_given = (args.label != "label" or args.tree_columns or getattr(args, "head_attributes", None)
-                   or getattr(args, "head_tags", None))
-    if not flags_given and Path(args.dataset).is_file():
-        columns = read_config(run).train_args.get("csv_columns")
-        if columns:
-            return load_dataset(args.dataset, csv_columns=CsvColumns(**columns), seed=args.seed)
-    return _load_dataset(args)
+    train_args = read_config(run).train_args
+    columns = recorded_columns(train_args)
+    if path:
+        flags_given = (args.label != "label" or args.tree_columns or getattr(args, "head_attributes", None)
+                       or getattr(args, "head_tags", None))
+        if columns is not None and not flags_given and Path(path).is_file():
+            return load_dataset(path, csv_columns=columns, seed=args.seed)
+        args.dataset = path
+        return _load_dataset(args)
+    recorded = train_args.get("dataset")
+    if not recorded or not Path(recorded).exists():
+        if required:
+            raise SkulensError(f"{run}: its training dataset ({recorded or 'not recorded'}) is not here; pass DATASET")
+        return None
+    return load_dataset(recorded, csv_columns=columns, seed=train_args.get("seed", 0))
 
 
 def _columns(text: str | None) -> list[str] | None:
@@ -246,7 +256,6 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from skulens.data.datasets import load_dataset
     from skulens.data.transforms import AugmentConfig
     from skulens.training.config import TrainConfig
     from skulens.training.trainer import TRAIN_STATE_FILE, train
@@ -295,9 +304,9 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from skulens.evaluation.report import evaluate_run
 
-    m = evaluate_run(args.run, _dataset_for_run(args, args.run), args.split, tta=args.tta, img_size=args.img_size,
-                     device=args.device, engine=args.engine, out_dir=args.out,
-                     progress=not args.no_progress and not args.json)
+    dataset = _dataset_for_run(args, args.run, args.dataset)
+    m = evaluate_run(args.run, dataset, args.split, tta=args.tta, img_size=args.img_size, device=args.device,
+                     engine=args.engine, out_dir=args.out, progress=not args.no_progress and not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in m.items() if k != "confusion_matrix"}, indent=2))
         return 0
@@ -360,22 +369,9 @@ def _attribute_text(a: dict) -> str:
 
 
 def cmd_export(args) -> int:
-    from skulens.checkpoint import read_config
     from skulens.engines.onnx_export import export_onnx
 
-    from skulens.data.datasets import CsvColumns, load_dataset
-
-    dataset = None
-    if args.calibration:
-        args.dataset = args.calibration
-        dataset = _load_dataset(args)
-    else:
-        train_args = read_config(args.run).train_args
-        recorded = train_args.get("dataset")
-        if recorded and Path(recorded).exists():
-            columns = train_args.get("csv_columns")
-            dataset = load_dataset(recorded, csv_columns=CsvColumns(**columns) if columns else None,
-                                   seed=train_args.get("seed", 0))
+    dataset = _dataset_for_run(args, args.run, args.calibration, required=False)
     report = export_onnx(args.run, int8=args.int8, dataset=dataset, calibration_images=args.calibration_images,
                          check_images=args.check_images, max_top1_drop_int8=args.max_top1_drop,
                          calibration_method=args.calibration_method)
@@ -445,21 +441,9 @@ COMMANDS = {**CATALOG_COMMANDS, **SERVE_COMMANDS, **PRIVACY_COMMANDS, "demo": cm
 
 
 def cmd_calibrate(args) -> int:
-    from skulens.checkpoint import read_config
-    from skulens.data.datasets import CsvColumns, load_dataset
     from skulens.recognition.calibration import calibrate_run
 
-    if args.dataset:
-        dataset = _load_dataset(args)
-    else:
-        train_args = read_config(args.run).train_args
-        recorded = train_args.get("dataset")
-        if not recorded or not Path(recorded).exists():
-            raise SkulensError(f"{args.run}: its training dataset ({recorded or 'not recorded'}) is not here; "
-                               "pass DATASET")
-        columns = train_args.get("csv_columns")
-        dataset = load_dataset(recorded, csv_columns=CsvColumns(**columns) if columns else None,
-                               seed=train_args.get("seed", 0))
+    dataset = _dataset_for_run(args, args.run, args.dataset)
     record = calibrate_run(args.run, dataset, args.split, target_precision=args.target_precision,
                            unknown_reject_rate=args.unknown_reject_rate, tta=args.tta, engine=args.engine,
                            device=args.device, progress=not args.no_progress and not args.json)

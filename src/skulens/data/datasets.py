@@ -77,6 +77,12 @@ class CsvColumns:
     tags: list[str] | None = None  # "|"-separated tags that can co-occur: a sigmoid per tag
 
 
+def recorded_columns(train_args: dict) -> CsvColumns | None:
+    """The CSV columns a run was trained with (its config's ``train_args``); None for other layouts."""
+    columns = train_args.get("csv_columns")
+    return CsvColumns(**columns) if columns else None
+
+
 def load_dataset(
     path: str | Path,
     *,

@@ -43,10 +43,10 @@ RESIZE_MODES = ("crop", "pad")
 
 def border_colour(img: Image.Image) -> tuple[int, ...]:
     """Median colour of the photo's outer frame of pixels: the background to pad with."""
-    arr = np.asarray(img)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    frame = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]], axis=0)
+    w, h = img.size
+    # only the four one-pixel edges are read, not the whole photo
+    edges = [img.crop(box) for box in ((0, 0, w, 1), (0, h - 1, w, h), (0, 0, 1, h), (w - 1, 0, w, h))]
+    frame = np.concatenate([np.asarray(e).reshape(e.width * e.height, -1) for e in edges], axis=0)
     return tuple(int(v) for v in np.median(frame, axis=0))
 
 

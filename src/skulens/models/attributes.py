@@ -76,9 +76,16 @@ def forward_all(model: nn.Module, x: torch.Tensor,
 
     ``labels`` switch on the ArcFace margin of an embedding head while training, as ``model_logits`` does.
     """
-    from skulens.models.embedding import has_embedding_head, pooled_features
+    from skulens.models.embedding import pooled_features
 
-    pooled = pooled_features(model, x)
+    return heads_on_pooled(model, pooled_features(model, x), labels)
+
+
+def heads_on_pooled(model: nn.Module, pooled: torch.Tensor,
+                    labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``forward_all`` from pooled features already computed (e.g. kept as search vectors too)."""
+    from skulens.models.embedding import has_embedding_head
+
     head = _classifier(model)
     logits = head(pooled, labels) if labels is not None and has_embedding_head(model) else head(pooled)
     attributes = model.attribute_heads(pooled) if has_attribute_heads(model) else {}
