@@ -63,8 +63,7 @@ def main() -> None:
     p.add_argument("--train-splits", default="train",
                    help="train,val for a final model once the recipe is chosen (val figures are then on seen photos)")
     p.add_argument("--tree-loss-weight", type=float, default=0.0, help="loss weight of each upper tree level")
-    p.add_argument("--colour-smoothing", type=float, default=0.0,
-                   help="share of the colour target spread over the colours that look alike (0: uniform smoothing)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU, 8 on GPU)")
     p.add_argument("--max-train-images", type=int, default=None, help="a class-balanced subset (smoke runs only)")
@@ -77,11 +76,10 @@ def main() -> None:
     cfg = TrainConfig(model=args.model, epochs=args.epochs, img_size=args.img_size, batch_size=args.batch_size,
                       lr=args.lr, warmup_epochs=args.warmup_epochs, freeze_stages=args.freeze_stages,
                       ema_decay=args.ema_decay, attribute_loss_weight=args.attribute_loss_weight,
-                      patience=0, keep="last", cache_scale=args.cache_scale, num_threads=args.threads,
+                      patience=0, keep="last", seed=args.seed, cache_scale=args.cache_scale, num_threads=args.threads,
                       workers=args.workers, max_train_images=args.max_train_images, mix_prob=args.mix_prob,
                       drop_path=args.drop_path, weight_decay=args.weight_decay, resize=args.resize,
                       train_splits=args.train_splits.split(","), tree_loss_weight=args.tree_loss_weight,
-                      colour_smoothing={"colour": args.colour_smoothing} if args.colour_smoothing else {},
                       augment=AugmentConfig(scale_min=args.scale_min, color_jitter=args.color_jitter),
                       progress=sys.stderr.isatty())
     train_images = [s for split in cfg.train_splits for s in dataset.split(split)]

@@ -143,9 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated splits to train on (e.g. train,val for a final model; keeps the last epoch)")
     tr.add_argument("--tree-loss-weight", type=float, default=0.0,
                     help="add this weight x the loss at each upper level of the category tree (default 0: off)")
-    tr.add_argument("--colour-smoothing", default="", metavar="ATTRIBUTE=SHARE",
-                    help="spread SHARE of a colour attribute's target over the colours that look alike (CIELAB), "
-                         "e.g. colour=0.3, instead of uniform label smoothing")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
     tr.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     tr.add_argument("--no-sync-bn", action="store_true",
@@ -258,22 +255,6 @@ def cmd_data_check(args) -> int:
     return EXIT_PARTIAL if has_problems(report) else 0
 
 
-def _name_shares(text: str, flag: str) -> dict[str, float]:
-    """``"colour=0.3,usage=0.1"`` -> {"colour": 0.3, "usage": 0.1}."""
-    out = {}
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        name, sep, value = item.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise SkulensError(f"{flag} takes ATTRIBUTE=SHARE pairs, e.g. colour=0.3; got {item!r}") from None
-        if not sep or not name.strip():
-            raise SkulensError(f"{flag} takes ATTRIBUTE=SHARE pairs, e.g. colour=0.3; got {item!r}")
-    return out
-
-
 def cmd_train(args) -> int:
     from skulens.data.transforms import AugmentConfig
     from skulens.training.config import TrainConfig
@@ -306,7 +287,6 @@ def cmd_train(args) -> int:
             cutmix_alpha=args.cutmix_alpha, drop_path=args.drop_path,
             eval_sizes=[int(s) for s in args.eval_sizes.split(",") if s.strip()], device=args.device,
             resize=args.resize, tree_loss_weight=args.tree_loss_weight,
-            colour_smoothing=_name_shares(args.colour_smoothing, "--colour-smoothing"),
             train_splits=[s.strip() for s in args.train_splits.split(",") if s.strip()],
             max_train_images=args.max_train_images, cache_scale=args.cache_scale, augment=aug, progress=not args.no_progress)
         result = train(cfg, _load_dataset(args), args.out)

@@ -102,14 +102,8 @@ def attribute_probabilities(logits: dict[str, torch.Tensor], specs: dict[str, di
 
 
 def attribute_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], specs: dict[str, dict],
-                   label_smoothing: float = 0.0,
-                   soft_targets: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Sum over attributes of the mean loss over the known targets (a batch with none adds 0).
-
-    ``soft_targets``: {attribute: [K, K] matrix} whose row y replaces the one-hot target y (and the
-    uniform label smoothing), e.g. colours spread to the colours that look alike (colour_targets.py).
-    """
-    soft_targets = soft_targets or {}
+                   label_smoothing: float = 0.0) -> torch.Tensor:
+    """Sum over attributes of the mean loss over the known targets (a batch with none adds 0)."""
     total = None
     for name, spec in specs.items():
         out, target = logits[name].float(), targets[name]
@@ -117,12 +111,8 @@ def attribute_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Ten
             known = target >= 0
             if not known.any():
                 continue
-            if name in soft_targets:
-                rows = soft_targets[name].to(out.device)[target[known]]
-                loss = -(rows * F.log_softmax(out[known], dim=-1)).sum(-1).mean()
-            else:
-                # Not ignore_index: with no known target in the batch it would give NaN (0/0).
-                loss = F.cross_entropy(out[known], target[known], label_smoothing=label_smoothing)
+            # Not ignore_index: with no known target in the batch it would give NaN (0/0).
+            loss = F.cross_entropy(out[known], target[known], label_smoothing=label_smoothing)
         else:
             known = target >= 0
             if not known.any():

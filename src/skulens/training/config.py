@@ -48,9 +48,6 @@ class TrainConfig:
     drop_path: float = 0.0
     # Weight of the attribute losses (summed over attributes) against the category loss.
     attribute_loss_weight: float = 1.0
-    # {attribute: share}: that share of a colour attribute's target goes to the values whose photos
-    # look alike in CIELAB, instead of uniform label smoothing (colour_targets.py).
-    colour_smoothing: dict[str, float] = field(default_factory=dict)
     eval_sizes: list[int] = field(default_factory=list)  # test-time sizes to choose from on validation
     device: str = "auto"
     # Under torchrun: BatchNorm statistics over the global batch, so N processes compute what one does.

@@ -42,7 +42,6 @@ from skulens.models.registry import (
 )
 from skulens.runtime import autocast, prepare_model, to_device
 from skulens.training import distributed
-from skulens.training.colour_targets import colour_target_matrices
 from skulens.training.config import TrainConfig
 from skulens.training.mixing import mix_batch, mixed_loss
 from skulens.training.tree_loss import TreeLoss
@@ -200,11 +199,6 @@ class Trainer:
         train_samples, val_samples = split_train_val(self.dataset, cfg.seed, cfg.train_splits)
         if cfg.max_train_images:
             train_samples = balanced_subset(train_samples, cfg.max_train_images, cfg.seed)
-        soft_targets = {}
-        if cfg.colour_smoothing:
-            # before sharding, so every torchrun process computes the same targets
-            soft_targets = colour_target_matrices(train_samples, self.dataset.attributes, cfg.colour_smoothing,
-                                                  cfg.seed, progress=cfg.progress)
         if cfg.catalog_images:
             train_samples = train_samples + [Sample(p, label, "train") for label, p in self.dataset.catalog_images.items()
                                              for _ in range(max(1, cfg.catalog_repeats))]
@@ -299,8 +293,7 @@ class Trainer:
                             logits, attribute_out = model_call(forward_all, x, y)
                             targets = {k: v.to(device) for k, v in attribute_targets[0].items()}
                             loss = mixed_loss(lambda y_, t_: criterion(logits.float(), y_) + cfg.attribute_loss_weight
-                                              * attribute_loss(attribute_out, t_, spec.attributes, cfg.label_smoothing,
-                                                               soft_targets),
+                                              * attribute_loss(attribute_out, t_, spec.attributes, cfg.label_smoothing),
                                               mix, y, targets)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
