@@ -82,8 +82,6 @@ def main() -> None:
                       train_splits=args.train_splits.split(","), tree_loss_weight=args.tree_loss_weight,
                       augment=AugmentConfig(scale_min=args.scale_min, color_jitter=args.color_jitter),
                       progress=sys.stderr.isatty())
-    train_images = [s for split in cfg.train_splits for s in dataset.split(split)]
-    train_images = train_images[:args.max_train_images] if args.max_train_images else train_images
     started = datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
     result = train(cfg, dataset, args.out)
@@ -110,7 +108,7 @@ def main() -> None:
         "config": cfg.to_dict(), "run_dir": str(args.out),
         "train_seconds": round(result.train_seconds, 1), "train_wall_seconds": round(train_wall, 1),
         "epochs_run": result.epochs_run,
-        "train_images_per_second": round(len(train_images) * result.epochs_run / max(result.train_seconds, 1e-9), 1),
+        "train_images_per_second": round(result.images_per_epoch * result.epochs_run / max(result.train_seconds, 1e-9), 1),
         "launcher": (f"torchrun, {os.environ.get('WORLD_SIZE')} process(es)" if "LOCAL_RANK" in os.environ
                      else "python"), "test_eval_seconds": round(test_seconds, 1),
         "val_held_out": "val" not in cfg.train_splits,

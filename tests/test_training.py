@@ -75,8 +75,10 @@ def test_unreadable_training_images_are_skipped(tmp_path):
     data = write_class_folders(tmp_path / "d", per_class=6)
     (data / "train" / "red" / "broken.jpg").write_text("not an image")
     cfg = TrainConfig(model="seedcnn", epochs=1, img_size=32, batch_size=8, progress=False)
-    result = train(cfg, load_dataset(data), tmp_path / "run")
+    dataset = load_dataset(data)
+    result = train(cfg, dataset, tmp_path / "run")
     assert result.skipped_images == 1
+    assert result.images_per_epoch == len(dataset.split("train")) - 1  # what the epoch trained on
 
 
 def test_existing_run_is_not_overwritten(trained_run):

@@ -60,6 +60,7 @@ class TrainResult:
     stopped_early: bool
     skipped_images: int
     train_seconds: float
+    images_per_epoch: int  # photos one epoch trains on, summed over torchrun processes
 
 
 def seed_everything(seed: int) -> None:
@@ -352,7 +353,7 @@ class Trainer:
             tune_run_thresholds(self.run_dir, val_samples, device, batch_size, cfg.progress)
         self.dist.barrier()  # every rank returns once rank 0 has finished the run folder
         return TrainResult(self.run_dir, best_acc, best_epoch, epoch + 1 - start_epoch, stopped_early,
-                           len(train_data.skipped), train_seconds)
+                           len(train_data.skipped), train_seconds, n_train * self.dist.world_size)
 
     # -- helpers -----------------------------------------------------------------------------
     def _validate(self, model, samples, pre, device, batch_size) -> tuple[float, float]:
