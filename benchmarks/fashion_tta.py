@@ -101,6 +101,8 @@ def _scores(d, split: str, sizes: tuple[int, ...], flip: bool) -> dict[str, floa
 def score(args) -> None:
     dumps = [np.load(p, allow_pickle=False) for p in args.dumps]
     chooser = dumps[0]
+    if "val_labels" not in chooser.files:
+        raise SystemExit(f"{args.dumps[0]} has no val probabilities: the first dump chooses (dump it with --splits val)")
     sizes = [int(s) for s in chooser["sizes"]]
     rows = []
     for k in range(1, len(sizes) + 1):
