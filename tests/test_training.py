@@ -17,7 +17,7 @@ from skulens.errors import SkulensError
 from skulens.evaluation.report import evaluate_run
 from skulens.training.config import TrainConfig
 from skulens.training.trainer import Trainer, train
-from tests.conftest import coloured_photo, write_class_folders
+from tests.conftest import write_class_folders
 
 
 def test_run_folder_contents_and_learning(trained_run):
