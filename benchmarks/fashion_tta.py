@@ -29,13 +29,13 @@ from tqdm import tqdm
 from skulens.checkpoint import load_run
 from skulens.data.datasets import load_dataset, recorded_columns
 from skulens.data.loading import PreprocessedImages, collate_skip_bad
-from skulens.models.attributes import attribute_probabilities, forward_all
-from skulens.runtime import autocast, prepare_model, resolve_device, to_device
+from skulens.errors import SkulensError
+from skulens.models.attributes import model_outputs
+from skulens.runtime import prepare_model, resolve_device
 
 RULE = "max val (article_type top-1 + colour accuracy), then fewer views"
 
 
-@torch.no_grad()
 def _head_probabilities(model, config, samples, device, size: int, batch_size: int):
     """{head: [probs without flip, probs with flip]} for every readable sample, and the kept indices."""
     loader = DataLoader(PreprocessedImages(samples, config.preprocessing, size), batch_size=batch_size,
@@ -46,13 +46,10 @@ def _head_probabilities(model, config, samples, device, size: int, batch_size: i
     for x, _, idx, _bad in tqdm(loader, desc=f"{size} px", unit="batch", leave=False):
         if x is None:
             continue
-        x = to_device(x, device)
         for view, flipped in ((x, 0), (torch.flip(x, dims=[3]), 1)):
-            with autocast(device):
-                logits, attr_logits = forward_all(model, view)
-            heads = {"class": logits.float().softmax(-1), **attribute_probabilities(attr_logits, specs)}
-            for name, p in heads.items():
-                out.setdefault(name, [[], []])[flipped].append(p.cpu())
+            probs, attr_probs = model_outputs(model, view, device, specs)
+            for name, p in {"class": probs, **attr_probs}.items():
+                out.setdefault(name, [[], []])[flipped].append(p)
         kept.append(idx)
     return {k: [torch.cat(v[0]).numpy(), torch.cat(v[1]).numpy()] for k, v in out.items()}, torch.cat(kept).numpy()
 
@@ -151,7 +148,10 @@ def main() -> None:
     s.add_argument("dumps", nargs="+")
     s.add_argument("--name", default="fashion_tta")
     args = parser.parse_args()
-    dump(args) if args.step == "dump" else score(args)
+    try:
+        dump(args) if args.step == "dump" else score(args)
+    except (SkulensError, OSError) as exc:  # a missing run, dataset or dump: one line, not a traceback
+        raise SystemExit(f"fashion_tta.py: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -33,14 +33,14 @@ class TreeLoss(nn.Module):
             self.register_buffer(f"log_member_{level}", log_member, persistent=False)
             self._levels.append(level)
 
-    def level_log_probs(self, logits: torch.Tensor, level: int) -> torch.Tensor:
-        """``[N, nodes]``: log of each node's summed leaf probabilities."""
-        log_p = F.log_softmax(logits.float(), dim=-1)
+    def level_log_probs(self, log_p: torch.Tensor, level: int) -> torch.Tensor:
+        """``[N, nodes]``: log of each node's summed leaf probabilities, from leaf log-probabilities."""
         return torch.logsumexp(log_p[:, None, :] + getattr(self, f"log_member_{level}")[None], dim=-1)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = self.leaf_loss(logits, target)
+        log_p = F.log_softmax(logits.float(), dim=-1)  # once, shared by every level
         for level in self._levels:
             ancestors = getattr(self, f"ancestors_{level}")
-            loss = loss + self.weight * F.nll_loss(self.level_log_probs(logits, level), ancestors[target])
+            loss = loss + self.weight * F.nll_loss(self.level_log_probs(log_p, level), ancestors[target])
         return loss
