@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-train test browser benchmark clean
+.PHONY: install demo demo-train test test-fast browser benchmark clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ demo-train: install
 test: install browser
 	$(PY) -m pytest -q
 
+# The quick loop while editing (under 90 s on 2 cores): no training runs, subprocess servers, browser or services.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not browser and not services"
+
 # The web-page test drives Debian's chromium through Playwright (Playwright's own browser download
 # needs internet access that CI lacks). Without root or sudo the test is skipped, with its reason.
 browser:
@@ -35,9 +39,8 @@ browser:
 	    || echo "could not install chromium: the browser test will be skipped"; }
 
 benchmark: install
-	$(PY) benchmarks/grocery_classification.py --model efficientnet_lite2 --img-size 256 --epochs 12 \
-		--freeze-stages 3 --ema-decay 0.998 --catalog-images --keep last --cache-scale 1.6 --hue-jitter 0 \
-		--out runs/bench-lite2-hue0 --name grocery_efficientnet_lite2_hue0
+	$(VENV)/bin/skulens train ../shared/datasets/grocery-store --config recipes/grocery-lite2.toml --out runs/bench-lite2-hue0
+	$(VENV)/bin/skulens evaluate runs/bench-lite2-hue0 ../shared/datasets/grocery-store --split test --tta
 
 clean:
 	rm -rf runs build src/*.egg-info

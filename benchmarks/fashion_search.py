@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from skulens.catalog import Catalog, CsvMapping, Embedder, import_products, read_products_csv
-from skulens.evaluation.search import Query, evaluate_search
+from skulens.catalog.search_eval import Query, evaluate_search
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "fashion-small" / "products.csv"
 RESULTS = Path(__file__).resolve().parent / "results"

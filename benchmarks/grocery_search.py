@@ -34,7 +34,7 @@ import torch
 
 from skulens.catalog import Catalog, Embedder, import_products, products_from_dataset
 from skulens.data.datasets import load_dataset
-from skulens.evaluation.search import evaluate_search, queries_from_dataset
+from skulens.catalog.search_eval import evaluate_search, queries_from_dataset
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "grocery-store"
 RESULTS = Path(__file__).resolve().parent / "results"

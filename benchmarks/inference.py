@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skulens.checkpoint import load_run
+from skulens.runs import load_run
 from skulens.data.datasets import load_dataset
 from skulens.data.images import load_image
 from skulens.data.transforms import to_model_input

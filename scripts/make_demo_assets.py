@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from skulens.checkpoint import save_tensors_atomic
+from skulens.runs import save_tensors_atomic
 
 from skulens.data.datasets import load_dataset
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +16,9 @@ from skulens.analytics.report import build_report
 from skulens.data.datasets import load_dataset
 from skulens.errors import SkulensError
 from tests.conftest import FASHION, requires, write_class_folders
+from tests.helpers import run_cli as skulens
 
 RED, BLUE, GREEN = (215, 25, 30), (30, 60, 200), (40, 150, 60)
-
-
-def skulens(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "skulens", *args], capture_output=True, text=True, timeout=300)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -89,6 +84,7 @@ def catalog_csv(tmp_path: Path) -> Path:
     return tmp_path / "products.csv"
 
 
+@pytest.mark.slow
 def test_catalog_report_numbers_match_a_hand_count(catalog_csv, tmp_path):
     out = tmp_path / "report"
     proc = skulens("report", str(catalog_csv), "--label", "kind", "--tree-columns", "department", "--out", str(out),
@@ -197,6 +193,7 @@ def test_bad_input_gets_one_line(tmp_path, catalog_csv):
     assert proc.returncode == 2 and "no usable recognitions" in proc.stderr
 
 
+@pytest.mark.slow
 @requires(FASHION)
 def test_fashion_catalog_report(tmp_path):
     catalog = records_from_csv(FASHION / "products.csv", label="article_type",

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +18,10 @@ from skulens.catalog import Catalog, Embedder, Product
 from skulens.errors import SkulensError
 
 from tests.conftest import COLOURS, coloured_photo
+from tests.helpers import ROOT, free_port, start_cli, stop, subprocess_env, wait_healthy
 
+pytestmark = pytest.mark.services
 pytest.importorskip("pymilvus", reason="the milvus backend needs pymilvus (pip install 'skulens[scale]')")
-ROOT = Path(__file__).resolve().parents[1]
 PG_ENV = "SKULENS_TEST_POSTGRES_URL"
 
 
@@ -215,7 +213,6 @@ def test_two_serve_processes_share_postgres_and_milvus(tmp_path, trained_run, em
     from skulens.serving import ServeConfig, create_app
     from skulens.serving.security import hash_key, new_key
     from tests.conftest import jpeg_bytes
-    from tests.test_serving_catalog import free_port
 
     monkeypatch.setenv("SKULENS_INDEX_BACKEND", "milvus")  # the backend is configuration, for serve too
     monkeypatch.setenv("SKULENS_MILVUS_URI", milvus_server)
@@ -226,11 +223,8 @@ def test_two_serve_processes_share_postgres_and_milvus(tmp_path, trained_run, em
     keys = tmp_path / "keys.txt"
     keys.write_text(f"{hash_key(key)}  test\n")
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    other = subprocess.Popen([sys.executable, "-m", "skulens", "serve", str(run), "--catalog", postgres_url,
-                              "--port", str(port), "--api-keys-file", str(keys), "--media-dir", str(tmp_path / "media"),
-                              "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=env, cwd=ROOT)
+    other = start_cli("serve", run, "--catalog", postgres_url, "--port", port, "--api-keys-file", keys,
+                      "--media-dir", tmp_path / "media", "--log-level", "warning", env=subprocess_env(), cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     blue = jpeg_bytes(coloured_photo(COLOURS["blue"], 4343, size=64), quality=92)
     product = json.dumps({"sku": "blue-new", "title": "Blue", "category_path": ["Paint", "blue"]})
@@ -243,15 +237,7 @@ def test_two_serve_processes_share_postgres_and_milvus(tmp_path, trained_run, em
                          api_key_hashes=frozenset({hash_key(key)}), media_dir=tmp_path / "media", warmup=False)
     try:
         with TestClient(create_app(config), raise_server_exceptions=False) as here:
-            for _ in range(600):
-                assert other.poll() is None, other.stdout.read()
-                try:
-                    httpx.get(f"{base}/healthz", timeout=1)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.4)
-            else:
-                pytest.fail("the second server did not start in 4 minutes")
+            wait_healthy(base, other, timeout=240, interval=0.4)
             created = here.post("/v1/products", headers={"X-API-Key": key},
                                 files=[("product", (None, product)), ("images", ("b.jpg", blue, "image/jpeg"))])
             assert created.status_code == 201, created.text
@@ -267,10 +253,5 @@ def test_two_serve_processes_share_postgres_and_milvus(tmp_path, trained_run, em
             shared = MilvusClient(uri=milvus_server).list_collections()
             assert [c for c in shared if c.startswith("skulens_")], shared  # the searches went through Milvus
     finally:
-        other.terminate()
-        try:
-            out, _ = other.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            other.kill()
-            out, _ = other.communicate()
+        out = stop(other, timeout=30)
     assert "Traceback" not in out, out[-3000:]

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from skulens.data.taxonomy import CategoryTree
 from skulens.errors import SkulensError
-from skulens.recognition.backoff import (
+from skulens.evaluation.backoff import (
     Backoff, TreeIndex, calibrate_thresholds, consistent_paths, coverage_curve, precision_threshold,
     reject_rate_threshold, tree_or_flat,
 )
+from tests.helpers import run_cli
 
 # Leaves in class-index order: 0 Granny, 1 Golden, 2 Banana, 3 Carrot.
 SHOP = CategoryTree(["department", "kind", "variety"],
@@ -136,15 +135,15 @@ def test_coverage_curve_known_points():
 
 # --- with a trained run -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_calibrate_cli_writes_thresholds_and_the_recognizer_uses_them(trained_run, tmp_path):
-    from skulens.recognition.calibration import THRESHOLDS_FILE
+    from skulens.evaluation.calibration import THRESHOLDS_FILE
     from skulens.recognition.recognizer import Recognizer
 
     shared_run, data = trained_run
     run = tmp_path / "run"  # a copy: the fixture's run is shared with other tests
     shutil.copytree(shared_run, run)
-    proc = subprocess.run([sys.executable, "-m", "skulens", "calibrate", str(run), str(data), "--json",
-                           "--target-precision", "0.9"], capture_output=True, text=True, timeout=300)
+    proc = run_cli("calibrate", run, data, "--json", "--target-precision", "0.9")
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     saved = json.loads((run / THRESHOLDS_FILE).read_text())

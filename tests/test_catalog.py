@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +15,10 @@ import pytest
 from skulens.catalog import Catalog, CsvMapping, Embedder, Product, import_products, read_products_csv
 from skulens.catalog.index import VectorIndex
 from skulens.errors import SkulensError
-from skulens.evaluation.search import Query, average_precision, evaluate_search
+from skulens.catalog.search_eval import Query, average_precision, evaluate_search
 
 from tests.conftest import COLOURS, coloured_photo
+from tests.helpers import run_cli, skulens_command, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +80,7 @@ def test_import_is_idempotent_and_searchable(tmp_path, shop, embedder):
         assert {c["name"]: c["count"] for c in tree["children"]} == {"Paint": 6, "Ink": 3}
 
 
+@pytest.mark.slow
 def test_bad_rows_are_reported_and_the_rest_imported(tmp_path, shop, embedder):
     csv_path, photos = shop
     (tmp_path / "img" / "broken.jpg").write_text("<html>not an image</html>")
@@ -94,9 +94,8 @@ def test_bad_rows_are_reported_and_the_rest_imported(tmp_path, shop, embedder):
     ]
     bad_csv = _write_csv(tmp_path / "bad.csv", rows)
     db = tmp_path / "shop.db"
-    proc = subprocess.run([sys.executable, "-m", "skulens", "catalog", "import", str(bad_csv), "--db", str(db),
-                           "--run", str(embedder.source["run"]), "--tree-columns", "dept,kind", "--no-progress"],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_cli("catalog", "import", bad_csv, "--db", db, "--run", embedder.source["run"],
+                   "--tree-columns", "dept,kind", "--no-progress")
     assert proc.returncode == 1, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("skulens: row")]
     assert len(errors) == 5
@@ -146,16 +145,17 @@ def test_a_second_instance_sees_writes_of_the_first(tmp_path, shop, embedder):
     reader.close()
 
 
+@pytest.mark.slow
 def test_kill_during_import_then_restart_agrees(tmp_path, embedder):
     photos = _photos(tmp_path / "img", 40)
     rows = [{"sku": f"{name}-{i}", "image": f"img/{p.name}", "title": name, "dept": "D", "kind": name, "colour": name}
             for name, paths in photos.items() for i, p in enumerate(paths)]
     csv_path = _write_csv(tmp_path / "big.csv", rows)
     db = tmp_path / "shop.db"
-    cmd = [sys.executable, "-m", "skulens", "catalog", "import", str(csv_path), "--db", str(db), "--run",
-           str(embedder.source["run"]), "--tree-columns", "dept,kind", "--no-progress", "--chunk-size", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = ["catalog", "import", csv_path, "--db", db, "--run", embedder.source["run"], "--tree-columns", "dept,kind",
+            "--no-progress"]
+    proc = subprocess.Popen(skulens_command(*args, "--chunk-size", "2"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=subprocess_env())
     committed = 0
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -180,7 +180,7 @@ def test_kill_during_import_then_restart_agrees(tmp_path, embedder):
             db_ids = {r[0] for r in conn.execute("select id from images where vector is not null")}
         assert index_ids == db_ids
     # re-running the import finishes the job without duplicating what was already there
-    done = subprocess.run(cmd[:-2], capture_output=True, text=True, timeout=300)
+    done = run_cli(*args)
     assert done.returncode == 0, done.stderr
     assert f"imported {120 - n} new" in done.stdout and f"{n} unchanged" in done.stdout
     with Catalog.open(db, embedder) as catalog:
@@ -229,7 +229,7 @@ def test_similar_leaves_out_itself_and_duplicates_and_filters_category(tmp_path,
 
 
 def test_search_filters_on_attribute_values(tmp_path, shop, embedder):
-    from skulens.cli_catalog import _attributes
+    from skulens.cli.catalog import _attributes
 
     _, photos = shop
     with Catalog.open(tmp_path / "shop.db", embedder) as catalog:
@@ -297,7 +297,7 @@ def test_onnx_export_carries_the_embedding(tmp_path, trained_run):
     assert report.checks[0].embedding_cosine > 0.999
     torch_embedder = Embedder.from_run(run, device="cpu", engine="torch")
     onnx_embedder = Embedder.from_run(run, device="cpu", engine="auto")
-    assert onnx_embedder.onnx is not None and onnx_embedder.model_id != torch_embedder.model_id
+    assert onnx_embedder.engine.name.startswith("onnx") and onnx_embedder.model_id != torch_embedder.model_id
     photos = sorted(Path(trained_run[1]).rglob("*.jpg"))[:6]
     a, b = torch_embedder.embed(photos), onnx_embedder.embed(photos)
     assert np.allclose(np.sum(a * b, axis=1), 1.0, atol=1e-4)

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from skulens.cli import demo_dataset_path
+from skulens.api import demo_dataset_path
 from skulens.data.datasets import CsvColumns, load_dataset
 from skulens.data.taxonomy import CategoryTree
 from skulens.errors import DatasetError

@@ -23,8 +23,7 @@ from skulens.errors import SkulensError
 from skulens.training.distributed import Context, env_world
 
 from tests.conftest import write_class_folders
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 # Runs on every rank. The interrupt is injected on all ranks at the same optimizer step, as a
 # Ctrl-C that torchrun forwards to every worker would be.
@@ -162,6 +161,7 @@ def ddp_job(tmp_path_factory) -> dict:
     return {"data": data, "out": out, "ranks": ranks, "stdout": proc.stdout, "stderr": proc.stderr}
 
 
+@pytest.mark.slow
 def test_ranks_average_gradients_and_train_on_disjoint_shards(ddp_job):
     r0, r1 = ddp_job["ranks"]
     assert (r0["world"], r1["world"]) == (2, 2) and r0["sum"] == r1["sum"] == 3.0
@@ -175,6 +175,7 @@ def test_ranks_average_gradients_and_train_on_disjoint_shards(ddp_job):
     assert len(shard0) == len(shard1) == len(train_images) // 2
 
 
+@pytest.mark.slow
 def test_synced_batchnorm_computes_what_one_process_computes(ddp_job):
     for record in ddp_job["ranks"]:
         stats = record["syncbn"]
@@ -182,6 +183,7 @@ def test_synced_batchnorm_computes_what_one_process_computes(ddp_job):
         assert max(stats.values()) < 1e-4, stats  # outputs, gradients and running statistics
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes_and_metrics_cover_both_ranks(ddp_job):
     run = ddp_job["out"] / "straight"
     rows = list(csv.DictReader((run / "log.csv").open()))
@@ -197,6 +199,7 @@ def test_only_rank_zero_writes_and_metrics_cover_both_ranks(ddp_job):
     assert ddp_job["stdout"].count("trained 1 epoch(s)") + ddp_job["stdout"].count("trained 0 epoch(s)") == 2
 
 
+@pytest.mark.slow
 def test_learns_the_task_as_one_process_does(ddp_job, tmp_path):
     from skulens.data.datasets import load_dataset
     from skulens.data.transforms import AugmentConfig
@@ -214,6 +217,7 @@ def test_learns_the_task_as_one_process_does(ddp_job, tmp_path):
     assert abs(float(one["val_loss"]) - float(two["val_loss"])) < 0.2
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(ddp_job):
     r0, r1 = ddp_job["ranks"]
     assert "interrupted at epoch 2, batch 4" in r0["interrupted"] and "interrupted" in r1["interrupted"]
@@ -227,6 +231,7 @@ def test_interrupted_run_resumes_to_the_same_weights(ddp_job):
     assert [r["epoch"] for r in rows] == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_interrupt_mid_epoch_saves_and_resumes(ddp_job):
     r0, r1 = ddp_job["ranks"]
     assert "interrupted at epoch 2, batch 2" in r0["interrupted_mid"] and "interrupted" in r1["interrupted_mid"]
@@ -238,6 +243,7 @@ def test_interrupt_mid_epoch_saves_and_resumes(ddp_job):
     assert [r["epoch"] for r in rows] == ["1", "2"] and float(rows[-1]["val_loss"]) < 0.8
 
 
+@pytest.mark.slow
 def test_catalog_import_is_sharded_and_a_rerun_does_only_what_is_missing(ddp_job):
     from skulens.catalog import Catalog
 

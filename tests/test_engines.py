@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from skulens import Recognizer
-from skulens.checkpoint import load_run
+from skulens.runs import load_run
 from skulens.data.datasets import load_dataset
 from skulens.engines.onnx_export import export_onnx
 from skulens.engines.select import load_engine
@@ -69,7 +69,7 @@ def test_stale_or_tampered_exports_are_not_used(run_copy):
     # New weights (e.g. a resumed run): the old export no longer describes the model.
     from safetensors.torch import load_file
 
-    from skulens.checkpoint import save_tensors_atomic
+    from skulens.runs import save_tensors_atomic
 
     weights = load_file(str(run / "model.safetensors"))
     weights["classifier.bias"] = weights["classifier.bias"] + 1
@@ -92,8 +92,9 @@ def test_bad_exports_are_refused_and_nothing_is_written(run_copy):
         export_onnx(run, int8=True)
 
 
+@pytest.mark.slow
 def test_export_cli(run_copy):
-    from tests.test_cli import skulens
+    from tests.helpers import run_cli as skulens
 
     run, data = run_copy
     proc = skulens("export", str(run), "--format", "onnx", "--json")

@@ -8,24 +8,24 @@ import base64
 import csv
 import json
 import logging
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
-from skulens.checkpoint import load_run
+from skulens.runs import load_run
 from skulens.cli import main
 from skulens.serving import ServeConfig, create_app
 from skulens.serving.security import hash_key, key_file_line, new_key
 from tests.conftest import COLOURS, coloured_photo, jpeg_bytes, write_class_folders
+from tests.helpers import free_port, start_cli, subprocess_env, wait_for_job, wait_healthy
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+pytestmark = pytest.mark.slow  # kill -9 of real training and serving processes
+ENV = subprocess_env()
 
 
 def kill9(proc: subprocess.Popen) -> None:
@@ -52,8 +52,7 @@ def test_kill_during_an_epoch_then_resume_finishes_the_run(tmp_path, caplog):
     epochs = 4
     args = [str(data), "--model", "seedcnn", "--epochs", str(epochs), "--img-size", "40", "--batch-size", "4",
             "--patience", "0", "--no-progress", "--out", str(run)]
-    proc = subprocess.Popen([sys.executable, "-m", "skulens", "train", *args], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_cli("train", *args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # Time epoch 2 (epoch 1 also pays for decoding), then kill half-way through epoch 3.
     seen: dict[int, float] = {}
     deadline = time.monotonic() + 240
@@ -88,25 +87,6 @@ def test_kill_during_an_epoch_then_resume_finishes_the_run(tmp_path, caplog):
     assert config.metrics["epoch"] >= 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(base: str, proc: subprocess.Popen, limit_s: float = 120) -> None:
-    deadline = time.monotonic() + limit_s
-    while True:
-        assert proc.poll() is None, proc.stdout.read()[-2000:]
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.2)
-
-
 def import_payload(n: int) -> dict:
     names = list(COLOURS)
     products = []
@@ -124,10 +104,9 @@ def test_kill_serve_during_bulk_import_then_restart_agrees(trained_run, tmp_path
     db, media, stored = tmp_path / "shop.db", tmp_path / "media", tmp_path / "stored"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "skulens", "serve", str(trained_run[0]), "--port", str(port),
-                             "--catalog", str(db), "--media-dir", str(media), "--api-keys-file", str(keys),
-                             "--store-uploads", str(stored), "--engine", "torch", "--log-level", "warning"],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_cli("serve", trained_run[0], "--port", port, "--catalog", db, "--media-dir", media,
+                     "--api-keys-file", keys, "--store-uploads", stored, "--engine", "torch", "--log-level", "warning",
+                     env=ENV)
     n = 128
     payload = import_payload(n)
     headers = {"X-API-Key": key}
@@ -172,10 +151,7 @@ def test_kill_serve_during_bulk_import_then_restart_agrees(trained_run, tmp_path
         payload["on_conflict"] = "skip"  # the client retries the whole import: the rest goes in, no duplicates
         reply = client.post("/v1/products/import", json=payload)
         assert reply.status_code == 202
-        deadline = time.monotonic() + 180
-        while (job := client.get(reply.json()["status_url"]).json())["status"] not in ("succeeded", "failed"):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        job = wait_for_job(client, reply.json()["status_url"], timeout=180)
         assert job["status"] == "succeeded" and job["result"]["rejected"] == []
         assert job["result"]["added"] == n - len(present)
         assert len(client.get("/v1/products", params={"limit": 500}).json()["products"]) == n

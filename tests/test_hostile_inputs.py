@@ -16,13 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from skulens.checkpoint import CHECKSUMS_FILE, WEIGHTS_FILE, load_run
+from skulens.runs import CHECKSUMS_FILE, WEIGHTS_FILE, load_run
 from skulens.cli import main
 from skulens.data.images import load_image
 from skulens.errors import CheckpointError, ImageError
 from skulens.recognition.recognizer import Recognizer
 from skulens.serving import ServeConfig, create_app
 from skulens.serving.security import hash_key, new_key
+from tests.helpers import wait_for_job
 from tests.hostile_corpus import Case, build_corpus, encode, kinds, quadrants
 
 CORPUS = build_corpus()
@@ -184,16 +185,6 @@ def outcome_of(response) -> tuple[str, str]:
     return f"HTTP {response.status_code}", response.text[:200]
 
 
-def wait_job(client, url: str) -> dict:
-    deadline = time.monotonic() + 120
-    while True:
-        body = client.get(url).json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body
-        assert time.monotonic() < deadline, f"job {url} still {body['status']} after 120 s"
-        time.sleep(0.05)
-
-
 def test_every_photo_endpoint_is_in_the_hostile_run(server):
     client, _ = server
     taking_input = {(method.upper(), path) for path, ops in client.get("/openapi.json").json()["paths"].items()
@@ -201,6 +192,7 @@ def test_every_photo_endpoint_is_in_the_hostile_run(server):
     assert taking_input == set(SINGLE) | JOBS, "a new endpoint takes input: add it to SINGLE or JOBS"
 
 
+@pytest.mark.slow
 def test_http_endpoints_answer_or_refuse_every_file(server, recognizer):
     client, base = server
     stored_before = len(list((base / "stored").rglob("*.jpg.enc")))
@@ -242,7 +234,7 @@ def test_bulk_recognize_and_import_report_each_file(server):
         chunk = CORPUS[start:start + 64]
         reply = client.post("/v1/recognize/bulk", files=[("images", _file(c)) for c in chunk])
         assert reply.status_code == 202, reply.text
-        job = wait_job(client, reply.json()["status_url"])
+        job = wait_for_job(client, reply.json()["status_url"], timeout=120)
         assert job["status"] == "succeeded", job
         items = {item["index"]: item for item in job["result"]["items"]}
         for i, case in enumerate(chunk):
@@ -255,7 +247,7 @@ def test_bulk_recognize_and_import_report_each_file(server):
                     for i, c in enumerate(chunk)]
         reply = client.post("/v1/products/import", json={"products": products, "on_conflict": "update"})
         assert reply.status_code == 202, reply.text
-        job = wait_job(client, reply.json()["status_url"])
+        job = wait_for_job(client, reply.json()["status_url"], timeout=120)
         assert job["status"] == "succeeded", job
         rejected = {r["index"]: r["reason"] for r in job["result"]["rejected"]}
         for i, case in enumerate(chunk):
@@ -264,6 +256,7 @@ def test_bulk_recognize_and_import_report_each_file(server):
     assert [p for p in problems if p] == []
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_while_chewing_through_the_corpus(server):
     client, _ = server
 
@@ -358,7 +351,7 @@ def test_tampered_weights_are_refused_and_old_runs_still_load(trained_run, tmp_p
         load_run(run)
     (run / WEIGHTS_FILE).write_bytes(weights)
     (run / CHECKSUMS_FILE).unlink()  # a run saved before checksums existed
-    with caplog.at_level("WARNING", logger="skulens.checkpoint"):
+    with caplog.at_level("WARNING", logger="skulens.runs.folder"):
         load_run(run)
     assert "no recorded checksum" in caplog.text
 
@@ -366,7 +359,7 @@ def test_tampered_weights_are_refused_and_old_runs_still_load(trained_run, tmp_p
 def test_only_safetensors_and_json_are_read_from_a_run(trained_run):
     run = Path(trained_run[0])
     suffixes = {p.suffix for p in run.iterdir() if p.is_file()}
-    assert suffixes <= {".safetensors", ".json", ".csv", ".png", ".onnx"}, suffixes
+    assert suffixes <= {".safetensors", ".json", ".toml", ".md", ".csv", ".png", ".onnx"}, suffixes
     source = Path(__file__).resolve().parents[1] / "src" / "skulens"
     for path in source.rglob("*.py"):
         text = path.read_text()

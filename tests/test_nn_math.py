@@ -116,7 +116,7 @@ def _demo_inputs(pre, n: int = 6) -> torch.Tensor:
 
 
 def _torch_probs(run: Path, x: torch.Tensor) -> np.ndarray:
-    from skulens.checkpoint import load_run
+    from skulens.runs import load_run
 
     model, _ = load_run(run)
     with torch.no_grad():
@@ -124,7 +124,7 @@ def _torch_probs(run: Path, x: torch.Tensor) -> np.ndarray:
 
 
 def test_numpy_seedcnn_equals_pytorch_on_demo_photos(trained_run):
-    from skulens.checkpoint import read_config
+    from skulens.runs import read_config
 
     run, _ = trained_run
     x = _demo_inputs(read_config(run).preprocessing)
@@ -136,7 +136,7 @@ def test_numpy_seedcnn_equals_pytorch_on_demo_photos(trained_run):
 
 
 def test_numpy_seedcnn_equals_pytorch_at_the_native_150px(tmp_path):
-    from skulens.checkpoint import RunConfig, save_run
+    from skulens.runs import RunConfig, save_run
     from skulens.data.transforms import Preprocessing
     from skulens.models.registry import ModelSpec, create_model
 
@@ -156,7 +156,8 @@ def test_numpy_seedcnn_equals_pytorch_at_the_native_150px(tmp_path):
 
 
 def test_numpy_seedcnn_refuses_other_runs_and_sizes(tmp_path, trained_run):
-    from skulens.checkpoint import RunConfig, write_json_atomic
+    from skulens.files import write_json_atomic
+    from skulens.runs import RunConfig
     from skulens.data.transforms import Preprocessing
     from skulens.models.registry import ModelSpec
 

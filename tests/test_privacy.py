@@ -23,6 +23,7 @@ from skulens.errors import SkulensError
 from skulens.privacy import crypto, faces
 from skulens.privacy.store import UploadStore, read_stored
 from skulens.serving import ServeConfig, create_app
+from tests.helpers import wait_for_job
 from tests.hostile_corpus import SECRET, build_corpus, encode, metadata_rich_jpeg, metadata_rich_png, quadrants, upright
 
 KEY = crypto.new_key()
@@ -155,10 +156,7 @@ def test_bulk_uploads_are_stored_the_same_way(tmp_path):
         files = [("images", (f"{i}.jpg", metadata_rich_jpeg(), "image/jpeg")) for i in range(3)]
         files.append(("images", ("bad.jpg", b"junk", "image/jpeg")))
         job = client.post("/v1/recognize/bulk", files=files).json()
-        deadline = time.monotonic() + 30
-        while client.get(job["status_url"]).json()["status"] not in ("succeeded", "failed"):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for_job(client, job["status_url"])
     stored = stored_files(tmp_path / "store")
     assert len(stored) == 3 and all(SECRET not in p.read_bytes() for p in stored)
 

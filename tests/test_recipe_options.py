@@ -4,6 +4,7 @@ augmentation, training on train + val for a final model, and the category-tree l
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from skulens.data.taxonomy import CategoryTree
 from skulens.data.transforms import (AugmentConfig, Preprocessing, build_train_transform, pad_to_square,
                                      to_model_input)
 from skulens.errors import SkulensError
+from skulens.runs import load_run
 from skulens.training.config import TrainConfig
 from skulens.training.trainer import split_train_val, train
 from skulens.training.tree_loss import TreeLoss
@@ -105,8 +107,18 @@ def test_train_splits_train_plus_val(tmp_path):
     assert config["metrics"]["kept"] == "last" and config["metrics"]["epoch"] == 2
     assert config["preprocessing"]["resize"] == "pad"
     assert config["train_args"]["train_splits"] == ["train", "val"]
-    photo = next((data / "test" / "red").iterdir())
-    assert Recognizer.load(tmp_path / "run", device="cpu").predict(photo).label in ("red", "green", "blue")
+    # Recognition letterboxes a non-square photo as training did: its answer is the kept model's on the
+    # padded square, not on a centre crop (which differs for this portrait).
+    model, run_config = load_run(tmp_path / "run")
+    portrait = _portrait_with_stripes()
+    with torch.no_grad():
+        padded, cropped = (model(to_model_input(portrait, replace(run_config.preprocessing, resize=mode))[None])
+                           .softmax(-1)[0] for mode in ("pad", "crop"))
+    assert (padded - cropped).abs().max() > 1e-4
+    prediction = Recognizer.load(tmp_path / "run", engine="torch", device="cpu").predict(portrait)
+    assert {c.label: c.confidence for c in prediction.top_k} == pytest.approx(
+        dict(zip(run_config.classes, padded.tolist())), abs=1e-5)
+    assert prediction.label == run_config.classes[int(padded.argmax())]
     # Grad-CAM lays its map over what the model saw: the padded square, not a crop of the photo
     from skulens.explain import explain_image
 

@@ -7,13 +7,8 @@ import asyncio
 import io
 import logging
 import os
-import socket
-import struct
-import subprocess
-import sys
 import threading
 import time
-import zlib
 from contextlib import contextmanager
 
 import httpx
@@ -30,7 +25,9 @@ from skulens.serving import ServeConfig, create_app
 from skulens.serving.batching import MicroBatcher, Overloaded
 from skulens.serving.jobs import JobManager, JobsFull
 from skulens.serving.security import hash_key, key_matches, load_key_hashes, new_key
-from tests.conftest import jpeg_bytes
+from tests.helpers import (assert_json_error, free_port, noise_jpeg, start_cli, stop, wait_for_job, wait_healthy,
+                           wait_until)
+from tests.hostile_corpus import png_header_only
 
 KEY = new_key()
 OTHER_KEY = new_key()
@@ -61,28 +58,6 @@ def client(recognizer):
 
 def upload(client, data: bytes, content_type: str = "image/jpeg", name: str = "photo.jpg", **kw):
     return client.post("/v1/recognize", files={"image": (name, data, content_type)}, **kw)
-
-
-def assert_json_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert error["message"] and "\n" not in error["message"] and "Traceback" not in response.text
-    return error
-
-
-def noise_jpeg(size: int = 200, seed: int = 0, quality: int = 90) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    return jpeg_bytes(Image.fromarray(arr), quality=quality)
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG that claims to be ``width`` x ``height``: what a decompression bomb looks like to a decoder."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 # --- recognize ------------------------------------------------------------------------------------
@@ -464,16 +439,6 @@ def test_static_page_is_served(client):
 
 # --- bulk jobs -----------------------------------------------------------------------------------------
 
-def wait_for_job(client, url: str, **kw) -> dict:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        status = client.get(url, **kw).json()
-        if status["status"] in ("succeeded", "failed", "cancelled"):
-            return status
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
-
-
 def test_bulk_recognize_runs_as_a_job(client, recognizer, photo):
     files = [("images", ("a.jpg", photo, "image/jpeg")), ("images", ("bad.jpg", b"nope", "image/jpeg")),
              ("images", ("b.jpg", photo, "image/jpeg"))]
@@ -505,15 +470,12 @@ def test_job_manager_is_bounded_and_reports_failures():
             manager.submit("slow", lambda ctx: None)
         assert manager.cancel(second.id).status == "cancelled"  # queued: never starts
         gate.set()
-        deadline = time.monotonic() + 5
-        while manager.get(first.id).status != "succeeded" and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: manager.get(first.id).status == "succeeded", 5, 0.01)
         assert manager.snapshot(first.id)["result"] == "done"
         # Full of finished jobs: the oldest is forgotten to make room.
         third = manager.submit("bad", lambda ctx: (_ for _ in ()).throw(SkulensError("no such catalog")))
         assert manager.get(first.id) is None
-        while manager.get(third.id).status not in ("failed",) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: manager.get(third.id).status == "failed", 5, 0.01)
         assert manager.snapshot(third.id)["error"] == {"code": "job_failed", "message": "no such catalog"}
     finally:
         gate.set()
@@ -548,9 +510,7 @@ def test_running_job_stops_when_cancelled():
         job = manager.submit("long", long_job)
         assert started.wait(5)
         manager.cancel(job.id)
-        deadline = time.monotonic() + 5
-        while manager.get(job.id).status == "running" and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: manager.get(job.id).status != "running", 5, 0.01)
         snap = manager.snapshot(job.id)
         assert snap["status"] == "cancelled" and snap["result"] is None and snap["progress"]["done"] < 499
     finally:
@@ -568,29 +528,14 @@ def test_serve_without_run_or_demo_explains(capsys, monkeypatch):
     assert err.count("\n") == 1 and "pass one" in err and "skulens serve runs/demo" in err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
 def test_skulens_serve_starts_and_answers(trained_run, photo):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "skulens", "serve", str(trained_run[0]), "--port", str(port),
-                             "--max-wait-ms", "100", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_cli("serve", trained_run[0], "--port", port, "--max-wait-ms", "100", "--log-level", "warning")
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                health = httpx.get(f"{base}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not start within 60 s"
-                time.sleep(0.2)
-        assert health.status_code == 200 and health.json()["status"] == "ok"
+        health = wait_healthy(base, proc, timeout=60)
+        assert health.json()["status"] == "ok"
 
         async def burst():
             async with httpx.AsyncClient(base_url=base, timeout=30) as c:
@@ -603,10 +548,5 @@ def test_skulens_serve_starts_and_answers(trained_run, photo):
         batches = [s.value for s in families["skulens_inference_batch_size"].samples if s.name.endswith("_count")][0]
         assert batches < 12  # concurrent requests were micro-batched
     finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = stop(proc)
     assert "Traceback" not in out

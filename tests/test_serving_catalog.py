@@ -11,10 +11,6 @@ import io
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,18 +26,19 @@ from skulens.errors import SkulensError
 from skulens.recognition.recognizer import Recognizer
 from skulens.serving import ServeConfig, create_app
 from skulens.serving import config as serving_config
-from skulens.serving.cli import config_from_args
+from skulens.cli.serve import config_from_args
 from skulens.serving.media import MediaStore
 from skulens.serving.security import hash_key, new_key
 from tests.conftest import COLOURS, coloured_photo, jpeg_bytes
-from tests.test_serving import assert_json_error, noise_jpeg, png_header_only
+from tests.helpers import (ARTIFACTS, assert_json_error, free_port, noise_jpeg, start_cli, stop, wait_for_job,
+                           wait_healthy)
+from tests.hostile_corpus import png_header_only
 
 KEY = new_key()
 KEYS = frozenset({hash_key(KEY)})
 WRITE = {"X-API-Key": KEY}
 # Each colour's product photos in another format, so the image endpoint meets JPEG, PNG and WebP files.
 FORMATS = {"red": "jpg", "green": "png", "blue": "webp"}
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -400,16 +397,6 @@ def test_writes_need_a_key(recognizer, shop_db, client):
 
 # --- bulk import -------------------------------------------------------------------------------------------
 
-def wait_for_job(client, url: str) -> dict:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = client.get(url).json()
-        if status["status"] in ("succeeded", "failed", "cancelled"):
-            return status
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
-
-
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -550,12 +537,7 @@ def test_serve_without_arguments_builds_the_demo_catalog_once(trained_run, tmp_p
     assert "built-in demo model" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
 @pytest.mark.skipif(serving_config.demo_run_dir() is None or serving_config.demo_catalog_dir() is None,
                     reason="this checkout has no demo assets (src/skulens/demo_assets)")
 def test_skulens_serve_without_arguments_serves_the_demo():
@@ -564,29 +546,15 @@ def test_skulens_serve_without_arguments_serves_the_demo():
     tested in-process above, with a small catalog)."""
     port = free_port()
     env = {**os.environ, "SKULENS_CACHE_DIR": str(ARTIFACTS / "demo-cache")}
-    proc = subprocess.Popen([sys.executable, "-m", "skulens", "serve", "--port", str(port), "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = start_cli("serve", "--port", port, "--log-level", "warning", env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                health = httpx.get(f"{base}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the demo server did not start"
-                time.sleep(0.3)
+        health = wait_healthy(base, proc, timeout=240, interval=0.3)
         assert health.json()["catalog"] is True
         photo = (serving_config.demo_catalog_dir() / "images" / "Granny-Smith.jpg").read_bytes()
         found = httpx.post(f"{base}/v1/search", files={"image": ("p.jpg", photo, "image/jpeg")}, timeout=60).json()
         assert found["products"][0]["sku"] == "Granny-Smith"
         assert httpx.get(f"{base}/v1/products/Granny-Smith/image").headers["content-type"] == "image/jpeg"
     finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = stop(proc)
     assert "Traceback" not in out

@@ -11,10 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 from skulens import Recognizer
-from skulens.checkpoint import load_run
+from skulens.runs import RunConfig, RunFolder, load_run
 from skulens.data.datasets import load_dataset
+from skulens.data.images import load_image
+from skulens.data.transforms import Preprocessing, to_model_input
 from skulens.errors import SkulensError
 from skulens.evaluation.report import evaluate_run
+from skulens.models.registry import ModelSpec, create_model
 from skulens.training.config import TrainConfig
 from skulens.training.trainer import Trainer, train
 from tests.conftest import write_class_folders
@@ -35,18 +38,45 @@ def test_run_folder_contents_and_learning(trained_run):
 
 
 def test_checkpoint_round_trip_gives_the_same_predictions(trained_run, tmp_path):
-    run, data = trained_run
-    x = torch.randn(4, 3, 40, 40)
-    model_a, _ = load_run(run)
-    model_b, _ = load_run(run)
-    torch.testing.assert_close(model_a(x), model_b(x))
-    recognizer = Recognizer.load(run, device="cpu")
-    photo = next((data / "test" / "red").iterdir())
-    first = recognizer.predict(photo)
-    again = Recognizer.load(run, device="cpu").predict(str(photo))
-    assert first.label == again.label and first.confidence == pytest.approx(again.confidence)
-    assert first.path == [first.label] and len(first.top_k) == 3
-    assert sum(c.confidence for c in first.top_k) == pytest.approx(1.0, abs=1e-4)
+    """A model trained here, in memory, saved as a run folder and reloaded answers exactly as it did
+    before saving; a freshly initialised model of the same architecture does not."""
+    _, data = trained_run
+    classes = ["blue", "green", "red"]
+    spec = ModelSpec("efficientnet_lite0", num_classes=3, img_size=40)  # has BatchNorm buffers to keep
+    pre = Preprocessing(img_size=40, mean=spec.mean, std=spec.std)
+    photos = sorted((data / "test").rglob("*.jpg"))
+    x = torch.stack([to_model_input(load_image(p), pre) for p in photos])
+    train_photos = [p for c in classes for p in sorted((data / "train" / c).glob("*.jpg"))[:4]]
+    train_x = torch.stack([to_model_input(load_image(p), pre) for p in train_photos])
+    train_y = torch.tensor([classes.index(p.parent.name) for p in train_photos])
+
+    torch.manual_seed(0)
+    original = create_model(spec, pretrained=False)
+    original.train()
+    # One SGD step moves the weights and the BatchNorm statistics away from their initial values.
+    torch.nn.functional.cross_entropy(original(train_x), train_y).backward()
+    torch.optim.SGD(original.parameters(), lr=0.01).step()
+    original.eval()
+    with torch.no_grad():
+        logits = original(x)
+    expected = logits.softmax(-1)
+
+    run = tmp_path / "saved"
+    RunFolder(run).save(RunConfig(model=spec, classes=classes, preprocessing=pre), original.state_dict())
+    reloaded, config = RunFolder(run).load_model()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), logits)  # the same logits, BatchNorm statistics included
+        torch.manual_seed(1)
+        fresh = create_model(spec, pretrained=False).eval()
+        assert (fresh(x) - logits).abs().max() > 0.1  # so the comparison above can fail
+    assert config.classes == classes and config.model == spec
+
+    recognizer = Recognizer.load(run, engine="torch", device="cpu")  # the user's way in, photo by photo
+    for photo, probs in zip(photos, expected):
+        prediction = recognizer.predict(photo)
+        assert {c.label: c.confidence for c in prediction.top_k} == pytest.approx(
+            dict(zip(classes, probs.tolist())), abs=1e-5)
+        assert prediction.label == classes[int(probs.argmax())] and prediction.path == [prediction.label]
 
 
 def test_class_weighting_ema_and_eval_size_choice(tmp_path):
@@ -55,8 +85,22 @@ def test_class_weighting_ema_and_eval_size_choice(tmp_path):
                       ema_decay=0.9, eval_sizes=[40], freeze_stages=3, progress=False)
     train(cfg, load_dataset(data), tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert set(config["metrics"]["val_top1_by_eval_size"]) == {"32", "40"}
-    assert config["preprocessing"]["img_size"] in (32, 40)
+    # The choice recomputed here: val top-1 of the kept weights at each candidate size, the best wins
+    # (a tie goes to the size nearest the training size).
+    model, run_config = load_run(tmp_path / "run")
+    val = sorted((data / "val").rglob("*.jpg"))
+    truth = torch.tensor([run_config.classes.index(p.parent.name) for p in val])
+
+    def val_top1(size: int) -> float:
+        x = torch.stack([to_model_input(load_image(p), run_config.preprocessing, size) for p in val])
+        with torch.no_grad():
+            return float((model(x).argmax(1) == truth).float().mean())
+
+    scores = {size: val_top1(size) for size in (32, 40)}
+    assert config["metrics"]["val_top1_by_eval_size"] == pytest.approx({str(s): v for s, v in scores.items()})
+    best = max(scores, key=lambda s: (scores[s], -abs(s - 32)))
+    assert config["preprocessing"]["img_size"] == best
+    assert config["metrics"]["val_top1"] == pytest.approx(scores[best])
     # seedcnn's classifier is tied to its training size: no other size is tried.
     cfg = TrainConfig(model="seedcnn", epochs=1, img_size=32, batch_size=8, eval_sizes=[40], progress=False)
     train(cfg, load_dataset(data), tmp_path / "seed")

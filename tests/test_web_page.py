@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import shutil
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,13 +16,14 @@ import pytest
 from skulens.recognition.recognizer import Recognizer
 from skulens.serving import ServeConfig, create_app
 from tests.conftest import COLOURS, coloured_photo
+from tests.helpers import ARTIFACTS, wait_until
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; `make test` does it)")
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; `make test` does it)")]
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright; `make test` does it)")
 
 
@@ -36,10 +36,12 @@ def live_server(config: ServeConfig):
                                            access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
+
+    def started() -> bool:
+        assert thread.is_alive(), "uvicorn stopped before it started"
+        return server.started
+
+    wait_until(started, 20, message="uvicorn did not start within 20 s")
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"

@@ -140,17 +140,15 @@ SEEDCNN_TENSORS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "
 
 def load_seedcnn_weights(run_dir: str | Path) -> dict[str, np.ndarray]:
     """The weights of a seedcnn run as NumPy arrays, read from its safetensors file (never unpickled)."""
-    from safetensors.numpy import load_file
 
-    from skulens.checkpoint import WEIGHTS_FILE, read_config
+    from skulens.runs import RunFolder
 
-    config = read_config(run_dir)
+    folder = RunFolder(run_dir)
+    config = folder.config()
     if config.model.name != "seedcnn":
         raise SkulensError(f"{run_dir}: the NumPy forward pass replays seedcnn only, this run is {config.model.name}")
-    path = Path(run_dir) / WEIGHTS_FILE
-    if not path.is_file():
-        raise SkulensError(f"{run_dir}: no {WEIGHTS_FILE}; the run has not finished an epoch yet")
-    return load_file(str(path))
+    # the same checks as every other load: present, and matching the checksum recorded at saving
+    return {name: t.numpy() for name, t in folder.state_dict().items()}
 
 
 def seedcnn_forward(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:

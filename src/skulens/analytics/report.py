@@ -235,14 +235,28 @@ def _period_start(day: date, period: str) -> date:
 
 
 def _recognition_sections(log: list[Recognition], w: _Writer, period: str) -> tuple[list[Section], dict]:
-    total = len(log)
     days = [r.time.date() for r in log]
     first, last = min(days), max(days)
+    period = _report_period(period, first, last)
+    unknown = sum(r.top_category == UNKNOWN for r in log)
+    by_category = Counter(r.top_category for r in log)
+    most = _photographed_section(log, w, _recognition_overview(log, first, last, unknown), by_category)
+    trend = _over_time_section(log, w, period, first, last, by_category)
+    numbers = {"photos": len(log), "first": first.isoformat(), "last": last.isoformat(), "period": period,
+               "unknown": unknown}
+    return [most, trend], numbers
+
+
+def _report_period(period: str, first: date, last: date) -> str:
     if period == "auto":
         period = "day" if (last - first).days <= 45 else "week"
     if period not in ("day", "week"):
         raise SkulensError(f"--period must be auto, day or week, not {period!r}")
-    unknown = sum(r.top_category == UNKNOWN for r in log)
+    return period
+
+
+def _recognition_overview(log: list[Recognition], first: date, last: date, unknown: int) -> list[str]:
+    total = len(log)
     confidences = [r.confidence for r in log if r.confidence is not None]
     overview = [f"{total:,} photos recognised from {first.isoformat()} to {last.isoformat()}."]
     if unknown:
@@ -250,8 +264,12 @@ def _recognition_sections(log: list[Recognition], w: _Writer, period: str) -> tu
                         f"shoppers look for things the catalog may not have.")
     if confidences:
         overview.append(f"Median confidence {100 * median(confidences):.0f}%.")
+    return overview
 
-    by_category = Counter(r.top_category for r in log)
+
+def _photographed_section(log: list[Recognition], w: _Writer, overview: list[str], by_category: Counter) -> Section:
+    """What shoppers photograph: photos per top category and per product, as charts and tables."""
+    total = len(log)
     cat_rows = [list(row) for row in _count_rows(by_category, total)]
     cat_table = w.table("recognitions-by-category", ["top category", "photos", "percent"], cat_rows)
     cat_file, cat_png = w.chart("recognitions-by-category")
@@ -264,10 +282,14 @@ def _recognition_sections(log: list[Recognition], w: _Writer, period: str) -> tu
     label_file, label_png = w.chart("recognitions-by-product")
     charts.bar_chart([" > ".join(p) for p in by_label], list(by_label.values()), label_png,
                      "What shoppers photograph: products", unit="photos")
-    most = Section("What shoppers photograph", "photographed",
+    return Section("What shoppers photograph", "photographed",
                    [Block(overview, Chart(cat_file, "photos per top category"), cat_table),
                     Block([], Chart(label_file, "photos per product"), label_table)])
 
+
+def _period_counts(log: list[Recognition], period: str, first: date,
+                   last: date) -> tuple[list[date], dict[date, Counter]]:
+    """Every period's first day from first to last (quiet ones too), and photos per top category in each."""
     step = 7 if period == "week" else 1
     starts, cursor = [], _period_start(first, period)
     while cursor <= last:
@@ -276,6 +298,10 @@ def _recognition_sections(log: list[Recognition], w: _Writer, period: str) -> tu
     per_period: dict[date, Counter] = defaultdict(Counter)
     for r in log:
         per_period[_period_start(r.time.date(), period)][r.top_category] += 1
+    return starts, per_period
+
+
+def _period_rows(starts: list[date], per_period: dict[date, Counter], by_category: Counter) -> list[list]:
     time_rows = []
     for start in starts:
         in_period = sum(per_period[start].values())
@@ -283,6 +309,14 @@ def _recognition_sections(log: list[Recognition], w: _Writer, period: str) -> tu
         for cat in sorted(by_category, key=lambda c: (-per_period[start][c], -by_category[c], c)):
             n = per_period[start][cat]
             time_rows.append([start.isoformat(), cat, n, _pct(n, in_period)])
+    return time_rows
+
+
+def _over_time_section(log: list[Recognition], w: _Writer, period: str, first: date, last: date,
+                       by_category: Counter) -> Section:
+    """Photos per day or week by top category: the table, the timeline of the top few, the busiest period."""
+    starts, per_period = _period_counts(log, period, first, last)
+    time_rows = _period_rows(starts, per_period, by_category)
     period_column = "day" if period == "day" else "week starting"
     time_table = w.table(f"recognitions-per-{period}", [period_column, "top category", "photos",
                                                          f"percent of the {period}"], time_rows)
@@ -295,13 +329,10 @@ def _recognition_sections(log: list[Recognition], w: _Writer, period: str) -> tu
     charts.timeline_chart([s.isoformat() for s in starts], series, time_png,
                           f"Photos per {period}, by top category", period_column)
     busiest = max(starts, key=lambda s: sum(per_period[s].values()))
-    trend = Section(f"Photos per {period}", "over-time",
-                    [Block([f"The busiest {period} was the one starting {busiest.isoformat()} with "
-                            f"{sum(per_period[busiest].values()):,} photos."],
-                           Chart(time_file, f"photos per {period}"), time_table)])
-    numbers = {"photos": total, "first": first.isoformat(), "last": last.isoformat(), "period": period,
-               "unknown": unknown}
-    return [most, trend], numbers
+    return Section(f"Photos per {period}", "over-time",
+                   [Block([f"The busiest {period} was the one starting {busiest.isoformat()} with "
+                           f"{sum(per_period[busiest].values()):,} photos."],
+                          Chart(time_file, f"photos per {period}"), time_table)])
 
 
 # --- the page -----------------------------------------------------------------------------------

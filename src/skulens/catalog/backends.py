@@ -1,7 +1,7 @@
 """Where a catalog's vectors are searched: one interface, two backends, chosen by a config value.
 
 - ``faiss`` (default): every process keeps its own FAISS index file beside it, a cache that
-  replays the database's ``index_log`` (see :mod:`skulens.catalog.store`).
+  replays the database's ``index_log``.
 - ``milvus``: one Milvus collection shared by every server (``milvus_uri``: a Milvus server or
   cluster, ``http://host:19530``, or a local milvus-lite path ending in ``.db`` for one process).
 
@@ -20,7 +20,9 @@ import os
 import re
 import uuid
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Protocol
+import time
+from pathlib import Path
+from typing import Iterator, Protocol
 
 import numpy as np
 from sqlalchemy import func, select, update
@@ -28,11 +30,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from skulens.catalog.db import ImageRow, IndexLog, Meta, get_meta, last_log_seq, set_meta
-from skulens.catalog.index import IndexState, build_kind, default_nlist, default_nprobe
+from skulens.catalog.index import IVF_THRESHOLD, IndexState, VectorIndex, build_kind, default_nlist, default_nprobe
 from skulens.errors import SkulensError
 
-if TYPE_CHECKING:
-    from skulens.catalog.store import Catalog
 
 log = logging.getLogger("skulens.catalog")
 BACKENDS = ("faiss", "milvus")
@@ -50,6 +50,17 @@ class SearchIndex(Protocol):
         neighbours have id -1. ``allowed_ids`` restricts the search to those image ids."""
 
 
+class IndexSource(Protocol):
+    """All a backend sees of its catalog: the database the vectors live in, the model that made them
+    (``{"id", "dim", ...}``, None before the first import; it changes on a reindex), where a local
+    index file may go and which index kind was asked for ("auto", "flat", "ivf")."""
+
+    engine: object  # a SQLAlchemy Engine
+    model_info: dict | None
+    index_dir: Path
+    index_kind: str
+
+
 class IndexBackend(Protocol):
     name: str
 
@@ -59,10 +70,22 @@ class IndexBackend(Protocol):
     def rebuild(self, kind: str, nprobe: int | None) -> SearchIndex:
         """A fresh index from the vectors stored in the database (no image is re-read)."""
 
+    def flush(self) -> None:
+        """Persist what is only in memory (the FAISS file); on close and after bulk writes."""
+
     def close(self) -> None: ...
 
 
-def open_backend(name: str | None, catalog: "Catalog", milvus_uri: str | None = None) -> IndexBackend:
+def stored_vectors(session: Session, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(image ids, vectors)`` of every embedded image in the database."""
+    rows = session.execute(select(ImageRow.id, ImageRow.vector).where(ImageRow.vector.is_not(None))).all()
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+    return (np.array([r[0] for r in rows], np.int64),
+            np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+
+
+def open_backend(name: str | None, catalog: IndexSource, milvus_uri: str | None = None) -> IndexBackend:
     """``name`` None: ``$SKULENS_INDEX_BACKEND``, else faiss; ``milvus_uri`` None: ``$SKULENS_MILVUS_URI``."""
     name = name or os.environ.get("SKULENS_INDEX_BACKEND") or "faiss"
     if name == "faiss":
@@ -77,21 +100,70 @@ def open_backend(name: str | None, catalog: "Catalog", milvus_uri: str | None = 
 
 
 class FaissBackend:
-    """The per-process FAISS cache; the log replay lives in :class:`Catalog` (``_faiss_*``)."""
+    """A FAISS index beside this process: a cache of the database, saved to ``index_dir`` now and then
+    and caught up by replaying the database's ``index_log`` (so other processes' writes show up)."""
 
     name = "faiss"
+    SAVE_SECONDS = 30.0  # an index behind its file by more than this is saved on the next change
 
-    def __init__(self, catalog: "Catalog"):
-        self.catalog = catalog
+    def __init__(self, source: IndexSource):
+        self.source = source
+        self._index: VectorIndex | None = None
+        self._dirty_since: float | None = None
 
-    def index(self):
-        return self.catalog._faiss_index()
+    def rebuild(self, kind: str, nprobe: int | None) -> VectorIndex:
+        info = self.source.model_info
+        with Session(self.source.engine) as session:
+            seq = last_log_seq(session)
+            ids, vectors = stored_vectors(session, info["dim"])
+        self._index = VectorIndex.build(ids, vectors, dim=info["dim"], model_id=info["id"],
+                                        kind=kind or self.source.index_kind, nprobe=nprobe, log_seq=seq)
+        self._index.save(self.source.index_dir)
+        self._dirty_since = None
+        return self._index
 
-    def rebuild(self, kind: str, nprobe: int | None):
-        return self.catalog._faiss_rebuild(kind, nprobe)
+    def index(self) -> VectorIndex:
+        if self._index is None:
+            loaded = VectorIndex.load(self.source.index_dir)
+            if loaded is None or loaded.state.model_id != self.source.model_info["id"]:
+                log.info("building the vector index from the database")
+                return self.rebuild(self.source.index_kind, None)
+            self._index = loaded
+        with Session(self.source.engine) as session:
+            seq = last_log_seq(session)
+            if seq < self._index.state.log_seq:  # the database was reset under us
+                return self.rebuild(self.source.index_kind, None)
+            if seq != self._index.state.log_seq:
+                self._apply_log(session, self._index.state.log_seq, seq)
+        if (self.source.index_kind == "auto" and self._index.state.kind == "flat"
+                and self._index.state.ntotal >= IVF_THRESHOLD):
+            log.info("the catalog outgrew exact search: building an IVF index")
+            return self.rebuild(self.source.index_kind, None)
+        return self._index
+
+    def _apply_log(self, session: Session, after: int, upto: int) -> None:
+        """Replay ``index_log`` entries (after, upto]: idempotent, so a torn save is harmless."""
+        touched = set(session.scalars(select(IndexLog.image_id).where(IndexLog.seq > after, IndexLog.seq <= upto)))
+        rows = session.execute(select(ImageRow.id, ImageRow.vector).where(
+            ImageRow.id.in_(touched), ImageRow.vector.is_not(None))).all() if touched else []
+        self._index.remove(touched)
+        if rows:
+            self._index.add(np.array([r[0] for r in rows], np.int64),
+                            np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+        self._index.state.log_seq = upto
+        now = time.monotonic()
+        if self._dirty_since is None:
+            self._dirty_since = now
+        elif now - self._dirty_since > self.SAVE_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._index is not None and self._dirty_since is not None:
+            self._index.save(self.source.index_dir)
+            self._dirty_since = None
 
     def close(self) -> None:
-        pass
+        self.flush()
 
 
 # -- Milvus ------------------------------------------------------------------------------------------
@@ -151,9 +223,9 @@ class MilvusIndex:
 class MilvusBackend:
     name = "milvus"
 
-    def __init__(self, catalog: "Catalog", uri: str):
+    def __init__(self, source: IndexSource, uri: str):
         pymilvus = _milvus()
-        self.catalog = catalog
+        self.source = source
         self.uri = uri
         if "://" not in uri:  # milvus-lite, in this process: a local path ending in .db
             if not uri.endswith(".db"):
@@ -180,7 +252,7 @@ class MilvusBackend:
         return self._catalog_id_cache
 
     def _load_catalog_id(self) -> str:
-        engine = self.catalog.engine
+        engine = self.source.engine
         for _ in range(2):
             with Session(engine) as session:
                 found = get_meta(session, "catalog_id")
@@ -195,7 +267,7 @@ class MilvusBackend:
             return get_meta(session, "catalog_id")["id"]
 
     def collection_name(self) -> str:
-        model = re.sub(r"[^0-9A-Za-z_]", "_", str(self.catalog.model_info["id"]))[:32]
+        model = re.sub(r"[^0-9A-Za-z_]", "_", str(self.source.model_info["id"]))[:32]
         return f"skulens_{self._catalog_id()}_{model}"
 
     @contextmanager
@@ -206,12 +278,12 @@ class MilvusBackend:
         lock and SQLite's write lock, so appliers queue and each sees the last one's record."""
         key = f"milvus:{name}"[:64]
         try:
-            with Session(self.catalog.engine) as session, session.begin():
+            with Session(self.source.engine) as session, session.begin():
                 if session.get(Meta, key) is None:
                     session.add(Meta(key=key, value="null"))
         except IntegrityError:
             pass  # another process added it first
-        with Session(self.catalog.engine) as session, session.begin():
+        with Session(self.source.engine) as session, session.begin():
             session.execute(update(Meta).where(Meta.key == key).values(value=Meta.value))
             holder = {"record": json.loads(session.get(Meta, key).value)}
             yield session, holder
@@ -229,10 +301,10 @@ class MilvusBackend:
 
     # -- the interface ----------------------------------------------------------------------
     def index(self) -> MilvusIndex:
-        if self.catalog.model_info is None:
+        if self.source.model_info is None:
             raise SkulensError("the catalog is empty: import products first")
         name = self.collection_name()
-        with Session(self.catalog.engine) as session:
+        with Session(self.source.engine) as session:
             seq = last_log_seq(session)
         if self._index is not None and self._index.name == name and self._index.state.log_seq == seq:
             return self._index
@@ -240,10 +312,13 @@ class MilvusBackend:
         return self._index
 
     def rebuild(self, kind: str, nprobe: int | None) -> MilvusIndex:
-        if self.catalog.model_info is None:
+        if self.source.model_info is None:
             raise SkulensError("the catalog has no embeddings yet")
         self._index = self._sync(self.collection_name(), rebuild_kind=kind, nprobe=nprobe)
         return self._index
+
+    def flush(self) -> None:
+        pass  # every write is in Milvus already (and sealed after a bulk change)
 
     def close(self) -> None:
         try:
@@ -253,7 +328,7 @@ class MilvusBackend:
 
     # -- work under the lock ----------------------------------------------------------------
     def _sync(self, name: str, rebuild_kind: str | None, nprobe: int | None) -> MilvusIndex:
-        info = self.catalog.model_info
+        info = self.source.model_info
         try:
             with self._applied(name) as (session, holder):
                 record = holder["record"]
@@ -261,7 +336,7 @@ class MilvusBackend:
                 fresh = (rebuild_kind is not None or record is None or not self._exists(name)
                          or record["log_seq"] > upto)  # the database was reset under the collection
                 if fresh:
-                    record = self._build(session, name, rebuild_kind or self.catalog.index_kind, nprobe, upto)
+                    record = self._build(session, name, rebuild_kind or self.source.index_kind, nprobe, upto)
                 elif record["log_seq"] < upto:
                     self._apply_log(session, name, record["log_seq"], upto)
                     record["log_seq"] = upto
@@ -276,7 +351,7 @@ class MilvusBackend:
 
     def _build(self, session: Session, name: str, kind: str, nprobe: int | None, upto: int) -> dict:
         pymilvus = _milvus()
-        dim = int(self.catalog.model_info["dim"])
+        dim = int(self.source.model_info["dim"])
         n = int(session.scalar(select(func.count(ImageRow.id)).where(ImageRow.vector.is_not(None))))
         # the kind, cells and cells-per-query the FAISS backend chooses, so the two approximate
         # indexes trade recall for speed alike

@@ -15,49 +15,57 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from skulens.catalog.projection import Projection, unit_rows
-from skulens.data.images import ImageSource, load_image
-from skulens.data.transforms import Preprocessing, to_model_input
+from skulens.catalog.projection import Projection
+from skulens.data.images import ImageSource
+from skulens.data.transforms import Preprocessing, image_to_input
+from skulens.engines import Engine, TorchEngine, load_engine
 from skulens.errors import ImageError, SkulensError
-from skulens.models.embedding import model_embeddings
+from skulens.files import sha256_file
+from skulens.models.pretrained import has_packaged_weights, packaged_weights_path
+from skulens.models.registry import NATIVE_SIZES, ModelSpec, create_model, default_normalization
+from skulens.runs import RunConfig, RunFolder
 from skulens.runtime import prepare_model, resolve_device
 
 
 class Embedder:
-    """``embed(images) -> float32 (n, dim)``, unit-length rows."""
+    """``embed(images) -> float32 (n, dim)``, unit-length rows, from an engine's search vectors."""
 
-    def __init__(self, model: torch.nn.Module | None, preprocessing: Preprocessing, model_id: str, description: str,
-                 device: str = "auto", source: dict | None = None, onnx_engine=None, flip: bool = False,
-                 projection: str | Path | Projection | None = None):
+    def __init__(self, engine: Engine, model_id: str, description: str, source: dict | None = None,
+                 flip: bool = False, projection: str | Path | Projection | None = None):
+        self.engine = engine
+        self.preprocessing = engine.config.preprocessing
         self.source = source or {}  # how to load this embedder again: {"run": path} or {"pretrained": name}
-        # flip: each vector is the mean of the photo's and its mirror image's (test-time augmentation:
-        # twice the compute for steadier vectors). Part of the model identity, as the vectors differ.
+        # flip: each vector is the mean of the photo's and its mirror image's (the engine's test-time
+        # augmentation: twice the compute for steadier vectors). Part of the model identity, as the vectors differ.
         self.flip = flip
         if flip:
             self.source = {**self.source, "flip": True}
             model_id = _flip_id(model_id)
             description += ", flip-averaged"
-        # projection: a PCA fitted on this model's vectors (projection.py), applied to every vector;
-        # also part of the identity, and refused when it was fitted for another model
-        self.projection = Projection.load(projection) if isinstance(projection, (str, Path)) else projection
         self.unprojected_id = model_id  # what a projection of this embedder's vectors is fitted for
+        self.projection = self._checked_projection(projection, model_id, description)
         if self.projection is not None:
-            if self.projection.fitted_for != model_id:
-                raise SkulensError(f"the projection {self.projection.path or ''} was fitted on the vectors of model "
-                                   f"{self.projection.fitted_for}, not of this embedder ({model_id}: {description})")
-            if self.projection.path is None:
-                raise SkulensError("save the projection to a file first: a catalog records where it lives")
             self.source = {**self.source, "projection": self.projection.path}
             model_id = hashlib.sha256(f"{model_id}+projection:{self.projection.digest}".encode()).hexdigest()[:16]
             description += f", {self.projection.describe()}"
-        self.device = resolve_device(device)
-        self.onnx = onnx_engine  # an OnnxEngine with an "embedding" output, or None for PyTorch
-        self.model = prepare_model(model.eval(), self.device) if model is not None else None
-        self.preprocessing = preprocessing
         self.model_id = model_id
         self.description = description
-        probe = torch.zeros(1, preprocessing.in_chans, preprocessing.img_size, preprocessing.img_size)
-        self.dim = int(self.embed_tensors(probe).shape[1])
+        pre = self.preprocessing
+        self.dim = int(self.embed_tensors(torch.zeros(1, pre.in_chans, pre.img_size, pre.img_size)).shape[1])
+
+    @staticmethod
+    def _checked_projection(projection, model_id: str, description: str) -> Projection | None:
+        """A PCA fitted on this model's vectors (projection.py), applied to every vector; refused when
+        it was fitted for another model, whose axes mean nothing here."""
+        projection = Projection.load(projection) if isinstance(projection, (str, Path)) else projection
+        if projection is None:
+            return None
+        if projection.fitted_for != model_id:
+            raise SkulensError(f"the projection {projection.path or ''} was fitted on the vectors of model "
+                               f"{projection.fitted_for}, not of this embedder ({model_id}: {description})")
+        if projection.path is None:
+            raise SkulensError("save the projection to a file first: a catalog records where it lives")
+        return projection
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", engine: str = "torch", flip: bool = False,
@@ -65,48 +73,43 @@ class Embedder:
         """``engine``: ``torch``, ``onnx`` (the run's exported model, INT8 when present) or ``auto``
         (ONNX when an export with an embedding output exists and we are on a CPU). The engine is
         part of the model identity: INT8 vectors are close to, not equal to, PyTorch's."""
-        from skulens.checkpoint import WEIGHTS_FILE, load_run, read_config
-        from skulens.engines.select import load_engine, sha256_file
-
-        run_dir = Path(run_dir)
-        config = read_config(run_dir)
+        folder = RunFolder(run_dir)
+        config = folder.config()
         kind = f"{config.model.embedding_dim}-d ArcFace embedding" if config.model.embedding_dim else "pooled features"
-        weights = sha256_file(run_dir / WEIGHTS_FILE)
-        source = {"run": str(run_dir.resolve()), "engine": engine}
-        if engine in ("auto", "onnx"):
-            loaded = load_engine(run_dir, engine, device)
-            if getattr(loaded, "has_embedding", False):
-                return cls(None, config.preprocessing, _digest(weights, config.preprocessing, loaded.name),
-                           f"run {run_dir.name} ({config.model.name}, {kind}, {loaded.name})", "cpu",
-                           {**source, "engine": loaded.name}, onnx_engine=loaded, flip=flip, projection=projection)
+        loaded = load_engine(folder.path, engine, device) if engine in ("auto", "onnx") else None
+        if loaded is not None and not loaded.has_embedding:
             if engine == "onnx":
-                raise SkulensError(f"{run_dir}: the ONNX export has no embedding output; re-run `skulens export`")
-        model, config = load_run(run_dir)
-        return cls(model, config.preprocessing, _digest(weights, config.preprocessing),
-                   f"run {run_dir.name} ({config.model.name}, {kind})", device, {**source, "engine": "torch"}, flip=flip,
-                   projection=projection)
+                raise SkulensError(f"{folder.path}: the ONNX export has no embedding output; re-run `skulens export`")
+            loaded = None
+        if loaded is None:
+            loaded = load_engine(folder.path, "torch", device)
+        suffix = "" if loaded.name == "torch" else f", {loaded.name}"
+        return cls(loaded, _digest(folder.weights_sha256(), config.preprocessing, loaded.name),
+                   f"run {folder.path.name} ({config.model.name}, {kind}{suffix})",
+                   {"run": str(folder.path.resolve()), "engine": loaded.name}, flip=flip, projection=projection)
 
     @classmethod
     def pretrained(cls, name: str = "efficientnet_lite0", img_size: int | None = None, device: str = "auto",
                    flip: bool = False, projection: str | Path | Projection | None = None) -> "Embedder":
         """ImageNet features of a packaged backbone: useful before any training."""
-        from skulens.engines.select import sha256_file
-        from skulens.models.pretrained import has_packaged_weights, packaged_weights_path
-        from skulens.models.registry import NATIVE_SIZES, ModelSpec, create_model, default_normalization
-
         if not has_packaged_weights(name):
             raise SkulensError(f"no packaged ImageNet weights for {name}: use efficientnet_lite0/1/2 or a trained run")
         size = img_size or NATIVE_SIZES[name]
         mean, std = default_normalization(name, 3)
-        model = create_model(ModelSpec(name=name, num_classes=1, img_size=size, mean=mean, std=std))
+        spec = ModelSpec(name=name, num_classes=1, img_size=size, mean=mean, std=std)
         pre = Preprocessing(img_size=size, mean=mean, std=std)
-        digest = _digest(sha256_file(Path(packaged_weights_path(name))), pre)
-        return cls(model, pre, digest, f"pretrained {name} (ImageNet features)", device,
+        dev = resolve_device(device)
+        engine = TorchEngine(prepare_model(create_model(spec), dev), RunConfig(spec, [], pre), dev)
+        digest = _digest(sha256_file(packaged_weights_path(name)), pre)
+        return cls(engine, digest, f"pretrained {name} (ImageNet features)",
                    {"pretrained": name, "img_size": size}, flip=flip, projection=projection)
 
+    @property
+    def device(self) -> torch.device:
+        return getattr(self.engine, "device", torch.device("cpu"))
+
     def input_tensor(self, image: ImageSource) -> torch.Tensor:
-        pre = self.preprocessing
-        return to_model_input(load_image(image, draft_size=pre.img_size), pre)
+        return image_to_input(image, self.preprocessing)
 
     @torch.inference_mode()
     def embed_tensors(self, x: torch.Tensor) -> np.ndarray:
@@ -116,17 +119,7 @@ class Embedder:
     @torch.inference_mode()
     def model_vectors(self, x: torch.Tensor) -> np.ndarray:
         """The vectors before the projection: what a projection is fitted on."""
-        if not self.flip:
-            return self._embed_tensors(x)
-        return unit_rows(self._embed_tensors(x) + self._embed_tensors(torch.flip(x, dims=[3])))
-
-    def _embed_tensors(self, x: torch.Tensor) -> np.ndarray:
-        if self.onnx is not None:
-            return self.onnx.embeddings(x)
-        x = x.to(self.device)
-        if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return model_embeddings(self.model, x).float().cpu().numpy().astype(np.float32)
+        return self.engine.embeddings(x, tta=self.flip)
 
     def embed(self, images: Iterable[ImageSource]) -> np.ndarray:
         """Embeddings of readable images; raises ImageError on the first unusable one."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from skulens.catalog.store import Catalog, Product
+from skulens.catalog.products import Product
 from skulens.errors import SkulensError
 
 CHUNK = 64
@@ -47,7 +47,7 @@ class CsvMapping:
     attributes: list[str] | None = None  # None: every column not used otherwise (except 'split')
 
 
-def import_products(catalog: Catalog, rows: list[tuple[int, Product]], *, on_conflict: str = "error",
+def import_products(catalog, rows: list[tuple[int, Product]], *, on_conflict: str = "error",
                     progress: bool = True, desc: str = "importing", chunk_size: int = CHUNK) -> ImportReport:
     """``rows``: (row number for messages, product). Duplicate SKUs inside the input are checked here."""
     report = ImportReport()
@@ -165,3 +165,95 @@ def products_from_dataset(dataset, gallery_split: str | None = None) -> list[tup
                                         description=description, images=[str(iconic)] if iconic else [],
                                         gallery_images=gallery.get(label, []))))
     return rows
+
+
+def existing_source(source: str | Path) -> Path:
+    path = Path(source)
+    if not path.exists():
+        raise SkulensError(f"{path}: no such file or folder")
+    return path
+
+
+def read_source(source: str | Path, mapping=None, *, split: str | None = None, gallery_split: str | None = None):
+    """``(rows, bad rows)`` from a products CSV (``mapping``: its CsvMapping; ``split``: only rows whose
+    'split' column says so) or a dataset (its catalog images; ``gallery_split``: that split's photos
+    as extra search examples)."""
+    path = existing_source(source)
+    if path.suffix.lower() == ".csv":
+        return read_products_csv(path, mapping or CsvMapping(), split=split)
+    from skulens.data.datasets import load_dataset
+
+    return products_from_dataset(load_dataset(path), gallery_split), []
+
+
+def import_source(catalog, source: str | Path, *, mapping=None, split: str | None = None,
+                  gallery_split: str | None = None, on_conflict: str = "error", chunk_size: int = 64,
+                  progress: bool = True):
+    """Import ``source`` into an open catalog in this process; the ImportReport lists bad rows too."""
+    rows, bad = read_source(source, mapping, split=split, gallery_split=gallery_split)
+    report = import_products(catalog, rows, on_conflict=on_conflict, chunk_size=max(1, chunk_size), progress=progress)
+    report.rejected = sorted(bad + report.rejected)
+    return report
+
+
+class _DatabaseOnly:
+    """A catalog whose ``sync_index`` waits: in a multi-process import every rank writes products
+    to the database, and rank 0 alone updates the index afterwards (one writer of the index files)."""
+
+    def __init__(self, catalog):
+        self._catalog = catalog
+
+    def upsert(self, *args, **kwargs):
+        return self._catalog.upsert(*args, **kwargs)
+
+    def sync_index(self) -> None:
+        pass
+
+
+def import_job(open_with_model, db, source: str | Path, *, run: str | Path | None = None, device: str = "auto", engine: str = "auto",
+               flip: bool = False, projection: str | Path | None = None, mapping=None, split: str | None = None,
+               gallery_split: str | None = None, on_conflict: str = "error", chunk_size: int = 64,
+               progress: bool = True, **open_kwargs):
+    """Open the catalog ``db`` with ``open_with_model`` (the caller's Catalog.open_with_model) and
+    ``run``'s embedder (None: the catalog's own, or pretrained Lite0), and import ``source``. Under torchrun each rank embeds and writes the products it owns (a hash of the
+    SKU, so duplicates meet on one rank) and every rank gets the job's summed report. Imports are
+    idempotent, so re-running after a crash embeds only what is missing."""
+    from skulens.training.distributed import setup
+
+    rows, bad = read_source(source, mapping, split=split, gallery_split=gallery_split)
+    kwargs = {"on_conflict": on_conflict, "chunk_size": max(1, chunk_size)}
+
+    def open_catalog(on_device: str):
+        return open_with_model(db, run, on_device, engine, flip, projection=projection, **open_kwargs)
+
+    job = setup(device, backend="gloo")  # gloo: the ranks only exchange a few counters
+    if not job.distributed:
+        with open_catalog(device) as catalog:
+            report = import_products(catalog, rows, progress=progress, **kwargs)
+    else:
+        report = _import_shard(job, open_catalog, rows, progress, kwargs)
+    report.rejected = sorted(bad + report.rejected)
+    return report
+
+
+def _import_shard(job, open_catalog, rows, progress: bool, kwargs: dict):
+    """This rank's share of a torchrun import; returns the job's report, summed over the ranks."""
+    rows = [row for row in rows if job.owns(row[1].sku)]
+    if not job.is_main:
+        job.barrier()  # rank 0 creates the tables and records the embedding model first
+    with open_catalog(str(job.device)) as catalog:  # one GPU per process when there are GPUs
+        if job.is_main:
+            job.barrier()
+        report = import_products(_DatabaseOnly(catalog), rows, progress=progress and job.is_main, **kwargs)
+        job.barrier()  # every rank's products are committed
+        if job.is_main:
+            catalog.sync_index()
+    total = ImportReport()
+    for part in job.gather_json(report.to_dict()):
+        total.added += part["added"]
+        total.updated += part["updated"]
+        total.unchanged += part["unchanged"]
+        total.images += part["images"]
+        total.rejected += [(r["row"], r["sku"], r["reason"]) for r in part["rejected"]]
+        total.seconds = max(total.seconds, part["seconds"])
+    return total

@@ -21,11 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from skulens.errors import SkulensError
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Each row scaled to unit length (float32; an all-zero row stays zero)."""
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+from skulens.models.embedding import unit_rows
 
 
 @dataclass

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -25,52 +23,14 @@ from skulens.catalog.db import (
 )
 from skulens.catalog.backends import SearchIndex, open_backend
 from skulens.catalog.embedder import Embedder
-from skulens.catalog.index import IVF_THRESHOLD, VectorIndex, choose_kind
+from skulens.catalog.index import choose_kind
+from skulens.catalog.products import Product, SearchHit, UpsertResult
 from skulens.data.images import ImageSource
 from skulens.errors import SkulensError
+from skulens.files import sha256_file
 
 log = logging.getLogger("skulens.catalog")
-INDEX_SAVE_SECONDS = 30.0
 SKU_MAX = 128
-
-
-@dataclass
-class Product:
-    """A product as the user describes it; ``images`` are file paths (the first is the catalog photo)."""
-
-    sku: str
-    title: str = ""
-    category_path: list[str] = field(default_factory=list)
-    attributes: dict = field(default_factory=dict)
-    description: str = ""
-    images: list[str] = field(default_factory=list)
-    # images that are extra search examples (labelled shopper photos), not the product's own photo
-    gallery_images: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class SearchHit:
-    sku: str
-    title: str
-    score: float
-    category_path: list[str]
-    attributes: dict
-    image: str | None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class UpsertResult:
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    # (position in the input, sku, reason)
-    rejected: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 def check_sku(sku: str) -> str:
@@ -84,14 +44,6 @@ def check_sku(sku: str) -> str:
 
 def category_key(path: Iterable[str]) -> str:
     return "/" + "".join(f"{p}/" for p in path)
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _content_hash(p: Product, image_hashes: list[str], gallery_hashes: list[str]) -> str:
@@ -129,8 +81,6 @@ class Catalog:
         self.embedder = embedder
         self.index_kind = choose_kind(index_kind, 0) if index_kind != "auto" else "auto"
         self.index_dir = Path(index_dir) if index_dir else self._default_index_dir()
-        self._index: VectorIndex | None = None
-        self._dirty_since: float | None = None
         with Session(self.engine) as session, session.begin():
             stored = get_meta(session, "embedding_model")
             if embedder is not None:
@@ -146,11 +96,22 @@ class Catalog:
         self.model_info = stored or ({"id": embedder.model_id, "dim": embedder.dim, "description": embedder.description}
                                      if embedder else None)
         # FAISS beside this process or a Milvus shared by every server (default: $SKULENS_INDEX_BACKEND,
-        # else faiss), so `skulens serve` and every command switch by configuration; see backends.py
+        # else faiss), so `skulens serve` and every command switch by configuration; see backends.py.
+        # The backend sees the catalog as an IndexSource: its database, model, index folder and kind.
         self.backend = open_backend(index_backend, self, milvus_uri)
 
     @classmethod
-    def open(cls, db: str | Path, embedder: Embedder | None = None, **kwargs) -> "Catalog":
+    def open(cls, db: str | Path, run: str | Path | Embedder | None = None, *, embedder: Embedder | None = None,
+             device: str = "auto", engine: str = "auto", flip: bool = False, projection: str | Path | None = None,
+             **kwargs) -> "Catalog":
+        """Open (or create) the catalog ``db``, a SQLite file or a SQLAlchemy URL. ``run``: a trained run
+        folder whose embedding indexes it (as :meth:`open_with_model`), or an Embedder; None: no model,
+        for reading, listing and removing (:meth:`open_with_model` with no run searches with the model
+        the catalog recorded). ``kwargs``: index_dir, index_kind, index_backend, milvus_uri."""
+        if run is not None and not isinstance(run, (str, Path)):
+            embedder, run = run, None
+        if run is not None:
+            return cls.open_with_model(db, run, device, engine, flip, projection, **kwargs)
         return cls(db, embedder, **kwargs)
 
     @classmethod
@@ -170,6 +131,25 @@ class Catalog:
         if stored and source and (run is None or same_run):
             return cls(db, embedder_from_source(source, device), **kwargs)
         return cls(db, load_embedder(run, device, engine, flip, projection), **kwargs)
+
+    def import_(self, source: str | Path, *, mapping=None, split: str | None = None, gallery_split: str | None = None,
+                on_conflict: str = "error", chunk_size: int = 64, progress: bool = True):
+        """Import a products CSV (``mapping``: a CsvMapping of its columns; ``split``: only the rows whose
+        'split' column says so) or a dataset (its catalog images; ``gallery_split``: that split's photos
+        as extra search examples), in this process. Idempotent; bad rows are listed in the ImportReport."""
+        from skulens.catalog.importers import import_source
+
+        return import_source(self, source, mapping=mapping, split=split, gallery_split=gallery_split,
+                             on_conflict=on_conflict, chunk_size=chunk_size, progress=progress)
+
+    @classmethod
+    def import_job(cls, db: str | Path, source: str | Path, *, run: str | Path | None = None, **options):
+        """:meth:`import_` as one command: opens ``db`` with ``run``'s embedder (None: the catalog's own,
+        or pretrained Lite0) and imports ``source``; under ``torchrun --nproc_per_node=N`` each process
+        embeds its share. ``options``: those of :meth:`import_` and :meth:`open_with_model`."""
+        from skulens.catalog.importers import import_job
+
+        return import_job(cls.open_with_model, db, source, run=run, **options)
 
     def info(self) -> dict:
         with Session(self.engine) as session:
@@ -230,75 +210,17 @@ class Catalog:
                                "pretrained default)")
         return self.embedder
 
-    def _all_vectors(self, session: Session) -> tuple[np.ndarray, np.ndarray]:
-        rows = session.execute(select(ImageRow.id, ImageRow.vector).where(ImageRow.vector.is_not(None))).all()
-        dim = self.model_info["dim"] if self.model_info else 1
-        if not rows:
-            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
-        return (np.array([r[0] for r in rows], np.int64),
-                np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
-
     def rebuild_index(self, kind: str | None = None, nprobe: int | None = None) -> SearchIndex:
         """Build the index from the vectors stored in the database (no image is re-read)."""
         if self.model_info is None:
             raise SkulensError("the catalog has no embeddings yet")
         return self.backend.rebuild(kind or self.index_kind, nprobe)
 
-    def _faiss_rebuild(self, kind: str | None, nprobe: int | None) -> VectorIndex:
-        with Session(self.engine) as session:
-            seq = last_log_seq(session)
-            ids, vectors = self._all_vectors(session)
-        self._index = VectorIndex.build(ids, vectors, dim=self.model_info["dim"], model_id=self.model_info["id"],
-                                        kind=kind or self.index_kind, nprobe=nprobe, log_seq=seq)
-        self._index.save(self.index_dir)
-        self._dirty_since = None
-        return self._index
-
     def index(self) -> SearchIndex:
         """The index, caught up with every change committed to the database (by anyone)."""
         if self.model_info is None:
             raise SkulensError("the catalog is empty: import products first")
         return self.backend.index()
-
-    def _faiss_index(self) -> VectorIndex:
-        if self._index is None:
-            loaded = VectorIndex.load(self.index_dir)
-            if loaded is not None and loaded.state.model_id == self.model_info["id"]:
-                self._index = loaded
-            else:
-                log.info("building the vector index from the database")
-                return self.rebuild_index()
-        with Session(self.engine) as session:
-            seq = last_log_seq(session)
-            if seq != self._index.state.log_seq:
-                self._apply_log(session, self._index.state.log_seq, seq)
-        if (self.index_kind == "auto" and self._index.state.kind == "flat"
-                and self._index.state.ntotal >= IVF_THRESHOLD):
-            log.info("the catalog outgrew exact search: building an IVF index")
-            return self.rebuild_index()
-        return self._index
-
-    def _apply_log(self, session: Session, after: int, upto: int) -> None:
-        """Replay ``index_log`` entries (after, upto]: idempotent, so a torn save is harmless."""
-        touched = set(session.scalars(select(IndexLog.image_id).where(IndexLog.seq > after, IndexLog.seq <= upto)))
-        if upto < after:  # the database was reset under us
-            self.rebuild_index()
-            return
-        rows = session.execute(select(ImageRow.id, ImageRow.vector).where(
-            ImageRow.id.in_(touched), ImageRow.vector.is_not(None))).all() if touched else []
-        self._index.remove(touched)
-        if rows:
-            self._index.add(np.array([r[0] for r in rows], np.int64),
-                            np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
-        self._index.state.log_seq = upto
-        self._mark_dirty()
-
-    def _mark_dirty(self) -> None:
-        now = time.monotonic()
-        if self._dirty_since is None:
-            self._dirty_since = now
-        elif now - self._dirty_since > INDEX_SAVE_SECONDS:
-            self.flush()
 
     def sync_index(self) -> None:
         """Bring the index up to date with the database and save it (after bulk writes)."""
@@ -308,9 +230,7 @@ class Catalog:
 
     def flush(self) -> None:
         """Save the index file if it is behind; also called on close."""
-        if self._index is not None and self._dirty_since is not None:
-            self._index.save(self.index_dir)
-            self._dirty_since = None
+        self.backend.flush()
 
     # -- writes ---------------------------------------------------------------------------------
     def upsert(self, products: list[Product], *, on_conflict: str = "update") -> UpsertResult:
@@ -320,6 +240,18 @@ class Catalog:
         if on_conflict not in ("update", "skip", "error"):
             raise SkulensError(f"on_conflict must be update, skip or error, not {on_conflict!r}")
         result = UpsertResult()
+        prepared = self._hash_products(products, result)
+        todo = self._resolve_conflicts(prepared, on_conflict, result)
+        # Embed outside the transaction: slow work must not hold database locks.
+        todo, vectors = self._embed_products(todo, result)
+        if todo:
+            self._write_products(todo, vectors, result)
+        return result
+
+    @staticmethod
+    def _hash_products(products: list[Product], result: UpsertResult) -> list[tuple]:
+        """(pos, sku, product, image hashes, gallery hashes, content hash) of each product whose SKU
+        is valid and whose images exist; the others go to ``result.rejected``."""
         prepared = []
         for pos, product in enumerate(products):
             try:
@@ -327,12 +259,15 @@ class Catalog:
                 missing = [p for p in product.images + product.gallery_images if not Path(p).is_file()]
                 if missing:
                     raise SkulensError(f"image not found: {missing[0]}")
-                hashes = [_file_sha256(p) for p in product.images]
-                gallery = [_file_sha256(p) for p in product.gallery_images]
+                hashes = [sha256_file(p) for p in product.images]
+                gallery = [sha256_file(p) for p in product.gallery_images]
                 prepared.append((pos, sku, product, hashes, gallery, _content_hash(product, hashes, gallery)))
             except (SkulensError, OSError) as exc:
                 result.rejected.append((pos, str(product.sku), str(exc)))
+        return prepared
 
+    def _resolve_conflicts(self, prepared: list[tuple], on_conflict: str, result: UpsertResult) -> list[tuple]:
+        """The items to write: new SKUs, and changed ones when ``on_conflict`` allows."""
         with Session(self.engine) as session:
             skus = [item[1] for item in prepared]
             existing = {row.sku: row.content_hash for row in session.execute(
@@ -350,28 +285,34 @@ class Catalog:
                 result.unchanged.append(sku)
             else:
                 result.rejected.append((pos, sku, "SKU already in the catalog with different data"))
+        return todo
 
-        # Embed outside the transaction: slow work must not hold database locks.
+    def _embed_products(self, todo: list[tuple],
+                        result: UpsertResult) -> tuple[list[tuple], dict[int, list[np.ndarray]]]:
+        """The items whose images all embedded, and their vectors by position; a product with an
+        image that failed goes to ``result.rejected``."""
         vectors: dict[int, list[np.ndarray]] = {}
-        if todo:
-            embedder = self._require_embedder()
-            paths = [p for item in todo for p in item[2].images + item[2].gallery_images]
-            vecs, errors = embedder.embed_many(paths) if paths else (np.zeros((0, 1), np.float32), [])
-            cursor = 0
-            kept = []
-            for item in todo:
-                n = len(item[2].images) + len(item[2].gallery_images)
-                errs = [e for e in errors[cursor:cursor + n] if e]
-                if errs:
-                    result.rejected.append((item[0], item[1], errs[0]))
-                else:
-                    vectors[item[0]] = list(vecs[cursor:cursor + n])
-                    kept.append(item)
-                cursor += n
-            todo = kept
         if not todo:
-            return result
+            return todo, vectors
+        embedder = self._require_embedder()
+        paths = [p for item in todo for p in item[2].images + item[2].gallery_images]
+        vecs, errors = embedder.embed_many(paths) if paths else (np.zeros((0, 1), np.float32), [])
+        cursor = 0
+        kept = []
+        for item in todo:
+            n = len(item[2].images) + len(item[2].gallery_images)
+            errs = [e for e in errors[cursor:cursor + n] if e]
+            if errs:
+                result.rejected.append((item[0], item[1], errs[0]))
+            else:
+                vectors[item[0]] = list(vecs[cursor:cursor + n])
+                kept.append(item)
+            cursor += n
+        return kept, vectors
 
+    def _write_products(self, todo: list[tuple], vectors: dict[int, list[np.ndarray]], result: UpsertResult) -> None:
+        """One transaction: the product rows, their images, and the index log entries that bring the
+        vector index up to date."""
         with Session(self.engine) as session, session.begin():
             rows = {row.sku: row for row in session.scalars(
                 select(ProductRow).options(selectinload(ProductRow.images)).where(
@@ -388,20 +329,27 @@ class Catalog:
                         session.add(IndexLog(image_id=old.id, op="remove"))
                     row.images.clear()
                     result.updated.append(sku)
-                row.title, row.description = product.title, product.description
-                row.category_path, row.category_key = list(product.category_path), category_key(product.category_path)
-                row.attributes, row.content_hash = dict(product.attributes), digest
-                uris = [(p, h, "catalog") for p, h in zip(product.images, hashes)]
-                uris += [(p, h, "gallery") for p, h in zip(product.gallery_images, gallery)]
-                for position, ((uri, sha, role), vec) in enumerate(zip(uris, vectors[pos])):
-                    image = ImageRow(position=position, uri=str(Path(uri).resolve()), sha256=sha, role=role,
-                                     vector=np.asarray(vec, np.float32).tobytes())
-                    row.images.append(image)
-                    new_images.append(image)
+                new_images += self._fill_product_row(row, product, hashes, gallery, digest, vectors[pos])
             session.flush()  # assigns image ids
             for image in new_images:
                 session.add(IndexLog(image_id=image.id, op="add"))
-        return result
+
+    @staticmethod
+    def _fill_product_row(row: ProductRow, product: Product, hashes: list[str], gallery: list[str], digest: str,
+                          vectors: list[np.ndarray]) -> list[ImageRow]:
+        """Set a product row's fields and images (catalog photos first, then gallery); the new image rows."""
+        row.title, row.description = product.title, product.description
+        row.category_path, row.category_key = list(product.category_path), category_key(product.category_path)
+        row.attributes, row.content_hash = dict(product.attributes), digest
+        uris = [(p, h, "catalog") for p, h in zip(product.images, hashes)]
+        uris += [(p, h, "gallery") for p, h in zip(product.gallery_images, gallery)]
+        new_images = []
+        for position, ((uri, sha, role), vec) in enumerate(zip(uris, vectors)):
+            image = ImageRow(position=position, uri=str(Path(uri).resolve()), sha256=sha, role=role,
+                             vector=np.asarray(vec, np.float32).tobytes())
+            row.images.append(image)
+            new_images.append(image)
+        return new_images
 
     def remove(self, skus: Iterable[str]) -> list[str]:
         """Delete products (and their vectors); returns the SKUs that existed."""

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from skulens.data.datasets import Sample
 from skulens.data.images import load_image
-from skulens.data.transforms import (Preprocessing, pad_to_square, pil_to_uint8_tensor, resize_shorter_side,
-                                    to_model_input)
+from skulens.data.transforms import (Preprocessing, image_to_input, pad_to_square, pil_to_uint8_tensor,
+                                    resize_shorter_side)
 from skulens.errors import ImageError
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,9 @@ class PreprocessedImages(Dataset):
     def __getitem__(self, i: int):
         sample = self.samples[i]
         try:
-            img = load_image(sample.path, draft_size=self.img_size)
+            return image_to_input(sample.path, self.pre, self.img_size), sample.label, i, ""
         except ImageError as exc:
             return None, sample.label, i, str(exc)
-        return to_model_input(img, self.pre, self.img_size), sample.label, i, ""
 
 
 def collate_skip_bad(batch):

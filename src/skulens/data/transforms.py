@@ -10,6 +10,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from skulens.data.images import ImageSource, load_image
 from skulens.errors import SkulensError
 
 
@@ -90,6 +91,20 @@ def to_model_input(img: Image.Image, pre: Preprocessing, img_size: int | None = 
     mean = torch.tensor(pre.mean, dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(pre.std, dtype=torch.float32).view(-1, 1, 1)
     return ((tensor - mean) / std).contiguous()
+
+
+def draft_size(pre: Preprocessing, img_size: int | None = None) -> int:
+    """The JPEG draft size for a model input of this size: decoding at a reduced DCT scale, never
+    below the input size on the shorter side (the rule every decode for a model follows)."""
+    return img_size or pre.img_size
+
+
+def image_to_input(source: ImageSource, pre: Preprocessing, img_size: int | None = None, **limits) -> torch.Tensor:
+    """The one image path: a file, bytes, a file object or a PIL image -> decoded safely
+    (:func:`~skulens.data.images.load_image`, ``limits``: max_pixels / max_bytes) at the draft size
+    -> normalised CHW model input. Raises ImageError for an unusable image."""
+    size = img_size or pre.img_size
+    return to_model_input(load_image(source, draft_size=draft_size(pre, size), **limits), pre, size)
 
 
 @dataclass

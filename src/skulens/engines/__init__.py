@@ -1,5 +1,6 @@
 """Inference engines: PyTorch (any device) and ONNX Runtime (CPU, FP32 or INT8), one interface."""
 
-from skulens.engines.select import Engine, load_engine
+from skulens.engines.base import Engine, OnnxEngine, TorchEngine
+from skulens.engines.select import load_engine
 
-__all__ = ["Engine", "load_engine"]
+__all__ = ["Engine", "OnnxEngine", "TorchEngine", "load_engine"]

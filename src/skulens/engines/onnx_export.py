@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skulens.checkpoint import WEIGHTS_FILE, load_run, write_json_atomic
 from skulens.data.datasets import ImageDataset, Sample
-from skulens.data.images import load_image
-from skulens.data.transforms import to_model_input
-from skulens.engines.select import EXPORT_FILE, ONNX_FP32, ONNX_INT8, OnnxEngine, sha256_file
+from skulens.data.transforms import image_to_input
+from skulens.engines.base import OnnxEngine
 from skulens.errors import ImageError, SkulensError
+from skulens.files import sha256_file
+from skulens.runs import EXPORT_FILE, ONNX_FP32, ONNX_INT8, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _load_batch(samples: list[Sample], pre, size: int) -> tuple[torch.Tensor, np
     tensors, labels = [], []
     for s in samples:
         try:
-            tensors.append(to_model_input(load_image(s.path, draft_size=size), pre, size))
+            tensors.append(image_to_input(s.path, pre, size))
             labels.append(s.label)
         except ImageError as exc:
             log.warning("skipping %s", exc)
@@ -138,85 +138,127 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, dataset: ImageDatase
     ``minmax`` (fast), ``percentile`` (clips rare outliers: often more accurate) or ``entropy``."""
     if calibration_method not in CALIBRATION_METHODS:
         raise SkulensError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
+    _require_onnx()
+    run_dir = Path(run_dir)
+    model, config = RunFolder(run_dir).load_model("cpu")
+    model.eval()
+    size = config.preprocessing.img_size
+    if int8 and dataset is None:
+        raise SkulensError("--int8 needs calibration images: pass --calibration DATASET (your training data)")
+    check_x, check_y = _check_batch(dataset, config, check_images)
+    torch_probs, torch_emb = _torch_outputs(model, check_x)
+
+    def check(path: Path) -> ModelCheck:
+        return _check(path, config, check_x, check_y, torch_probs, torch_emb)
+
+    report = ExportReport(run_dir=str(run_dir))
+    # Models are written and checked in a temporary folder first: a refused one never reaches the run.
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".export-") as tmp:
+        tmp_dir = Path(tmp)
+        files = {ONNX_FP32: _export_fp32(model, config, tmp_dir / ONNX_FP32, opset)}
+        report.checks.append(check(files[ONNX_FP32]))
+        _refuse_if_fp32_disagrees(report.checks[-1], min_agreement_fp32)
+        if int8:
+            files[ONNX_INT8] = _export_int8(model, dataset, config, files[ONNX_FP32], tmp_dir, calibration_images,
+                                            calibration_method, report)
+            report.checks.append(check(files[ONNX_INT8]))
+            _refuse_if_int8_drops(report.checks[-1], max_top1_drop_int8)
+        for name, path in files.items():
+            shutil.move(str(path), run_dir / name)
+    _record_export(run_dir, files, size, opset, report)
+    return report
+
+
+def _require_onnx() -> None:
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         raise SkulensError("ONNX export needs onnx and onnxruntime: pip install onnx onnxruntime") from None
-    run_dir = Path(run_dir)
-    model, config = load_run(run_dir, "cpu")
-    model.eval()
+
+
+def _check_batch(dataset: ImageDataset | None, config, n: int) -> tuple[torch.Tensor, np.ndarray | None]:
+    """The images every exported model is compared with PyTorch on, and their labels (None: no labels)."""
     pre = config.preprocessing
     size = pre.img_size
-    if int8 and dataset is None:
-        raise SkulensError("--int8 needs calibration images: pass --calibration DATASET (your training data)")
-
     if dataset is not None:
         if list(dataset.classes) != list(config.classes):
             raise SkulensError("the calibration dataset's classes differ from the model's")
         check_pool = dataset.split("val") or dataset.split("test") or dataset.split("train")
-        check_x, check_y = _load_batch(_pick(check_pool, check_images), pre, size)
-    else:
-        # No data given: compare on random inputs (agreement only; no accuracy change can be measured).
-        check_x, check_y = torch.randn(32, pre.in_chans, size, size), None
+        return _load_batch(_pick(check_pool, n), pre, size)
+    # No data given: compare on random inputs (agreement only; no accuracy change can be measured).
+    return torch.randn(32, pre.in_chans, size, size), None
+
+
+def _torch_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """PyTorch's probabilities, and embeddings when the model has them: what the ONNX models must match."""
     with torch.no_grad():
-        torch_probs = torch.cat([model(check_x[i:i + 32]).softmax(-1) for i in range(0, len(check_x), 32)]).numpy()
+        probs = torch.cat([model(x[i:i + 32]).softmax(-1) for i in range(0, len(x), 32)]).numpy()
+    if not _has_embedding(model):
+        return probs, None
+    wrapped = _LogitsAndEmbedding(model).eval()
+    with torch.no_grad():
+        emb = torch.cat([wrapped(x[i:i + 32])[1] for i in range(0, len(x), 32)]).numpy()
+    return probs, emb
+
+
+def _export_fp32(model: torch.nn.Module, config, path: Path, opset: int) -> Path:
+    pre = config.preprocessing
+    size = pre.img_size
     with_embedding = _has_embedding(model)
-    torch_emb = None
-    if with_embedding:
-        wrapped = _LogitsAndEmbedding(model).eval()
-        with torch.no_grad():
-            torch_emb = torch.cat([wrapped(check_x[i:i + 32])[1] for i in range(0, len(check_x), 32)]).numpy()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated upstream but gives a plain static graph that
+        # onnxruntime's quantizer handles well; the warning is not actionable for users.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        outputs = ["logits", "embedding"] if with_embedding else ["logits"]
+        if with_embedding:
+            from skulens.models.attributes import ONNX_OUTPUT_PREFIX
 
-    report = ExportReport(run_dir=str(run_dir))
-    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".export-") as tmp:
-        tmp_dir = Path(tmp)
-        fp32_path = tmp_dir / ONNX_FP32
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated upstream but gives a plain static graph that
-            # onnxruntime's quantizer handles well; the warning is not actionable for users.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            outputs = ["logits", "embedding"] if with_embedding else ["logits"]
-            if with_embedding:
-                from skulens.models.attributes import ONNX_OUTPUT_PREFIX
+            outputs += [ONNX_OUTPUT_PREFIX + name for name in config.model.attributes]
+        torch.onnx.export(_LogitsAndEmbedding(model).eval() if with_embedding else model,
+                          torch.zeros(1, pre.in_chans, size, size), str(path),
+                          input_names=["input"], output_names=outputs,
+                          dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+                          opset_version=opset, dynamo=False)
+    return path
 
-                outputs += [ONNX_OUTPUT_PREFIX + name for name in config.model.attributes]
-            torch.onnx.export(_LogitsAndEmbedding(model).eval() if with_embedding else model,
-                              torch.zeros(1, pre.in_chans, size, size), str(fp32_path),
-                              input_names=["input"], output_names=outputs,
-                              dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
-                              opset_version=opset, dynamo=False)
-        fp32_check = _check(fp32_path, config, check_x, check_y, torch_probs, torch_emb)
-        report.checks.append(fp32_check)
-        if fp32_check.top1_agreement < min_agreement_fp32:
-            raise SkulensError(f"refused: the ONNX model agrees with PyTorch on only "
-                               f"{100 * fp32_check.top1_agreement:.1f}% of top-1 answers (need "
-                               f"{100 * min_agreement_fp32:.0f}%); nothing written")
-        files = {ONNX_FP32: fp32_path}
-        if int8:
-            int8_path = tmp_dir / ONNX_INT8
-            calib = _pick(dataset.split("train"), calibration_images, seed=1)
-            calib_x, _ = _load_batch(calib, pre, size)
-            report.calibration_images = len(calib_x)
-            from skulens.models.embedding import has_embedding_head
 
-            _quantize(fp32_path, int8_path, calib_x, tmp_dir, calibration_method, has_embedding_head(model))
-            int8_check = _check(int8_path, config, check_x, check_y, torch_probs, torch_emb)
-            report.checks.append(int8_check)
-            drop = -(int8_check.top1_change_points or 0.0)
-            if drop > max_top1_drop_int8:
-                raise SkulensError(f"refused: INT8 top-1 is {drop:.2f} points below PyTorch on the validation images "
-                                   f"(tolerance {max_top1_drop_int8}); nothing written")
-            files[ONNX_INT8] = int8_path
-        for name, path in files.items():
-            shutil.move(str(path), run_dir / name)
+def _export_int8(model: torch.nn.Module, dataset: ImageDataset, config, fp32_path: Path, tmp_dir: Path,
+                 calibration_images: int, calibration_method: str, report: ExportReport) -> Path:
+    """The INT8 model, calibrated on training images (their count goes into ``report``)."""
+    pre = config.preprocessing
+    int8_path = tmp_dir / ONNX_INT8
+    calib = _pick(dataset.split("train"), calibration_images, seed=1)
+    calib_x, _ = _load_batch(calib, pre, pre.img_size)
+    report.calibration_images = len(calib_x)
+    from skulens.models.embedding import has_embedding_head
+
+    _quantize(fp32_path, int8_path, calib_x, tmp_dir, calibration_method, has_embedding_head(model))
+    return int8_path
+
+
+def _refuse_if_fp32_disagrees(fp32_check: ModelCheck, min_agreement_fp32: float) -> None:
+    if fp32_check.top1_agreement < min_agreement_fp32:
+        raise SkulensError(f"refused: the ONNX model agrees with PyTorch on only "
+                           f"{100 * fp32_check.top1_agreement:.1f}% of top-1 answers (need "
+                           f"{100 * min_agreement_fp32:.0f}%); nothing written")
+
+
+def _refuse_if_int8_drops(int8_check: ModelCheck, max_top1_drop_int8: float) -> None:
+    drop = -(int8_check.top1_change_points or 0.0)
+    if drop > max_top1_drop_int8:
+        raise SkulensError(f"refused: INT8 top-1 is {drop:.2f} points below PyTorch on the validation images "
+                           f"(tolerance {max_top1_drop_int8}); nothing written")
+
+
+def _record_export(run_dir: Path, files: dict[str, Path], size: int, opset: int, report: ExportReport) -> None:
+    """export.json: the checks, and checksums tying the ONNX files to the weights they came from."""
     stale = [n for n in (ONNX_FP32, ONNX_INT8) if n not in files and (run_dir / n).exists()]
     for name in stale:
         (run_dir / name).unlink()  # an older INT8 file would not match the new weights
-    write_json_atomic(run_dir / EXPORT_FILE, {
-        "weights_sha256": sha256_file(run_dir / WEIGHTS_FILE), "img_size": size, "opset": opset,
+    RunFolder(run_dir).write_json(EXPORT_FILE, {
+        "weights_sha256": RunFolder(run_dir).weights_sha256(), "img_size": size, "opset": opset,
         "files": {name: sha256_file(run_dir / name) for name in files}, **report.to_dict()})
-    return report
 
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")

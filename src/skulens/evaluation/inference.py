@@ -2,36 +2,57 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from skulens.data.datasets import Sample
+from skulens.data.datasets import ImageDataset, Sample
 from skulens.data.loading import PreprocessedImages, collate_skip_bad
 from skulens.data.transforms import Preprocessing
-from skulens.runtime import autocast, to_device
+from skulens.errors import DatasetError, SkulensError
 
 # Normalised NCHW float batch -> class probabilities [N, C] (on the CPU).
 ProbabilityFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-@torch.no_grad()
-def model_probabilities(model: nn.Module, x: torch.Tensor, device: torch.device, tta: bool = False) -> torch.Tensor:
-    x = to_device(x, device)
-    with autocast(device):
-        probs = model(x).float().softmax(-1)
-        if tta:
-            probs = (probs + model(torch.flip(x, dims=[3])).float().softmax(-1)) / 2
-    return probs.cpu()
+def split_samples(dataset: ImageDataset, split: str, classes: list[str]) -> list[Sample]:
+    """A split's samples with their labels in the model's class order (a dataset may list its classes
+    in another order, or hold only some of them); a class the model does not know is an error."""
+    samples = dataset.split(split)
+    if list(dataset.classes) != list(classes):
+        unknown = sorted(set(dataset.classes) - set(classes))
+        if unknown:
+            raise SkulensError(f"the dataset has classes the model does not know: {', '.join(unknown[:5])}")
+        remap = {i: classes.index(c) for i, c in enumerate(dataset.classes)}
+        samples = [replace(s, label=remap[s.label]) for s in samples]
+    if not samples:
+        have = ", ".join(sorted({s.split for s in dataset.samples}))
+        raise DatasetError(f"{dataset.root}: no images in split {split!r} (it has: {have})")
+    return samples
 
 
-def torch_probability_fn(model: nn.Module, device: torch.device, tta: bool = False) -> ProbabilityFn:
-    model.eval()
-    return lambda x: model_probabilities(model, x, device, tta)
+class OutputCollector:
+    """A class-probability function (what :func:`dataset_probabilities` takes) over an engine that
+    also keeps the attribute probabilities of every batch it sees: one pass gives both."""
+
+    def __init__(self, engine, tta: bool = False):
+        self.engine = engine
+        self.tta = tta
+        self._batches: list[dict[str, torch.Tensor]] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        probs, attrs = self.engine.outputs(x, self.tta)
+        self._batches.append(attrs)
+        return probs
+
+    def attribute_probs(self) -> dict[str, np.ndarray]:
+        if not self._batches:
+            return {}
+        return {name: torch.cat([b[name] for b in self._batches]).numpy() for name in self._batches[0]}
 
 
 @torch.no_grad()

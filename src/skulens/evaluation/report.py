@@ -3,60 +3,89 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from skulens.data.datasets import ImageDataset
+from skulens.engines import load_engine
 from skulens.errors import DatasetError, SkulensError
-from skulens.evaluation.inference import dataset_probabilities
+from skulens.evaluation.calibration import backoff_evaluation, load_thresholds
+from skulens.evaluation.inference import OutputCollector, dataset_probabilities, split_samples
 from skulens.evaluation.metrics import classification_metrics
-from skulens.models.attributes import (
-    OutputCollector, align_attributes, attribute_metrics, engine_outputs, load_attribute_thresholds,
-    load_engine_with_attributes,
-)
+from skulens.evaluation.plots import plot_confusion_matrix
+from skulens.models.attributes import align_attributes, attribute_metrics
 from skulens.models.registry import check_input_size
-from skulens.recognition.calibration import backoff_evaluation, load_thresholds
-from skulens.training.plots import plot_confusion_matrix
+from skulens.runs import RunFolder
 
 
 def evaluate_run(run_dir: str | Path, dataset: ImageDataset, split: str = "test", *, tta: bool = False,
                  img_size: int | None = None, device: str = "auto", engine: str = "auto", batch_size: int = 16,
-                 out_dir: str | Path | None = None, progress: bool = True) -> dict:
+                 out_dir: str | Path | None = None, progress: bool = True, choose_sizes: list[int] | None = None,
+                 choose_flip: bool = False) -> dict:
+    """Score a run on one split; writes metrics.json, report.md and the plots to ``out_dir``
+    (default RUN/eval-SPLIT). ``choose_sizes`` / ``choose_flip``: the input size (and whether to
+    average with the mirror image) are first chosen on the val split, then ``split`` is scored once."""
     run_dir = Path(run_dir)
-    runner = load_engine_with_attributes(run_dir, engine, device)
+    runner = load_engine(run_dir, engine, device)
     config = runner.config
-    if list(dataset.classes) != list(config.classes):
-        unknown = sorted(set(dataset.classes) - set(config.classes))
-        if unknown:
-            raise SkulensError(f"the dataset has classes the model does not know: {', '.join(unknown[:5])}")
-        remap = {i: config.classes.index(c) for i, c in enumerate(dataset.classes)}
-        samples = [replace(s, label=remap[s.label]) for s in dataset.split(split)]
-    else:
-        samples = dataset.split(split)
-    if not samples:
-        have = ", ".join(sorted({s.split for s in dataset.samples}))
-        raise DatasetError(f"{dataset.root}: no images in split {split!r} (it has: {have})")
-    size = img_size or config.preprocessing.img_size
-    check_input_size(config.model, size)
-    if runner.name != "torch" and size != config.preprocessing.img_size:
-        raise SkulensError(f"the ONNX export takes {config.preprocessing.img_size} px input; use --engine torch "
-                           f"to evaluate at {size} px")
-    predict = lambda x: runner.probabilities(x, tta)  # noqa: E731
-    if config.model.attributes:
-        predict = OutputCollector(lambda x: engine_outputs(runner, x, tta))  # one pass gives both outputs
-    probs, labels, kept, failures = dataset_probabilities(predict, samples, config.preprocessing, img_size=size,
+    samples = split_samples(dataset, split, config.classes)
+    chosen = None
+    if choose_sizes or choose_flip:
+        chosen = choose_test_time(runner, dataset, split, choose_sizes or [img_size or config.preprocessing.img_size],
+                                  [False, True] if choose_flip else [tta], batch_size=batch_size, progress=progress)
+        img_size, tta = chosen["img_size"], chosen["tta_hflip"]
+    size = _input_size(runner, img_size)
+    collector = OutputCollector(runner, tta)  # one pass gives the class and the attribute probabilities
+    probs, labels, kept, failures = dataset_probabilities(collector, samples, config.preprocessing, img_size=size,
                                                           batch_size=batch_size, progress=progress)
     if len(labels) == 0:
         raise DatasetError(f"none of the {len(samples)} images in split {split!r} could be read")
     metrics = classification_metrics(probs, labels, config.classes, config.tree)
     metrics.update({"split": split, "dataset": str(dataset.root), "img_size": size, "tta_hflip": tta,
-                    "engine": runner.name,
-                    "unreadable": [{"path": str(p), "error": e} for p, e in failures]})
+                    "engine": runner.name, "unreadable": [{"path": str(p), "error": e} for p, e in failures]})
+    if chosen:
+        metrics["chosen_on_val"] = chosen
     if config.model.attributes:
-        metrics["attributes"] = _attribute_section(predict, [samples[i] for i in kept], dataset, config, run_dir)
-    out = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
+        metrics["attributes"] = _attribute_section(collector, [samples[i] for i in kept], dataset, config, run_dir)
+    return _write_report(metrics, probs, labels, config, run_dir, Path(out_dir) if out_dir else run_dir / f"eval-{split}")
+
+
+def _input_size(runner, img_size: int | None) -> int:
+    config = runner.config
+    size = img_size or config.preprocessing.img_size
+    check_input_size(config.model, size)
+    if runner.name != "torch" and size != config.preprocessing.img_size:
+        raise SkulensError(f"the ONNX export takes {config.preprocessing.img_size} px input; use --engine torch "
+                           f"to evaluate at {size} px")
+    return size
+
+
+def choose_test_time(runner, dataset: ImageDataset, split: str, sizes: list[int], flips: list[bool], *,
+                     batch_size: int = 16, progress: bool = True) -> dict:
+    """The input size and flip setting with the best top-1 on the val split (ties: no flip, then the
+    size nearest the run's own): chosen there so that the split scored afterwards stays unseen."""
+    if split == "val":
+        raise SkulensError("the test-time settings are chosen on the val split, so they cannot be scored on it; "
+                           "score another split (e.g. --split test)")
+    samples = split_samples(dataset, "val", runner.config.classes)
+    own = runner.config.preprocessing.img_size
+    candidates = []
+    for size in sorted(set(sizes)):
+        for flip in sorted(set(flips)):
+            probs, labels, _, _ = dataset_probabilities(
+                lambda x, f=flip: runner.probabilities(x, f), samples, runner.config.preprocessing,
+                img_size=_input_size(runner, size), batch_size=batch_size, progress=progress,
+                desc=f"val at {size}px{' + flip' if flip else ''}")
+            top1 = float(np.mean(probs.argmax(1) == labels)) if len(labels) else 0.0
+            candidates.append({"img_size": size, "tta_hflip": flip, "val_top1": top1})
+    best = max(candidates, key=lambda c: (c["val_top1"], not c["tta_hflip"], -abs(c["img_size"] - own)))
+    return {"img_size": best["img_size"], "tta_hflip": best["tta_hflip"], "n_val_images": len(samples),
+            "candidates": candidates}
+
+
+def _write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, config, run_dir: Path, out: Path) -> dict:
+    split = metrics["split"]
     out.mkdir(parents=True, exist_ok=True)
     metrics["backoff"] = backoff_evaluation(probs, labels, config, load_thresholds(run_dir, config),
                                             out / "backoff_curve.png", f"Back-off on the {split} split")
@@ -64,6 +93,8 @@ def evaluate_run(run_dir: str | Path, dataset: ImageDataset, split: str = "test"
     plot_confusion_matrix(np.array(metrics["confusion_matrix"]), config.classes, out / "confusion_matrix.png",
                           f"Confusion matrix, {split} split (top-1 {100 * metrics['top1']:.1f}%)")
     (out / "report.md").write_text(markdown_report(metrics, run_dir))
+    if out.resolve().parent == run_dir.resolve():  # an evaluation kept in the run folder: the model card shows it
+        RunFolder(run_dir).write_card()
     metrics["out_dir"] = str(out)
     return metrics
 
@@ -72,7 +103,8 @@ def markdown_report(m: dict, run_dir: Path) -> str:
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
     lines = [f"# Evaluation of `{run_dir}` on the {m['split']} split", "",
              f"Dataset: `{m['dataset']}`; {m['n_images']} images; input {m['img_size']} px; engine {m['engine']}"
-             f"{'; flip test-time augmentation' if m['tta_hflip'] else ''}.", "",
+             f"{'; flip test-time augmentation' if m['tta_hflip'] else ''}.", *_chosen_markdown(m.get("chosen_on_val")),
+             "",
              "| metric | value |", "| --- | --- |",
              f"| top-1 accuracy | {pct(m['top1'])} |", f"| top-5 accuracy | {pct(m['top5'])} |",
              f"| macro precision | {pct(m['macro_precision'])} |", f"| macro recall | {pct(m['macro_recall'])} |",
@@ -96,12 +128,21 @@ def markdown_report(m: dict, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _chosen_markdown(chosen: dict | None) -> list[str]:
+    if not chosen:
+        return []
+    tried = ", ".join(f"{c['img_size']} px{' + flip' if c['tta_hflip'] else ''} {100 * c['val_top1']:.2f}%"
+                      for c in chosen["candidates"])
+    return ["", f"Input size and flip chosen on the val split ({chosen['n_val_images']} images) before this split "
+                f"was scored: {tried}."]
+
+
 def _attribute_section(collector: OutputCollector, samples, dataset: ImageDataset, config, run_dir: Path) -> dict:
     kept_samples, specs = align_attributes(samples, dataset.attributes, config.model.attributes)
     if not specs:
         return {}  # the dataset was loaded without the attribute columns: nothing to score against
     probs = {n: p for n, p in collector.attribute_probs().items() if n in specs}
-    return attribute_metrics(probs, kept_samples, specs, load_attribute_thresholds(run_dir))
+    return attribute_metrics(probs, kept_samples, specs, RunFolder(run_dir).attribute_thresholds())
 
 
 def attributes_markdown(a: dict | None) -> list[str]:

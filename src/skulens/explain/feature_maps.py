@@ -146,11 +146,10 @@ def model_input_image(x: torch.Tensor, mean: list[float], std: list[float]) -> I
 
 def feature_map_image(source, image, *, layers: int = 2, max_channels: int = 16, device: str = "cpu") -> Image.Image:
     """A sheet of the first layers' feature maps for a photo, through a run folder or a Recognizer."""
-    from skulens.data.images import load_image
-    from skulens.data.transforms import to_model_input
+    from skulens.data.transforms import image_to_input
 
     model, config = load_explainable(source, device)
     pre = config.preprocessing
-    x = to_model_input(load_image(image, draft_size=pre.img_size), pre)
+    x = image_to_input(image, pre)
     return feature_map_grid(feature_maps(model, x, layers), model_input_image(x, pre.mean, pre.std),
                             max_channels=max_channels)

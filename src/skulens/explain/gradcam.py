@@ -185,18 +185,18 @@ def load_explainable(source, device: str = "cpu"):
     Explanations need gradients, so a Recognizer running ONNX Runtime is explained with the
     PyTorch weights of the same run folder.
     """
-    from skulens.checkpoint import load_run
+    from skulens.runs import RunFolder
     from skulens.runtime import resolve_device
 
     if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], nn.Module):
         return source
     if isinstance(source, (str, Path)):
-        return load_run(source, resolve_device(device))
+        return RunFolder(source).load_model(resolve_device(device))
     engine = getattr(source, "engine", None)
     if engine is not None and isinstance(getattr(engine, "model", None), nn.Module):
         return engine.model, engine.config
     if engine is not None and isinstance(getattr(engine, "path", None), Path):
-        return load_run(engine.path.parent, resolve_device(device))
+        return RunFolder(engine.path.parent).load_model(resolve_device(device))
     raise SkulensError(f"cannot explain a {type(source).__name__}: pass a run folder or a Recognizer")
 
 
@@ -288,14 +288,14 @@ def explain_image(source, image, class_index: int | str | None = None, *, device
     ``class_index``: an index or a label; ``None`` explains the top prediction.
     """
     from skulens.data.images import load_image
-    from skulens.data.transforms import pad_to_square, to_model_input
+    from skulens.data.transforms import image_to_input, pad_to_square
 
     model, config = load_explainable(source, device)
     pre = config.preprocessing
     if not isinstance(image, (str, Path, bytes, Image.Image)):
         image = image.read()  # a file object: read once, decoded twice below
     # The model gets exactly the decode Recognizer.predict uses; the picture gets a sharper one.
-    x = to_model_input(load_image(image, draft_size=pre.img_size), pre)
+    x = image_to_input(image, pre)
     photo = load_image(image, draft_size=DISPLAY_SIDE)
     if pre.resize == "pad":  # the model saw the padded square: the heat map lies over all of it
         photo = pad_to_square(photo)

@@ -14,8 +14,6 @@ nothing about the product, so learning it as a value of its own would teach the 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +23,6 @@ from torch import nn
 from skulens.errors import SkulensError
 
 KINDS = ("softmax", "sigmoid")
-THRESHOLDS_FILE = "attribute_thresholds.json"
 # Name prefix of the per-attribute outputs an ONNX export carries (``attribute:colour``).
 ONNX_OUTPUT_PREFIX = "attribute:"
 
@@ -124,76 +121,6 @@ def attribute_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Ten
     return total
 
 
-# --- collecting outputs over a dataset ------------------------------------------------------
-
-@torch.no_grad()
-def model_outputs(model: nn.Module, x: torch.Tensor, device: torch.device, specs: dict[str, dict],
-                  tta: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Class probabilities and attribute probabilities on the CPU (``tta``: average with the flip)."""
-    from skulens.runtime import autocast, to_device
-
-    x = to_device(x, device)
-    with autocast(device):
-        logits, attrs = forward_all(model, x)
-        probs, attr_probs = logits.float().softmax(-1), attribute_probabilities(attrs, specs)
-        if tta:
-            logits_f, attrs_f = forward_all(model, torch.flip(x, dims=[3]))
-            probs = (probs + logits_f.float().softmax(-1)) / 2
-            flipped = attribute_probabilities(attrs_f, specs)
-            attr_probs = {k: (v + flipped[k]) / 2 for k, v in attr_probs.items()}
-    return probs.cpu(), {k: v.cpu() for k, v in attr_probs.items()}
-
-
-def engine_outputs(engine, x: torch.Tensor, tta: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Both outputs from any engine: PyTorch, or an ONNX export that carries ``attribute:NAME`` outputs."""
-    specs = engine.config.model.attributes
-    if not specs:
-        return engine.probabilities(x, tta), {}
-    if hasattr(engine, "model"):
-        return model_outputs(engine.model, x, engine.device, specs, tta)
-    if not engine_has_attributes(engine):
-        raise SkulensError(f"the {engine.name} engine of this run has no attribute outputs; use --engine torch "
-                           "(or re-export the run)")
-    views = [x, torch.flip(x, dims=[3])] if tta else [x]
-    names = [engine.session.get_outputs()[0].name] + [ONNX_OUTPUT_PREFIX + n for n in specs]
-    runs = [engine.session.run(names, {engine.input_name: np.ascontiguousarray(v.numpy(), dtype=np.float32)})
-            for v in views]
-    probs = sum(torch.from_numpy(r[0]).float().softmax(-1) for r in runs) / len(runs)
-    attr_probs = {}
-    for i, name in enumerate(specs, start=1):
-        attr_probs[name] = sum(attribute_probabilities({name: torch.from_numpy(r[i])}, specs)[name]
-                               for r in runs) / len(runs)
-    return probs, attr_probs
-
-
-def engine_has_attributes(engine) -> bool:
-    specs = engine.config.model.attributes
-    if not specs or hasattr(engine, "model"):
-        return True
-    session = getattr(engine, "session", None)
-    outputs = {o.name for o in session.get_outputs()} if session is not None else set()
-    return all(ONNX_OUTPUT_PREFIX + n in outputs for n in specs)
-
-
-class OutputCollector:
-    """A class-probability function (what ``dataset_probabilities`` takes) that also keeps the
-    attribute probabilities of every batch it sees, so one pass over the images gives both."""
-
-    def __init__(self, predict_all):
-        self.predict_all = predict_all
-        self._batches: list[dict[str, torch.Tensor]] = []
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        probs, attrs = self.predict_all(x)
-        self._batches.append(attrs)
-        return probs
-
-    def attribute_probs(self) -> dict[str, np.ndarray]:
-        if not self._batches:
-            return {}
-        return {name: torch.cat([b[name] for b in self._batches]).numpy() for name in self._batches[0]}
-
-
 # --- metrics and thresholds -----------------------------------------------------------------
 
 def _softmax_targets(samples, position: int) -> np.ndarray:
@@ -279,22 +206,6 @@ def tune_thresholds(attr_probs: dict[str, np.ndarray], samples, specs: dict[str,
     return out
 
 
-def save_thresholds(run_dir: Path, thresholds: dict[str, list[float]], split: str = "val") -> None:
-    from skulens.checkpoint import write_json_atomic
-
-    write_json_atomic(Path(run_dir) / THRESHOLDS_FILE, {"tuned_on": split, "thresholds": thresholds})
-
-
-def load_attribute_thresholds(run_dir: str | Path) -> dict[str, list[float]] | None:
-    path = Path(run_dir) / THRESHOLDS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return {k: [float(t) for t in v] for k, v in json.loads(path.read_text())["thresholds"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SkulensError(f"{path}: invalid attribute thresholds ({exc})") from None
-
-
 def describe(attr_probs: dict[str, torch.Tensor | np.ndarray], specs: dict[str, dict],
              thresholds: dict[str, list[float]] | None = None) -> dict[str, dict]:
     """One image's attributes as a Prediction carries them: ``{"value", "confidence"}`` for a softmax
@@ -313,51 +224,6 @@ def describe(attr_probs: dict[str, torch.Tensor | np.ndarray], specs: dict[str, 
             out[name] = {"value": "|".join(spec["values"][j] for j in chosen) or "-", "confidence": None,
                          "tags": {spec["values"][j]: float(p[j]) for j in chosen}}
     return out
-
-
-# --- run-folder helpers for the trainer -----------------------------------------------------
-
-ATTRIBUTE_LOG_FILE = "attributes_log.csv"
-
-
-def headline(metrics: dict) -> float:
-    """The one number per attribute a log shows: accuracy (softmax) or mAP (sigmoid)."""
-    return metrics["accuracy"] if metrics["kind"] == "softmax" else metrics["mAP"]
-
-
-def log_attribute_epoch(run_dir: Path, epoch: int, metrics: dict[str, dict]) -> None:
-    """Validation accuracy / mAP per attribute, one row per epoch (beside log.csv, whose columns are fixed)."""
-    import csv
-    import logging
-
-    path = Path(run_dir) / ATTRIBUTE_LOG_FILE
-    row = {"epoch": epoch, **{name: f"{headline(m):.5f}" for name, m in metrics.items()}}
-    new = not path.is_file() or epoch == 1
-    with path.open("w" if new else "a", newline="") as handle:
-        writer = csv.DictWriter(handle, list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-    logging.getLogger(__name__).info("epoch %d attributes (val): %s", epoch,
-                                     ", ".join(f"{n} {100 * headline(m):.1f}%" for n, m in metrics.items()))
-
-
-def tune_run_thresholds(run_dir: Path, samples, device, batch_size: int = 16,
-                        progress: bool = False) -> dict[str, list[float]]:
-    """Tune the sigmoid tags' thresholds of a finished run on ``samples`` (validation) and save them."""
-    from skulens.checkpoint import load_run
-    from skulens.evaluation.inference import dataset_probabilities
-    from skulens.runtime import prepare_model
-
-    model, config = load_run(run_dir, device)
-    prepare_model(model, device)
-    specs = config.model.attributes
-    collector = OutputCollector(lambda x: model_outputs(model, x, device, specs))
-    _, _, kept, _ = dataset_probabilities(collector, samples, config.preprocessing, batch_size=batch_size,
-                                          progress=progress, desc="tuning tag thresholds")
-    thresholds = tune_thresholds(collector.attribute_probs(), [samples[i] for i in kept], specs)
-    save_thresholds(run_dir, thresholds)
-    return thresholds
 
 
 def align_attributes(samples, dataset_specs: dict[str, dict], model_specs: dict[str, dict]):
@@ -387,17 +253,3 @@ def align_attributes(samples, dataset_specs: dict[str, dict], model_specs: dict[
         return replace(s, attributes=tuple(values))
 
     return [convert(s) for s in samples], common
-
-
-def load_engine_with_attributes(run_dir, engine: str = "auto", device: str = "auto"):
-    """``load_engine``, except that ``auto`` falls back to PyTorch when the chosen ONNX export of a
-    run with attributes lacks their outputs (an export made before attributes were exported)."""
-    import logging
-
-    from skulens.engines.select import load_engine
-
-    runner = load_engine(run_dir, engine, device)
-    if engine == "auto" and not engine_has_attributes(runner):
-        logging.getLogger(__name__).warning("%s: the ONNX export has no attribute outputs; using PyTorch", run_dir)
-        runner = load_engine(run_dir, "torch", device)
-    return runner

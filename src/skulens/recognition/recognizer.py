@@ -8,13 +8,14 @@ from typing import Iterable
 
 import torch
 
-from skulens.data.images import ImageSource, load_image
-from skulens.data.transforms import to_model_input
-from skulens.engines.select import Engine
+from skulens.data.images import ImageSource
+from skulens.data.transforms import image_to_input
+from skulens.engines import Engine, load_engine
 from skulens.errors import ImageError
-from skulens.models.attributes import describe, engine_outputs, load_attribute_thresholds, load_engine_with_attributes
-from skulens.recognition.backoff import Backoff, tree_or_flat
-from skulens.recognition.calibration import load_thresholds
+from skulens.evaluation.backoff import Backoff, tree_or_flat
+from skulens.evaluation.calibration import load_thresholds
+from skulens.models.attributes import describe
+from skulens.runs import RunFolder
 
 
 @dataclass
@@ -62,8 +63,8 @@ class Recognizer:
     @classmethod
     def load(cls, run_dir: str | Path, *, engine: str = "auto", device: str = "auto", tta: bool = False) -> "Recognizer":
         """``engine``: ``auto`` (ONNX Runtime when an up-to-date export exists and we are on a CPU), ``torch`` or ``onnx``."""
-        runner = load_engine_with_attributes(run_dir, engine, device)
-        return cls(runner, tta, load_thresholds(run_dir, runner.config), load_attribute_thresholds(run_dir))
+        runner = load_engine(run_dir, engine, device)
+        return cls(runner, tta, load_thresholds(run_dir, runner.config), RunFolder(run_dir).attribute_thresholds())
 
     @property
     def classes(self) -> list[str]:
@@ -75,8 +76,7 @@ class Recognizer:
         return [self.config.classes[class_index]]
 
     def _input(self, image: ImageSource) -> torch.Tensor:
-        pre = self.config.preprocessing
-        return to_model_input(load_image(image, draft_size=pre.img_size), pre)
+        return image_to_input(image, self.config.preprocessing)
 
     def predict(self, image: ImageSource, top_k: int = 5) -> Prediction:
         """Predict one image (a path, bytes, a file object or a PIL image). Raises ImageError if unusable."""
@@ -86,7 +86,7 @@ class Recognizer:
         images = list(images)
         if not images:
             return []
-        probs, attrs = engine_outputs(self.engine, torch.stack([self._input(img) for img in images]), self.tta)
+        probs, attrs = self.engine.outputs(torch.stack([self._input(img) for img in images]), self.tta)
         return [self._prediction(row, img, top_k, _row(attrs, i)) for i, (row, img) in enumerate(zip(probs, images))]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 8):
@@ -94,7 +94,7 @@ class Recognizer:
         pending: list[tuple[Path, torch.Tensor]] = []
 
         def flush():
-            probs, attrs = engine_outputs(self.engine, torch.stack([t for _, t in pending]), self.tta)
+            probs, attrs = self.engine.outputs(torch.stack([t for _, t in pending]), self.tta)
             results = [(p, self._prediction(row, p, top_k, _row(attrs, i)), None)
                        for i, ((p, _), row) in enumerate(zip(pending, probs))]
             pending.clear()

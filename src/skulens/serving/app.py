@@ -106,9 +106,10 @@ def warm_up_all(svc: Services) -> None:
         warm_up("vector index", load_index)
 
 
-def create_app(config: ServeConfig) -> FastAPI:
-    recognizer = load_recognizer(config)
-    metrics = Metrics()
+ROUTERS = (routes_system, routes_recognize, routes_jobs, routes_catalog, routes_products, routes_explain, routes_web)
+
+
+def recognition_batcher(recognizer, config: ServeConfig, metrics: Metrics) -> MicroBatcher:
     n_classes = len(recognizer.classes)
 
     def on_batch(size: int, seconds: float) -> None:
@@ -116,10 +117,17 @@ def create_app(config: ServeConfig) -> FastAPI:
         metrics.inference.observe(seconds)
 
     # Every class is scored so the API can give each level of the category path its own confidence.
-    batcher = MicroBatcher(lambda images: recognizer.predict_batch(images, top_k=n_classes),
-                           max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
-                           max_queue=config.max_queue, lock=threading.Lock(), on_batch=on_batch,
-                           on_queue=metrics.queue_depth.set)
+    return MicroBatcher(lambda images: recognizer.predict_batch(images, top_k=n_classes),
+                        max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+                        max_queue=config.max_queue, lock=threading.Lock(), on_batch=on_batch,
+                        on_queue=metrics.queue_depth.set)
+
+
+def build_services(config: ServeConfig) -> Services:
+    """The models, batchers and stores the routes share (through ``app.state.services``)."""
+    recognizer = load_recognizer(config)
+    metrics = Metrics()
+    batcher = recognition_batcher(recognizer, config, metrics)
     catalog = load_catalog(config)
     svc = Services(config=config, recognizer=recognizer, batcher=batcher, metrics=metrics,
                    engine_name=str(getattr(getattr(recognizer, "engine", None), "name", "model")),
@@ -131,48 +139,69 @@ def create_app(config: ServeConfig) -> FastAPI:
 
         svc.embed_batcher = embedding_batcher(catalog, config, metrics)
         svc.media = MediaStore(config.media_dir or default_media_dir(catalog), max_side=config.media_max_side)
+    return svc
 
+
+async def start_services(svc: Services) -> None:
+    config, metrics = svc.config, svc.metrics
+    # Thread pools live with the server, so a second start (tests, reloads) gets fresh ones.
+    svc.decode_pool = ThreadPoolExecutor(max_workers=decode_workers(), thread_name_prefix="skulens-decode")
+    svc.jobs = JobManager(max_jobs=config.max_jobs, max_active=config.max_active_jobs,
+                          workers=config.job_workers, ttl_s=config.job_ttl_s,
+                          on_finish=lambda job: metrics.jobs.labels(kind=job.kind, status=job.status).inc())
+    await svc.batcher.start()
+    if svc.embed_batcher is not None:
+        await svc.embed_batcher.start()
+    if config.warmup:
+        await asyncio.get_running_loop().run_in_executor(None, warm_up_all, svc)
+
+
+async def stop_services(svc: Services) -> None:
+    await svc.batcher.stop()
+    if svc.embed_batcher is not None:
+        await svc.embed_batcher.stop()
+    svc.jobs.shutdown()
+    svc.decode_pool.shutdown(wait=False, cancel_futures=True)
+    if svc.catalog is not None and hasattr(svc.catalog, "flush"):
+        with svc.catalog_lock:
+            # Saves the vector index, so the next start need not replay this run's changes.
+            svc.catalog.flush()
+
+
+def services_lifespan(svc: Services):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        # Thread pools live with the server, so a second start (tests, reloads) gets fresh ones.
-        svc.decode_pool = ThreadPoolExecutor(max_workers=decode_workers(), thread_name_prefix="skulens-decode")
-        svc.jobs = JobManager(max_jobs=config.max_jobs, max_active=config.max_active_jobs,
-                              workers=config.job_workers, ttl_s=config.job_ttl_s,
-                              on_finish=lambda job: metrics.jobs.labels(kind=job.kind, status=job.status).inc())
-        await batcher.start()
-        if svc.embed_batcher is not None:
-            await svc.embed_batcher.start()
-        if config.warmup:
-            await asyncio.get_running_loop().run_in_executor(None, warm_up_all, svc)
+        await start_services(svc)
         try:
             yield
         finally:
-            await batcher.stop()
-            if svc.embed_batcher is not None:
-                await svc.embed_batcher.stop()
-            svc.jobs.shutdown()
-            svc.decode_pool.shutdown(wait=False, cancel_futures=True)
-            if catalog is not None and hasattr(catalog, "flush"):
-                with svc.catalog_lock:
-                    # Saves the vector index, so the next start need not replay this run's changes.
-                    catalog.flush()
+            await stop_services(svc)
 
-    # /docs is served by routes_web from local files (FastAPI's default pulls Swagger UI from a CDN).
-    app = FastAPI(title="skulens", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
-    app.state.services = svc
-    install_error_handlers(app)
-    app.include_router(routes_system.router)
-    app.include_router(routes_recognize.router)
-    app.include_router(routes_jobs.router)
-    app.include_router(routes_catalog.router)
-    app.include_router(routes_products.router)
-    app.include_router(routes_explain.router)
-    app.include_router(routes_web.router)
+    return lifespan
+
+
+def include_routers(app: FastAPI) -> None:
+    for module in ROUTERS:
+        app.include_router(module.router)
     routes_web.mount_static(app)
+
+
+def install_middleware(app: FastAPI, config: ServeConfig, metrics: Metrics) -> None:
+    # Added last, so outermost: it sees (and times) every request, CORS preflights included.
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
                            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"], max_age=600)
     app.add_middleware(ObserveMiddleware, metrics=metrics, log_client_ips=config.log_client_ips)
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    svc = build_services(config)
+    # /docs is served by routes_web from local files (FastAPI's default pulls Swagger UI from a CDN).
+    app = FastAPI(title="skulens", version=__version__, description=DESCRIPTION, lifespan=services_lifespan(svc),
+                  docs_url=None, redoc_url=None)
+    app.state.services = svc
+    install_error_handlers(app)
+    include_routers(app)
+    install_middleware(app, config, svc.metrics)
     return app

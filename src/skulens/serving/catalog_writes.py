@@ -19,7 +19,7 @@ from skulens.serving.schemas import ImportProduct, ImportRejection, ImportReques
 from skulens.serving.uploads import decode
 
 if TYPE_CHECKING:
-    from skulens.catalog.store import Product
+    from skulens.catalog.products import Product
 
 # Products per transaction in an import: the catalog lock is released between chunks, so searches
 # and single-product writes get in while a big import runs.
@@ -35,7 +35,7 @@ def check_sku(sku: str) -> str:
 
 
 def new_product(**fields) -> Product:
-    from skulens.catalog.store import Product
+    from skulens.catalog.products import Product
 
     return Product(**fields)
 

@@ -1,7 +1,7 @@
 """Evaluate a run's *last-epoch* EMA weights (from last.safetensors) at several input sizes.
 
-    python benchmarks/evaluate_last_epoch.py RUN OUT_RUN SIZES [--data DATASET]
-    e.g. python benchmarks/evaluate_last_epoch.py runs/bench-lite2-r1 runs/bench-lite2-r1-last 256,320
+    python benchmarks/experiments/evaluate_last_epoch.py RUN OUT_RUN SIZES [--data DATASET]
+    e.g. python benchmarks/experiments/evaluate_last_epoch.py runs/bench-lite2-r1 runs/bench-lite2-r1-last 256,320
 
 Writes OUT_RUN as a run folder holding those weights and prints val/test top-1 per size and level.
 Used to compare "best validation epoch" against "last epoch" selection (BENCHMARKS.md).
@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from skulens.data.datasets import load_dataset
 from skulens.evaluation.report import evaluate_run
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "grocery-store"
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "grocery-store"
 
 p = argparse.ArgumentParser()
 p.add_argument("run")

@@ -1,6 +1,6 @@
 """Average the class probabilities of several trained runs (Grocery Store: val for choices, test to report).
 
-    python benchmarks/grocery_ensemble.py runs/bench-lite2 runs/bench-lite0
+    python benchmarks/experiments/grocery_ensemble.py runs/bench-lite2 runs/bench-lite0
 
 Each run is evaluated at its own test-time size (chosen on val at training time); flip TTA is
 chosen per run on val. Prints and saves (benchmarks/results/grocery_ensemble.json) the test
@@ -23,7 +23,7 @@ from skulens.engines.select import load_engine
 from skulens.evaluation.inference import dataset_probabilities
 from skulens.evaluation.metrics import classification_metrics
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "grocery-store"
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "grocery-store"
 
 
 def main() -> None:
@@ -64,7 +64,7 @@ def main() -> None:
               ", ".join(f"{k} {100 * v:.2f}%" for k, v in t["levels"].items()))
     out = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
            "runs": chosen, "results": results}
-    results_dir = Path(__file__).parent / "results"
+    results_dir = Path(__file__).resolve().parents[1] / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / f"{args.name}.json").write_text(json.dumps(out, indent=2))
 

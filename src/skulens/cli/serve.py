@@ -1,4 +1,4 @@
-"""`skulens serve` and `skulens keys new`; cli.py adds these with add_serve_commands(sub)."""
+"""`skulens serve` and `skulens keys new`."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from skulens.cli.options import EXIT_OK, add_device, add_engine
+from skulens.cli.privacy import add_serve_storage_args, serve_storage_settings
 from skulens.errors import SkulensError
-from skulens.privacy.cli import add_serve_storage_args, serve_storage_settings
 
 
-def add_serve_commands(sub) -> None:
+def add_parsers(sub) -> None:
     sv = sub.add_parser("serve", help="HTTP API + web page (FastAPI + uvicorn); without RUN, the built-in demo",
                         description="Serve a run over HTTP: POST /v1/recognize, the web page at /, docs at /docs. "
                                     "Without arguments: the demo model and the demo product catalog.")
@@ -24,9 +25,21 @@ def add_serve_commands(sub) -> None:
                          "SQLite catalog)")
     sv.add_argument("--products-k", type=int, default=12, help="products per answer (default 12)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"])
-    sv.add_argument("--device", default="auto")
+    sv.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    add_engine(sv)
+    add_device(sv)
+    _limit_args(sv)
+    add_serve_storage_args(sv)
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.set_defaults(handler=cmd_serve)
+    keys = sub.add_parser("keys", help="API keys for `skulens serve`")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser("new", help="print a new API key and the hash line for the keys file")
+    new.add_argument("--name", default=None, help="a label kept next to the hash (e.g. who uses the key)")
+    new.set_defaults(handler=cmd_keys)
+
+
+def _limit_args(sv) -> None:
     sv.add_argument("--top-k", type=int, default=5, help="classes per answer (default 5)")
     sv.add_argument("--max-batch-size", type=int, default=16, help="most photos per model call (default 16)")
     sv.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -40,13 +53,15 @@ def add_serve_commands(sub) -> None:
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="let web pages from ORIGIN call the API (repeatable), e.g. https://shop.example")
     sv.add_argument("--log-client-ips", action="store_true", help="put client addresses in the access log (off by default)")
-    add_serve_storage_args(sv)
-    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
-    keys = sub.add_parser("keys", help="API keys for `skulens serve`")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    new = keys_sub.add_parser("new", help="print a new API key and the hash line for the keys file")
-    new.add_argument("--name", default=None, help="a label kept next to the hash (e.g. who uses the key)")
+
+def _check(args: argparse.Namespace) -> None:
+    if args.catalog and args.no_catalog:
+        raise SkulensError("--catalog and --no-catalog contradict each other")
+    if not 0 < args.port < 65536:
+        raise SkulensError(f"--port must be between 1 and 65535 (got {args.port})")
+    if args.max_upload_mb <= 0:
+        raise SkulensError("--max-upload-mb must be positive")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -55,18 +70,13 @@ def config_from_args(args: argparse.Namespace):
     from skulens.serving.config import ServeConfig
     from skulens.serving.security import load_key_hashes
 
-    if args.catalog and args.no_catalog:
-        raise SkulensError("--catalog and --no-catalog contradict each other")
+    _check(args)
     run = Path(args.run) if args.run else serving_config.demo_run_dir()
     if run is None:
         raise SkulensError("no run folder given, and this install has no built-in demo model: "
                            "pass one, e.g. `skulens demo` then `skulens serve runs/demo`")
     if not args.run:
         print(f"serving the built-in demo model ({run})", file=sys.stderr)
-    if not 0 < args.port < 65536:
-        raise SkulensError(f"--port must be between 1 and 65535 (got {args.port})")
-    if args.max_upload_mb <= 0:
-        raise SkulensError("--max-upload-mb must be positive")
     config = ServeConfig(
         run_dir=run, engine=args.engine, device=args.device, top_k=args.top_k, products_k=args.products_k,
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, request_timeout_s=args.timeout,
@@ -91,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from skulens.serving.server import serve
 
     serve(config_from_args(args), host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+    return EXIT_OK
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -104,7 +114,4 @@ def cmd_keys(args: argparse.Namespace) -> int:
     print("Give the key (first line) to the client; it is not stored anywhere and cannot be shown again.\n"
           "Add the hash line (second line) to the file you pass to `skulens serve --api-keys-file`.",
           file=sys.stderr)
-    return 0
-
-
-SERVE_COMMANDS = {"serve": cmd_serve, "keys": cmd_keys}
+    return EXIT_OK

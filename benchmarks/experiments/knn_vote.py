@@ -4,10 +4,10 @@ Two steps, so the expensive one can run on a GPU and the cheap one anywhere:
 
     # 1. one pass of the run's model over gallery and query photos (flip-averaged unless --no-flip): unit-length
     #    pooled features, class and attribute probabilities, and each query's 50 nearest gallery photos
-    python benchmarks/knn_vote.py dump RUN --data products.csv --gallery train --queries val,test --out F.npz
+    python benchmarks/experiments/knn_vote.py dump RUN --data products.csv --gallery train --queries val,test --out F.npz
     # 2. blend p = (1 - w) * classifier + w * softmax-weighted neighbour vote; k, temperature and w are
     #    chosen on the first query split (val), then the other splits are scored once
-    python benchmarks/knn_vote.py score F.npz [G.npz ...] --choose-on val --name fashion_knn_vote
+    python benchmarks/experiments/knn_vote.py score F.npz [G.npz ...] --choose-on val --name fashion_knn_vote
 
 Step 2 accepts several dumps: the settings are chosen on the first dump's val queries (a model
 trained on train only, so val is held out), then applied to every dump's test queries (e.g. the
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from skulens.checkpoint import load_run
+from skulens.runs import load_run
 from skulens.data.datasets import load_dataset, recorded_columns
 from skulens.data.loading import PreprocessedImages, collate_skip_bad
 from skulens.models.attributes import attribute_probabilities, heads_on_pooled
@@ -149,7 +149,7 @@ def score(args) -> None:
     summary = {"benchmark": "classifier + nearest-neighbour vote over the labelled gallery", "date": date.today().isoformat(),
                "command": "python " + " ".join(sys.argv), "chosen_on": f"{args.choose_on} of {args.dumps[0]}",
                "chosen": chosen, f"{args.score_on}": results}
-    results_dir = Path(__file__).parent / "results"
+    results_dir = Path(__file__).resolve().parents[1] / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / f"{args.name}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

@@ -3,7 +3,7 @@
 For runs that share a schedule but not an end (a call that ran out of time), the same epochs of
 the same schedule are the fair comparison. Example (the Grocery Store augmentation arms, BENCHMARKS.md):
 
-    python benchmarks/val_curves.py runs/gpu/s5/g0s0 runs/gpu/s5/g0s1 runs/gpu/s5/g1s0 runs/gpu/s5/g1s1 \
+    python benchmarks/experiments/val_curves.py runs/gpu/s5/g0s0 runs/gpu/s5/g0s1 runs/gpu/s5/g1s0 runs/gpu/s5/g1s1 \
         runs/gpu/s5/g2s0 runs/gpu/s5/g2s1 --epochs 5-9 --name grocery_gpu_augment_arms
 """
 
@@ -39,7 +39,7 @@ def main() -> None:
         print(f"{Path(run).name}: mean val top-1 over epochs {args.epochs} = {100 * out[Path(run).name]['mean_val_top1']:.2f}%")
     summary = {"date": date.today().isoformat(), "command": "python " + " ".join(sys.argv), "epochs": args.epochs,
                "runs": out}
-    results = Path(__file__).parent / "results"
+    results = Path(__file__).resolve().parents[1] / "results"
     results.mkdir(exist_ok=True)
     (results / f"{args.name}.json").write_text(json.dumps(summary, indent=2))
 

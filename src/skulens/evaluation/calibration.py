@@ -13,40 +13,23 @@ from pathlib import Path
 
 import numpy as np
 
-from skulens.checkpoint import WEIGHTS_FILE, RunConfig, write_json_atomic
 from skulens.data.datasets import ImageDataset
+from skulens.engines import load_engine
 from skulens.errors import DatasetError, SkulensError
-from skulens.recognition.backoff import (
+from skulens.evaluation.inference import dataset_probabilities, split_samples
+from skulens.runs import THRESHOLDS_FILE, RunConfig, RunFolder
+from skulens.evaluation.backoff import (
     TreeIndex, calibrate_thresholds, consistent_paths, correct_nodes, coverage_curve, operating_point, tree_or_flat,
 )
 
 log = logging.getLogger(__name__)
-THRESHOLDS_FILE = "thresholds.json"
-
-
-def _weights_digest(run_dir: Path) -> str | None:
-    from skulens.engines.select import sha256_file
-
-    weights = run_dir / WEIGHTS_FILE
-    return sha256_file(weights) if weights.is_file() else None
 
 
 def split_probabilities(runner, dataset: ImageDataset, split: str, *, tta: bool = False, batch_size: int = 16,
                         progress: bool = True, desc: str = "calibrating") -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and labels (in the run's class order) for one split of a dataset."""
-    from skulens.evaluation.inference import dataset_probabilities
-
     config = runner.config
-    samples = dataset.split(split)
-    if list(dataset.classes) != list(config.classes):
-        unknown = sorted(set(dataset.classes) - set(config.classes))
-        if unknown:
-            raise SkulensError(f"the dataset has classes the model does not know: {', '.join(unknown[:5])}")
-        remap = {i: config.classes.index(c) for i, c in enumerate(dataset.classes)}
-        samples = [type(s)(s.path, remap[s.label], s.split) for s in samples]
-    if not samples:
-        have = ", ".join(sorted({s.split for s in dataset.samples}))
-        raise DatasetError(f"{dataset.root}: no images in split {split!r} (it has: {have})")
+    samples = split_samples(dataset, split, config.classes)
     probs, labels, _, _ = dataset_probabilities(lambda x: runner.probabilities(x, tta), samples,
                                                 config.preprocessing, batch_size=batch_size, progress=progress,
                                                 desc=desc)
@@ -59,8 +42,6 @@ def calibrate_run(run_dir: str | Path, dataset: ImageDataset, split: str = "val"
                   unknown_reject_rate: float | None = None, tta: bool = False, engine: str = "auto",
                   device: str = "auto", batch_size: int = 16, progress: bool = True) -> dict:
     """Calibrate the run's back-off thresholds on ``split`` and write ``RUN/thresholds.json``; returns the record."""
-    from skulens.engines.select import load_engine
-
     run_dir = Path(run_dir)
     runner = load_engine(run_dir, engine, device)
     config = runner.config
@@ -71,11 +52,11 @@ def calibrate_run(run_dir: str | Path, dataset: ImageDataset, split: str = "val"
     record = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "split": split, "dataset": str(dataset.root), "engine": runner.name, "tta_hflip": tta,
-        "weights_sha256": _weights_digest(run_dir),
+        "weights_sha256": RunFolder(run_dir).weights_sha256(),
         "level_names": list(tree.level_names),
         **cal.to_dict(),
     }
-    write_json_atomic(run_dir / THRESHOLDS_FILE, record)
+    RunFolder(run_dir).write_json(THRESHOLDS_FILE, record)
     record["path"] = str(run_dir / THRESHOLDS_FILE)
     return record
 
@@ -95,7 +76,7 @@ def load_thresholds(run_dir: str | Path, config: RunConfig) -> list[float | None
     if not all(t is None or isinstance(t, (int, float)) for t in thresholds):
         raise SkulensError(f"{path}: thresholds must be numbers or null; re-run `skulens calibrate {run_dir}`")
     tree = tree_or_flat(config.tree, config.classes)
-    if names != list(tree.level_names) or record.get("weights_sha256") != _weights_digest(run_dir):
+    if names != list(tree.level_names) or record.get("weights_sha256") != RunFolder(run_dir).weights_sha256():
         log.warning("%s: calibrated for other weights; answers do not back off until you re-run "
                     "`skulens calibrate %s`", path, run_dir)
         return None

@@ -1,7 +1,7 @@
 """Multi-scale test-time augmentation for a Grocery Store classifier: class probabilities at several
 test sizes, and every average of them, on val and test; the combination is chosen on val.
 
-    python benchmarks/grocery_multiscale.py runs/bench-lite2-288 320,352,384
+    python benchmarks/experiments/grocery_multiscale.py runs/bench-lite2-288 320,352,384
 
 Prints one row per combination and saves benchmarks/results/grocery_multiscale.json.
 """
@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skulens.checkpoint import load_run
+from skulens.runs import load_run
 from skulens.data.datasets import load_dataset
-from skulens.evaluation.inference import dataset_probabilities, torch_probability_fn
+from skulens.engines import TorchEngine
+from skulens.evaluation.inference import dataset_probabilities
 from skulens.evaluation.metrics import tree_level_accuracy
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "grocery-store"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "grocery-store"
 RULE = "max val fine top-1, then val coarse, then fewer sizes"
 
 
@@ -31,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(2)
     dataset = load_dataset(DATA)
     model, config = load_run(run)
-    predict = torch_probability_fn(model.to(memory_format=torch.channels_last), torch.device("cpu"))
+    predict = TorchEngine(model.to(memory_format=torch.channels_last), config, torch.device("cpu")).probabilities
     probs = {}
     for split in ("val", "test"):
         for size in sizes:
@@ -52,7 +53,7 @@ def main() -> None:
             print(row, flush=True)
     best = max(rows, key=lambda r: (r["val"]["fine"], r["val"]["coarse"], -len(r["sizes"])))
     print("chosen on val:", best)
-    out = Path(__file__).parent / "results" / "grocery_multiscale.json"
+    out = Path(__file__).resolve().parents[1] / "results" / "grocery_multiscale.json"
     out.write_text(json.dumps({"run": run, "date": date.today().isoformat(), "machine": "x86_64, 2 CPU cores",
                                "rule": RULE, "combinations": rows, "chosen": best}, indent=1))
 

@@ -4,10 +4,10 @@ Two steps, so the choice is made on a model that never saw val and then applied,
 another model's test photos (e.g. the same recipe retrained on train + val, which has no held-out val):
 
     # 1. probabilities of every head (class and attributes) at each size, with and without the flip
-    python benchmarks/fashion_tta.py dump RUN --data products.csv --splits val --sizes 260,292,324 --out A.npz
+    python benchmarks/experiments/fashion_tta.py dump RUN --data products.csv --splits val --sizes 260,292,324 --out A.npz
     # 2. every combination (a set of sizes, flip or not) scored on the first dump's val; the best by
     #    the rule below is applied to every other dump's test
-    python benchmarks/fashion_tta.py score A.npz B.npz --name fashion_tta
+    python benchmarks/experiments/fashion_tta.py score A.npz B.npz --name fashion_tta
 
 The rule: the largest val sum of article_type top-1 and colour accuracy (the issue's two floors
 that are not met), then fewer views.
@@ -26,11 +26,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from skulens.checkpoint import load_run
+from skulens.runs import load_run
 from skulens.data.datasets import load_dataset, recorded_columns
 from skulens.data.loading import PreprocessedImages, collate_skip_bad
 from skulens.errors import SkulensError
-from skulens.models.attributes import model_outputs
+from skulens.engines import TorchEngine
 from skulens.runtime import prepare_model, resolve_device
 
 RULE = "max val (article_type top-1 + colour accuracy), then fewer views"
@@ -40,14 +40,13 @@ def _head_probabilities(model, config, samples, device, size: int, batch_size: i
     """{head: [probs without flip, probs with flip]} for every readable sample, and the kept indices."""
     loader = DataLoader(PreprocessedImages(samples, config.preprocessing, size), batch_size=batch_size,
                         num_workers=0, collate_fn=collate_skip_bad)
-    specs = config.model.attributes or {}
     out: dict[str, list[list[torch.Tensor]]] = {}
     kept = []
     for x, _, idx, _bad in tqdm(loader, desc=f"{size} px", unit="batch", leave=False):
         if x is None:
             continue
         for view, flipped in ((x, 0), (torch.flip(x, dims=[3]), 1)):
-            probs, attr_probs = model_outputs(model, view, device, specs)
+            probs, attr_probs = TorchEngine(model, config, device).outputs(view)
             for name, p in {"class": probs, **attr_probs}.items():
                 out.setdefault(name, [[], []])[flipped].append(p)
         kept.append(idx)
@@ -125,7 +124,7 @@ def score(args) -> None:
         print(path, "test, chosen:", {k: round(v * 100, 2) for k, v in entry["test_chosen"].items()})
         print(path, f"test, {base[0]} px no flip:",
               {k: round(v * 100, 2) for k, v in entry["test_first_size_no_flip"].items()})
-    out = Path(__file__).parent / "results" / f"{args.name}.json"
+    out = Path(__file__).resolve().parents[1] / "results" / f"{args.name}.json"
     out.write_text(json.dumps({"date": date.today().isoformat(), "machine": "x86_64, 2 CPU cores",
                                "rule": RULE, "chosen_on": args.dumps[0], "combinations": rows,
                                "chosen": best, "applied": applied}, indent=1))

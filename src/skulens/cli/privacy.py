@@ -1,16 +1,16 @@
-"""`skulens privacy purge|new-key|decrypt`; cli.py adds these with add_privacy_commands(sub)."""
+"""`skulens privacy purge|new-key|decrypt`, and `skulens serve`'s opt-in storage flags."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from skulens.cli.options import EXIT_OK, add_json
 from skulens.errors import SkulensError
 
 
-def add_privacy_commands(sub) -> None:
+def add_parsers(sub) -> None:
     pv = sub.add_parser("privacy", help="stored uploads: retention purge (cron-able), storage key, decrypt")
     psub = pv.add_subparsers(dest="privacy_command", required=True)
     pg = psub.add_parser("purge", help="delete stored uploads older than N days (run it from cron)",
@@ -21,15 +21,18 @@ def add_privacy_commands(sub) -> None:
     pg.add_argument("--dir", required=True, help="the --store-uploads folder")
     pg.add_argument("--older-than-days", type=float, required=True, help="retention period in days")
     pg.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
-    pg.add_argument("--json", action="store_true")
-    psub.add_parser("new-key", help="print a new key for SKULENS_STORAGE_KEY (serve --encrypt-at-rest)")
+    add_json(pg)
+    pg.set_defaults(handler=cmd_privacy_purge)
+    nk = psub.add_parser("new-key", help="print a new key for SKULENS_STORAGE_KEY (serve --encrypt-at-rest)")
+    nk.set_defaults(handler=cmd_privacy_new_key)
     dc = psub.add_parser("decrypt", help="decrypt one stored upload (key from SKULENS_STORAGE_KEY)")
     dc.add_argument("file", help="a stored .jpg.enc file")
     dc.add_argument("--out", required=True, help="where to write the JPEG")
+    dc.set_defaults(handler=cmd_privacy_decrypt)
 
 
 def add_serve_storage_args(sv) -> None:
-    """`skulens serve`'s opt-in storage flags (serving/cli.py calls this)."""
+    """`skulens serve`'s opt-in storage flags."""
     g = sv.add_argument_group("storing uploads (off by default: photos are answered in memory and dropped)")
     g.add_argument("--store-uploads", metavar="DIR", default=None,
                    help="keep each uploaded photo in DIR, re-encoded without metadata (EXIF, GPS, XMP, IPTC)")
@@ -47,22 +50,32 @@ def serve_storage_settings(args: argparse.Namespace) -> dict:
             "retention_days": args.retention_days}
 
 
-def cmd_privacy(args: argparse.Namespace) -> int:
-    from skulens.privacy import crypto
-    from skulens.privacy.store import purge, read_stored
+def cmd_privacy_new_key(args: argparse.Namespace) -> int:
+    import sys
 
-    if args.privacy_command == "new-key":
-        print(crypto.new_key())
-        print(f"Keep it secret and set it as {crypto.KEY_ENV} for `skulens serve --encrypt-at-rest`; "
-              "files stored with it cannot be read without it.", file=sys.stderr)
-        return 0
-    if args.privacy_command == "decrypt":
-        out = Path(args.out)
-        if out.exists() and out.samefile(args.file):
-            raise SkulensError("--out must not be the encrypted file itself")
-        out.write_bytes(read_stored(args.file, crypto.key_from_env()))
-        print(f"wrote {out}")
-        return 0
+    from skulens.privacy import crypto
+
+    print(crypto.new_key())
+    print(f"Keep it secret and set it as {crypto.KEY_ENV} for `skulens serve --encrypt-at-rest`; "
+          "files stored with it cannot be read without it.", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_privacy_decrypt(args: argparse.Namespace) -> int:
+    from skulens.privacy import crypto
+    from skulens.privacy.store import read_stored
+
+    out = Path(args.out)
+    if out.exists() and out.samefile(args.file):
+        raise SkulensError("--out must not be the encrypted file itself")
+    out.write_bytes(read_stored(args.file, crypto.key_from_env()))
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def cmd_privacy_purge(args: argparse.Namespace) -> int:
+    from skulens.privacy.store import purge
+
     result = purge(args.dir, args.older_than_days, dry_run=args.dry_run)
     if args.json:
         print(json.dumps({**result.to_dict(), "dry_run": args.dry_run}))
@@ -70,7 +83,4 @@ def cmd_privacy(args: argparse.Namespace) -> int:
         verb = "would remove" if args.dry_run else "removed"
         print(f"{verb} {result.removed} stored upload(s) ({result.bytes:,} bytes) older than "
               f"{args.older_than_days:g} days; {result.kept} kept")
-    return 0
-
-
-PRIVACY_COMMANDS = {"privacy": cmd_privacy}
+    return EXIT_OK

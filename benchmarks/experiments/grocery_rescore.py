@@ -2,7 +2,7 @@
 elsewhere (e.g. on a GPU machine from re-encoded photos): the test-time size and flip TTA are chosen
 on the val photos (original files), then test is scored once.
 
-    python benchmarks/grocery_rescore.py RUN --sizes 256,288,320,352 --name grocery_gpu_lite2
+    python benchmarks/experiments/grocery_rescore.py RUN --sizes 256,288,320,352 --name grocery_gpu_lite2
 
 Saves benchmarks/results/<name>.json: val top-1 for every (size, flip), the choice, and test top-1 /
 top-5 / macro F1 / accuracy per tree level (coarse = the predicted product's path).
@@ -22,7 +22,7 @@ import torch
 from skulens.data.datasets import load_dataset
 from skulens.evaluation.report import evaluate_run
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "grocery-store"
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "grocery-store"
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
         "test_level_accuracy": {lv["level"]: lv["accuracy"] for lv in test.get("levels", [])},
         "test_level_accuracy_summed": {lv["level"]: lv.get("accuracy_summed") for lv in test.get("levels", [])},
     }
-    out = Path(__file__).parent / "results" / f"{args.name}.json"
+    out = Path(__file__).resolve().parents[1] / "results" / f"{args.name}.json"
     out.write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: summary[k] for k in ("chosen", "test_top1", "test_level_accuracy")}))
 
