@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-train test test-fast browser benchmark clean
+.PHONY: install demo demo-train test test-fast lint browser benchmark clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ demo-train: install
 
 test: install browser
 	$(PY) -m pytest -q
+
+# ruff: lint and formatting (pyproject.toml's [tool.ruff]); `ruff format` and `ruff check --fix` repair most
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 # The quick loop while editing (under 90 s on 2 cores): no training runs, subprocess servers, browser or services.
 test-fast: install

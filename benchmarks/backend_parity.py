@@ -36,10 +36,16 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--run", default=None, help="trained run to embed with (default: pretrained Lite0)")
-    p.add_argument("--work", default="runs/backend-parity",
-                   help="catalogs, milvus-lite file and query vectors, kept: a re-run embeds nothing again")
-    p.add_argument("--db-prefix", default=None, help="PostgreSQL instead of SQLite: a URL to which "
-                                                     "'iconic' / 'gallery' is appended as the database name")
+    p.add_argument(
+        "--work",
+        default="runs/backend-parity",
+        help="catalogs, milvus-lite file and query vectors, kept: a re-run embeds nothing again",
+    )
+    p.add_argument(
+        "--db-prefix",
+        default=None,
+        help="PostgreSQL instead of SQLite: a URL to which 'iconic' / 'gallery' is appended as the database name",
+    )
     p.add_argument("--milvus-uri", default=None, help="Milvus server (default: a milvus-lite file in --work)")
     p.add_argument("--query-split", default="test")
     p.add_argument("--device", default="cpu")
@@ -66,10 +72,18 @@ def compare(name: str, faiss_catalog: Catalog, milvus_catalog: Catalog, vectors,
     for backend, catalog in (("faiss", faiss_catalog), ("milvus", milvus_catalog)):
         state = catalog.index().state
         metrics, rankings[backend], ms = score(catalog, vectors, skus)
-        out[backend] = {**metrics, "index": state.kind, "vectors": state.ntotal, "nprobe": state.nprobe,
-                        "ms_per_query": round(ms, 2)}
-        print(f"{name} {backend} ({state.kind}, {state.ntotal} vectors): "
-              f"R@1 {100 * metrics['recall@1']:.2f}%, R@5 {100 * metrics['recall@5']:.2f}%", flush=True)
+        out[backend] = {
+            **metrics,
+            "index": state.kind,
+            "vectors": state.ntotal,
+            "nprobe": state.nprobe,
+            "ms_per_query": round(ms, 2),
+        }
+        print(
+            f"{name} {backend} ({state.kind}, {state.ntotal} vectors): "
+            f"R@1 {100 * metrics['recall@1']:.2f}%, R@5 {100 * metrics['recall@5']:.2f}%",
+            flush=True,
+        )
     same_top1 = np.mean([a[:1] == b[:1] for a, b in zip(rankings["faiss"], rankings["milvus"])])
     same_top10 = np.mean([a == b for a, b in zip(rankings["faiss"], rankings["milvus"])])
     out["same_top1_share"] = float(same_top1)
@@ -101,10 +115,15 @@ def main() -> None:
     started = time.perf_counter()
     vectors, kept = query_vectors(embedder, queries, work / f"queries-{args.query_split}-{embedder.model_id}.npz")
     skus = [dataset.classes[queries[i].label] for i in kept]
-    results = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-               "embedder": embedder.description, "queries": len(skus),
-               "database": "postgresql" if args.db_prefix else "sqlite",
-               "milvus": "milvus-lite (local file)" if args.milvus_uri is None else "server", "galleries": {}}
+    results = {
+        "date": str(date.today()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "embedder": embedder.description,
+        "queries": len(skus),
+        "database": "postgresql" if args.db_prefix else "sqlite",
+        "milvus": "milvus-lite (local file)" if args.milvus_uri is None else "server",
+        "galleries": {},
+    }
     # iconic: the 81 catalog images; gallery: plus the labelled train photos (one catalog each, so
     # each is imported once and a re-run finds it unchanged)
     for gallery, split in (("iconic", None), ("gallery", "train")):
@@ -112,23 +131,35 @@ def main() -> None:
         faiss_catalog = Catalog.open(db, embedder, index_dir=work / f"{gallery}-faiss")
         milvus_catalog = Catalog.open(db, embedder, index_backend="milvus", milvus_uri=milvus_uri)
         try:
-            report = import_products(faiss_catalog, products_from_dataset(dataset, split), progress=True,
-                                     desc=f"importing the {gallery} catalog")
+            report = import_products(
+                faiss_catalog,
+                products_from_dataset(dataset, split),
+                progress=True,
+                desc=f"importing the {gallery} catalog",
+            )
             print(f"{gallery}: {report.added} products added, {report.unchanged} unchanged", flush=True)
             name = "iconic" if split is None else "iconic+train"
             for kind in ("flat",) if split is None else ("flat", "ivf"):
                 faiss_catalog.rebuild_index(kind)
                 milvus_catalog.rebuild_index(kind)
-                results["galleries"][f"{name} {kind}"] = compare(f"{name} {kind}", faiss_catalog, milvus_catalog,
-                                                                  vectors, skus)
+                results["galleries"][f"{name} {kind}"] = compare(
+                    f"{name} {kind}", faiss_catalog, milvus_catalog, vectors, skus
+                )
         finally:
             faiss_catalog.close()
             milvus_catalog.close()
     results["seconds"] = round(time.perf_counter() - started)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "backend_parity.json").write_text(json.dumps(results, indent=1))
-    print(json.dumps({k: {b: v[b]["recall@1"] for b in ("faiss", "milvus")} | {"same_top1": v["same_top1_share"]}
-                      for k, v in results["galleries"].items()}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: {b: v[b]["recall@1"] for b in ("faiss", "milvus")} | {"same_top1": v["same_top1_share"]}
+                for k, v in results["galleries"].items()
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

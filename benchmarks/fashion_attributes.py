@@ -33,8 +33,13 @@ from skulens.training.config import TrainConfig
 from skulens.training.trainer import train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "fashion-small" / "products.csv"
-COLUMNS = CsvColumns(image="image", label="article_type", split="split", tree=["master_category", "sub_category"],
-                     attributes=["colour", "usage", "gender"])
+COLUMNS = CsvColumns(
+    image="image",
+    label="article_type",
+    split="split",
+    tree=["master_category", "sub_category"],
+    attributes=["colour", "usage", "gender"],
+)
 # The floors (test split); everything else is measured and reported.
 FLOORS = {"article_type": 0.90, "master_category": 0.99, "colour": 0.70, "gender": 0.85}
 
@@ -58,10 +63,17 @@ def main() -> None:
     p.add_argument("--mix-prob", type=float, default=0.0, help="share of batches blended (Mixup / CutMix)")
     p.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate")
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--resize", default="crop", choices=["crop", "pad"],
-                   help="square photos by a centre crop or by padding with their border colour")
-    p.add_argument("--train-splits", default="train",
-                   help="train,val for a final model once the recipe is chosen (val figures are then on seen photos)")
+    p.add_argument(
+        "--resize",
+        default="crop",
+        choices=["crop", "pad"],
+        help="square photos by a centre crop or by padding with their border colour",
+    )
+    p.add_argument(
+        "--train-splits",
+        default="train",
+        help="train,val for a final model once the recipe is chosen (val figures are then on seen photos)",
+    )
     p.add_argument("--tree-loss-weight", type=float, default=0.0, help="loss weight of each upper tree level")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -73,22 +85,49 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     dataset = load_dataset(args.data, csv_columns=COLUMNS)
-    cfg = TrainConfig(model=args.model, epochs=args.epochs, img_size=args.img_size, batch_size=args.batch_size,
-                      lr=args.lr, warmup_epochs=args.warmup_epochs, freeze_stages=args.freeze_stages,
-                      ema_decay=args.ema_decay, attribute_loss_weight=args.attribute_loss_weight,
-                      patience=0, keep="last", seed=args.seed, cache_scale=args.cache_scale, num_threads=args.threads,
-                      workers=args.workers, max_train_images=args.max_train_images, mix_prob=args.mix_prob,
-                      drop_path=args.drop_path, weight_decay=args.weight_decay, resize=args.resize,
-                      train_splits=args.train_splits.split(","), tree_loss_weight=args.tree_loss_weight,
-                      augment=AugmentConfig(scale_min=args.scale_min, color_jitter=args.color_jitter),
-                      progress=sys.stderr.isatty())
+    cfg = TrainConfig(
+        model=args.model,
+        epochs=args.epochs,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_epochs=args.warmup_epochs,
+        freeze_stages=args.freeze_stages,
+        ema_decay=args.ema_decay,
+        attribute_loss_weight=args.attribute_loss_weight,
+        patience=0,
+        keep="last",
+        seed=args.seed,
+        cache_scale=args.cache_scale,
+        num_threads=args.threads,
+        workers=args.workers,
+        max_train_images=args.max_train_images,
+        mix_prob=args.mix_prob,
+        drop_path=args.drop_path,
+        weight_decay=args.weight_decay,
+        resize=args.resize,
+        train_splits=args.train_splits.split(","),
+        tree_loss_weight=args.tree_loss_weight,
+        augment=AugmentConfig(scale_min=args.scale_min, color_jitter=args.color_jitter),
+        progress=sys.stderr.isatty(),
+    )
     started = datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
     result = train(cfg, dataset, args.out)
     train_wall = time.perf_counter() - t0
 
-    val = {tta: evaluate_run(args.out, dataset, "val", tta=tta, engine="torch", progress=False,
-                             out_dir=Path(args.out) / f"eval-val-tta{int(tta)}") for tta in (False, True)}
+    val = {
+        tta: evaluate_run(
+            args.out,
+            dataset,
+            "val",
+            tta=tta,
+            engine="torch",
+            progress=False,
+            out_dir=Path(args.out) / f"eval-val-tta{int(tta)}",
+        )
+        for tta in (False, True)
+    }
     use_tta = val[True]["top1"] > val[False]["top1"]
     t1 = time.perf_counter()
     test = evaluate_run(args.out, dataset, "test", tta=use_tta, engine="torch", progress=False)
@@ -98,25 +137,36 @@ def main() -> None:
     scores = {**levels, **attributes}
     summary = {
         "benchmark": "fashion-small: category tree and attributes, one jointly trained model",
-        "date": date.today().isoformat(), "started": started,
+        "date": date.today().isoformat(),
+        "started": started,
         "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1]] + sys.argv),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores" + (
-            f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"
+        + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
         + f"; torch {torch.__version__}, {args.threads} threads",
         "split": "the dataset's fixed split column (train / val / test by product id)",
         "n_images": {s: len(dataset.split(s)) for s in ("train", "val", "test")},
-        "config": cfg.to_dict(), "run_dir": str(args.out),
-        "train_seconds": round(result.train_seconds, 1), "train_wall_seconds": round(train_wall, 1),
+        "config": cfg.to_dict(),
+        "run_dir": str(args.out),
+        "train_seconds": round(result.train_seconds, 1),
+        "train_wall_seconds": round(train_wall, 1),
         "epochs_run": result.epochs_run,
-        "train_images_per_second": round(result.images_per_epoch * result.epochs_run / max(result.train_seconds, 1e-9), 1),
-        "launcher": (f"torchrun, {os.environ.get('WORLD_SIZE')} process(es)" if "LOCAL_RANK" in os.environ
-                     else "python"), "test_eval_seconds": round(test_seconds, 1),
+        "train_images_per_second": round(
+            result.images_per_epoch * result.epochs_run / max(result.train_seconds, 1e-9), 1
+        ),
+        "launcher": (
+            f"torchrun, {os.environ.get('WORLD_SIZE')} process(es)" if "LOCAL_RANK" in os.environ else "python"
+        ),
+        "test_eval_seconds": round(test_seconds, 1),
         "val_held_out": "val" not in cfg.train_splits,
-        "val_top1_no_tta": val[False]["top1"], "val_top1_tta": val[True]["top1"], "tta_chosen": use_tta,
+        "val_top1_no_tta": val[False]["top1"],
+        "val_top1_tta": val[True]["top1"],
+        "tta_chosen": use_tta,
         "val_attributes": {n: a["accuracy"] for n, a in val[use_tta]["attributes"].items()},
-        "test_top1_by_level": levels, "test_attribute_accuracy": attributes,
+        "test_top1_by_level": levels,
+        "test_attribute_accuracy": attributes,
         "test_attribute_known": {n: a["n_known"] for n, a in test["attributes"].items()},
-        "test_top5": test["top5"], "test_macro_f1": test["macro_f1"],
+        "test_top5": test["top5"],
+        "test_macro_f1": test["macro_f1"],
         "floors": {k: {"floor": v, "measured": scores[k], "met": scores[k] >= v} for k, v in FLOORS.items()},
     }
     results = Path(__file__).parent / "results"

@@ -42,21 +42,36 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     csv_path = Path(args.csv)
-    embedder = (Embedder.from_run(args.run, device="cpu") if args.run
-                else Embedder.pretrained("efficientnet_lite0", img_size=args.img_size, device="cpu"))
-    results: dict = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-                     "embedder": embedder.description, "img_size": embedder.preprocessing.img_size, "dim": embedder.dim}
+    embedder = (
+        Embedder.from_run(args.run, device="cpu")
+        if args.run
+        else Embedder.pretrained("efficientnet_lite0", img_size=args.img_size, device="cpu")
+    )
+    results: dict = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "embedder": embedder.description,
+        "img_size": embedder.preprocessing.img_size,
+        "dim": embedder.dim,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         with Catalog.open(Path(tmp) / "fashion.db", embedder) as catalog:
             train_rows, bad = read_products_csv(csv_path, MAPPING, split="train")
             t0 = time.perf_counter()
             report = import_products(catalog, train_rows, desc="ingesting train split")
             seconds = time.perf_counter() - t0
-            results["ingest_train"] = {"products": report.added, "images": report.images, "rejected": len(report.rejected),
-                                       "seconds": round(seconds, 1), "images_per_s": round(report.images / seconds, 1)}
+            results["ingest_train"] = {
+                "products": report.added,
+                "images": report.images,
+                "rejected": len(report.rejected),
+                "seconds": round(seconds, 1),
+                "images_per_s": round(report.images / seconds, 1),
+            }
             print("ingest:", results["ingest_train"], flush=True)
             test_rows, _ = read_products_csv(csv_path, MAPPING, split="test")
-            queries = [Query(p.images[0], category_leaf=p.category_path[-1], attributes=p.attributes) for _, p in test_rows]
+            queries = [
+                Query(p.images[0], category_leaf=p.category_path[-1], attributes=p.attributes) for _, p in test_rows
+            ]
             metrics = evaluate_search(catalog, queries, ks=(1, 5, 10), match_attributes=("colour",))
             results["search_test_vs_train"] = metrics
             print("search:", json.dumps(metrics), flush=True)
@@ -65,10 +80,13 @@ def main() -> None:
             more = import_products(catalog, rest, desc="ingesting val + test")
             seconds_rest = time.perf_counter() - t0
             total_images = report.images + more.images
-            results["ingest_all"] = {"products": len(catalog), "images": total_images,
-                                     "seconds": round(seconds + seconds_rest, 1),
-                                     "images_per_s": round(total_images / (seconds + seconds_rest), 1),
-                                     "index": catalog.info()["index"]}
+            results["ingest_all"] = {
+                "products": len(catalog),
+                "images": total_images,
+                "seconds": round(seconds + seconds_rest, 1),
+                "images_per_s": round(total_images / (seconds + seconds_rest), 1),
+                "index": catalog.info()["index"],
+            }
             print("ingest all:", results["ingest_all"], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from skulens.catalog import Catalog, Embedder, import_products, products_from_dataset
-from skulens.data.datasets import load_dataset
 from skulens.catalog.search_eval import evaluate_search, queries_from_dataset
+from skulens.data.datasets import load_dataset
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "grocery-store"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,8 +46,9 @@ def embed_paths(embedder: Embedder, paths: list[Path]) -> np.ndarray:
     return vectors
 
 
-def product_ranking_metrics(q: np.ndarray, q_labels: np.ndarray, g: np.ndarray, g_labels: np.ndarray,
-                            n_products: int) -> dict:
+def product_ranking_metrics(
+    q: np.ndarray, q_labels: np.ndarray, g: np.ndarray, g_labels: np.ndarray, n_products: int
+) -> dict:
     """Rank products by their best gallery image; one right product per query."""
     sims = q @ g.T
     best = np.full((len(q), n_products), -np.inf, np.float32)
@@ -57,8 +58,12 @@ def product_ranking_metrics(q: np.ndarray, q_labels: np.ndarray, g: np.ndarray, 
             best[:, product] = sims[:, cols].max(1)
     order = np.argsort(-best, axis=1)
     rank = np.argmax(order == q_labels[:, None], axis=1) + 1
-    return {"recall@1": float(np.mean(rank <= 1)), "recall@5": float(np.mean(rank <= 5)),
-            "recall@10": float(np.mean(rank <= 10)), "mAP": float(np.mean(1.0 / rank))}
+    return {
+        "recall@1": float(np.mean(rank <= 1)),
+        "recall@5": float(np.mean(rank <= 5)),
+        "recall@10": float(np.mean(rank <= 10)),
+        "mAP": float(np.mean(1.0 / rank)),
+    }
 
 
 def pca_project(train: np.ndarray, dims: int):
@@ -84,8 +89,12 @@ def evaluate_embedder(name: str, embedder: Embedder, dataset, pca_dims: list[int
     g_train = embed_paths(embedder, [s.path for s in train])
     train_labels = np.array([s.label for s in train])
     n = len(dataset.classes)
-    out = {"embedder": embedder.description, "dim": embedder.dim, "img_size": embedder.preprocessing.img_size,
-           "queries": len(test)}
+    out = {
+        "embedder": embedder.description,
+        "dim": embedder.dim,
+        "img_size": embedder.preprocessing.img_size,
+        "queries": len(test),
+    }
     out["iconic"] = product_ranking_metrics(q, q_labels, g_iconic, iconic_labels, n)
     g_all, all_labels = np.vstack([g_iconic, g_train]), np.concatenate([iconic_labels, train_labels])
     out["iconic+train"] = product_ranking_metrics(q, q_labels, g_all, all_labels, n)
@@ -95,8 +104,12 @@ def evaluate_embedder(name: str, embedder: Embedder, dataset, pca_dims: list[int
             continue
         project = pca_project(g_all, dims)
         out["pca"][str(dims)] = {
-            "iconic_recall@1": product_ranking_metrics(project(q), q_labels, project(g_iconic), iconic_labels, n)["recall@1"],
-            "iconic+train_recall@1": product_ranking_metrics(project(q), q_labels, project(g_all), all_labels, n)["recall@1"],
+            "iconic_recall@1": product_ranking_metrics(project(q), q_labels, project(g_iconic), iconic_labels, n)[
+                "recall@1"
+            ],
+            "iconic+train_recall@1": product_ranking_metrics(project(q), q_labels, project(g_all), all_labels, n)[
+                "recall@1"
+            ],
         }
     out["seconds"] = round(time.perf_counter() - started, 1)
     print(f"{name}: {json.dumps(out)}", flush=True)
@@ -108,7 +121,7 @@ def embed_views(embedder: Embedder, paths: list[Path], batch_size: int = 16) -> 
     """Each photo's vector and its mirror image's, from one decode (flip averaging = their normalised sum)."""
     plain, mirrored = [], []
     for start in range(0, len(paths), batch_size):
-        x = torch.stack([embedder.input_tensor(str(p)) for p in paths[start:start + batch_size]])
+        x = torch.stack([embedder.input_tensor(str(p)) for p in paths[start : start + batch_size]])
         plain.append(embedder.embed_tensors(x))
         mirrored.append(embedder.embed_tensors(torch.flip(x, dims=[3])))
     return np.vstack(plain), np.vstack(mirrored)
@@ -147,16 +160,20 @@ def choose_on_val(run: str, dataset, pca_dims: list[int], out_dir: Path) -> dict
             for split in ("val", "test"):
                 option[split] = product_ranking_metrics(project(vectors[split]), labels[split], g, gallery_labels, n)
             iconic_rows = len(train) + np.arange(len(iconic_labels))
-            option["test_iconic"] = product_ranking_metrics(project(vectors["test"]), labels["test"], g[iconic_rows],
-                                                            iconic_labels, n)
+            option["test_iconic"] = product_ranking_metrics(
+                project(vectors["test"]), labels["test"], g[iconic_rows], iconic_labels, n
+            )
             option["_projection"] = projection
             options.append(option)
-            print(f"flip={flip} pca={dims or '-'}: val R@1 {option['val']['recall@1']:.4f} "
-                  f"test R@1 {option['test']['recall@1']:.4f} (iconic {option['test_iconic']['recall@1']:.4f})",
-                  flush=True)
+            print(
+                f"flip={flip} pca={dims or '-'}: val R@1 {option['val']['recall@1']:.4f} "
+                f"test R@1 {option['test']['recall@1']:.4f} (iconic {option['test_iconic']['recall@1']:.4f})",
+                flush=True,
+            )
     # ties go to the higher val mAP, then the simpler option: no flip before flip, no projection before one
-    chosen = max(options, key=lambda o: (o["val"]["recall@1"], o["val"]["mAP"], -o["flip"],
-                                         -(o["projection_dims"] is not None)))
+    chosen = max(
+        options, key=lambda o: (o["val"]["recall@1"], o["val"]["mAP"], -o["flip"], -(o["projection_dims"] is not None))
+    )
     check = {}
     if chosen["_projection"] is not None:
         path = chosen["_projection"].save(out_dir / f"projection-{chosen['projection_dims']}.safetensors")
@@ -165,15 +182,26 @@ def choose_on_val(run: str, dataset, pca_dims: list[int], out_dir: Path) -> dict
         u, f = embed_views(base, [s.path for s in sample])
         expected = chosen["_projection"].transform(unit_rows(u + f) if chosen["flip"] else u)
         got = product.embed([str(s.path) for s in sample])
-        check = {"images": len(sample), "max_abs_difference": float(np.abs(got - expected).max()),
-                 "projection_file": str(path), "model_id": product.model_id}
+        check = {
+            "images": len(sample),
+            "max_abs_difference": float(np.abs(got - expected).max()),
+            "projection_file": str(path),
+            "model_id": product.model_id,
+        }
     for option in options:
         option.pop("_projection")
-    return {"run": run, "rule": "max val recall@1 (iconic+train gallery); ties: higher val mAP, then the simpler option",
-            "val_queries": len(labels["val"]), "test_queries": len(labels["test"]), "options": options,
-            "chosen": {k: chosen[k] for k in ("flip", "projection_dims")}, "chosen_test": chosen["test"],
-            "chosen_test_iconic": chosen["test_iconic"], "product_check": check,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "run": run,
+        "rule": "max val recall@1 (iconic+train gallery); ties: higher val mAP, then the simpler option",
+        "val_queries": len(labels["val"]),
+        "test_queries": len(labels["test"]),
+        "options": options,
+        "chosen": {k: chosen[k] for k in ("flip", "projection_dims")},
+        "chosen_test": chosen["test"],
+        "chosen_test_iconic": chosen["test_iconic"],
+        "product_check": check,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def catalog_check(embedder: Embedder, dataset) -> dict:
@@ -192,25 +220,40 @@ def main() -> None:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--pca", default="128,256")
     p.add_argument("--save-vectors", default=None, help="save the run's gallery embeddings (.npy) for search_scale.py")
-    p.add_argument("--flip", action="store_true",
-                   help="the run's vectors averaged with their mirror images' (Embedder flip=True), queries and gallery")
+    p.add_argument(
+        "--flip",
+        action="store_true",
+        help="the run's vectors averaged with their mirror images' (Embedder flip=True), queries and gallery",
+    )
     p.add_argument("--no-catalog-check", action="store_true", help="skip the SQLite + FAISS cross-check (saves a pass)")
-    p.add_argument("--choose-on-val", action="store_true",
-                   help="only: choose flip x projection on val for --run, report test (see above)")
-    p.add_argument("--projection-dir", default="runs/projections", help="--choose-on-val: where the chosen "
-                                                                         "projection file goes")
+    p.add_argument(
+        "--choose-on-val",
+        action="store_true",
+        help="only: choose flip x projection on val for --run, report test (see above)",
+    )
+    p.add_argument(
+        "--projection-dir", default="runs/projections", help="--choose-on-val: where the chosen projection file goes"
+    )
     p.add_argument("--out", default=str(RESULTS / "grocery_search.json"))
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     dataset = load_dataset(args.data)
     pca_dims = [int(d) for d in args.pca.split(",") if d]
-    results = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-               "dataset": "Grocery Store: queries = test split (2485 photos); galleries = 81 iconic images, "
-                          "and iconic + train split", "embedders": {}}
+    results = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "dataset": "Grocery Store: queries = test split (2485 photos); galleries = 81 iconic images, "
+        "and iconic + train split",
+        "embedders": {},
+    }
     if args.choose_on_val:
         results["choice"] = choose_on_val(args.run, dataset, pca_dims, Path(args.projection_dir))
-        print(json.dumps({k: results["choice"][k] for k in ("chosen", "chosen_test", "chosen_test_iconic",
-                                                            "product_check")}), flush=True)
+        print(
+            json.dumps(
+                {k: results["choice"][k] for k in ("chosen", "chosen_test", "chosen_test_iconic", "product_check")}
+            ),
+            flush=True,
+        )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))
         print(f"saved {args.out}")
@@ -224,11 +267,13 @@ def main() -> None:
         results["catalog_check"] = catalog_check(embedder, dataset)
         print("catalog check:", results["catalog_check"], flush=True)
     for run in args.baseline_run:
-        results["embedders"][f"run:{Path(run).name}"] = evaluate_embedder(run, Embedder.from_run(run, device="cpu"),
-                                                                         dataset, pca_dims)
+        results["embedders"][f"run:{Path(run).name}"] = evaluate_embedder(
+            run, Embedder.from_run(run, device="cpu"), dataset, pca_dims
+        )
     if args.pretrained:
         results["embedders"]["pretrained:efficientnet_lite0"] = evaluate_embedder(
-            "pretrained", Embedder.pretrained(device="cpu"), dataset, pca_dims)
+            "pretrained", Embedder.pretrained(device="cpu"), dataset, pca_dims
+        )
     for entry in results["embedders"].values():
         entry.pop("_gallery_vectors", None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skulens.runs import load_run
 from skulens.data.datasets import load_dataset
 from skulens.data.images import load_image
 from skulens.data.transforms import to_model_input
 from skulens.engines.select import ONNX_FP32, ONNX_INT8, OnnxEngine, current_export
 from skulens.evaluation.report import evaluate_run
+from skulens.runs import load_run
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "grocery-store"
 
@@ -80,8 +80,12 @@ def main() -> None:
     def channels_last(x):
         return cl_model(x.contiguous(memory_format=torch.channels_last))
 
-    engines = {"pytorch_eager": eager, "pytorch_channels_last": channels_last,
-               "onnxruntime_fp32": fp32.probabilities, "onnxruntime_int8": int8.probabilities}
+    engines = {
+        "pytorch_eager": eager,
+        "pytorch_channels_last": channels_last,
+        "onnxruntime_fp32": fp32.probabilities,
+        "onnxruntime_int8": int8.probabilities,
+    }
     batches = [int(b) for b in args.batches.split(",")]
     throughput: dict[str, dict[int, float]] = {}
     for name, fn in engines.items():
@@ -97,8 +101,9 @@ def main() -> None:
         start = time.perf_counter()
         labels = []
         for i in range(0, len(jpeg_bytes), batch):
-            x = torch.stack([to_model_input(load_image(b, draft_size=pre.img_size), pre)
-                             for b in jpeg_bytes[i:i + batch]])
+            x = torch.stack(
+                [to_model_input(load_image(b, draft_size=pre.img_size), pre) for b in jpeg_bytes[i : i + batch]]
+            )
             labels += [config.classes[j] for j in fn(x).argmax(-1).tolist()]
         assert len(labels) == len(jpeg_bytes)
         return len(jpeg_bytes) / (time.perf_counter() - start)
@@ -120,11 +125,17 @@ def main() -> None:
             print(f"test top-1 {m['engine']}: {100 * m['top1']:.2f}%")
 
     out = {
-        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "torch": torch.__version__, "run": str(run), "model": config.model.name, "img_size": pre.img_size,
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "torch": torch.__version__,
+        "run": str(run),
+        "model": config.model.name,
+        "img_size": pre.img_size,
         "throughput_img_per_s": {k: {str(b): round(v, 1) for b, v in r.items()} for k, r in throughput.items()},
-        "best_batch": {k: {"batch": b, "img_per_s": round(v, 1), "ratio_vs_eager_best": round(v / base, 2)}
-                       for k, (b, v) in best.items()},
+        "best_batch": {
+            k: {"batch": b, "img_per_s": round(v, 1), "ratio_vs_eager_best": round(v / base, 2)}
+            for k, (b, v) in best.items()
+        },
         "end_to_end_img_per_s": {k: round(v, 1) for k, v in e2e.items()},
         "end_to_end_ratio_int8_vs_eager": round(e2e["onnxruntime_int8"] / e2e["pytorch_eager"], 2),
         "decode_preprocess_img_per_s": round(decode_ips, 1),

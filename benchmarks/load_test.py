@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -82,8 +82,23 @@ def free_port() -> int:
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "skulens", "serve", args.run, "--port", str(port), "--log-level", "warning",
-           "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms), "--engine", args.engine]
+    cmd = [
+        sys.executable,
+        "-m",
+        "skulens",
+        "serve",
+        args.run,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--engine",
+        args.engine,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -138,11 +153,19 @@ async def run_level(url: str, photo: bytes, concurrency: int, n_requests: int, d
         await asyncio.gather(*[worker(client) for _ in range(concurrency)])
         wall = time.perf_counter() - started
     ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
-    return {"concurrency": concurrency, "requests": len(latencies) + sum(errors.values()), "ok": len(latencies),
-            "errors": sum(errors.values()), "error_kinds": errors, "seconds": round(wall, 3),
-            "throughput_rps": round(len(latencies) / wall, 2) if wall > 0 else 0.0,
-            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "mean_ms": round(float(ms.mean()), 2)}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies) + sum(errors.values()),
+        "ok": len(latencies),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "seconds": round(wall, 3),
+        "throughput_rps": round(len(latencies) / wall, 2) if wall > 0 else 0.0,
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+    }
 
 
 def main(argv=None) -> int:
@@ -171,9 +194,12 @@ def main(argv=None) -> int:
             batches = after[0] - before[0]
             level["mean_batch_size"] = round((after[1] - before[1]) / batches, 2) if batches else None
             results.append(level)
-            print(f"concurrency {concurrency:3d}: {level['throughput_rps']:8.1f} req/s   p50 {level['p50_ms']:7.1f} ms   "
-                  f"p95 {level['p95_ms']:7.1f} ms   p99 {level['p99_ms']:7.1f} ms   errors {level['errors']}   "
-                  f"mean batch {level['mean_batch_size']}", flush=True)
+            print(
+                f"concurrency {concurrency:3d}: {level['throughput_rps']:8.1f} req/s   p50 {level['p50_ms']:7.1f} ms   "
+                f"p95 {level['p95_ms']:7.1f} ms   p99 {level['p99_ms']:7.1f} ms   errors {level['errors']}   "
+                f"mean batch {level['mean_batch_size']}",
+                flush=True,
+            )
     finally:
         if proc is not None:
             proc.terminate()
@@ -185,23 +211,38 @@ def main(argv=None) -> int:
     first, last = results[0], results[-1]
     speedup = last["throughput_rps"] / first["throughput_rps"] if first["throughput_rps"] else 0.0
     complete = all(r["requests"] == args.requests for r in results)
-    checks = {"zero_errors": all(r["errors"] == 0 for r in results), "complete": complete,
-              f"speedup_c{last['concurrency']}_vs_c{first['concurrency']}": round(speedup, 2),
-              "speedup_ok": speedup >= args.min_speedup}
+    checks = {
+        "zero_errors": all(r["errors"] == 0 for r in results),
+        "complete": complete,
+        f"speedup_c{last['concurrency']}_vs_c{first['concurrency']}": round(speedup, 2),
+        "speedup_ok": speedup >= args.min_speedup,
+    }
     name = args.name or (Path(args.run).name if args.run else "url")
     report = {
-        "benchmark": "load_test", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "load_test",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "server": {"run": args.run, "url": args.url, "engine": health.get("engine"), "model": info.get("model"),
-                   "max_batch_size": info.get("max_batch_size"), "max_wait_ms": info.get("max_wait_ms")},
-        "image_bytes": len(photo), "requests_per_level": args.requests, "levels": results, "checks": checks,
+        "server": {
+            "run": args.run,
+            "url": args.url,
+            "engine": health.get("engine"),
+            "model": info.get("model"),
+            "max_batch_size": info.get("max_batch_size"),
+            "max_wait_ms": info.get("max_wait_ms"),
+        },
+        "image_bytes": len(photo),
+        "requests_per_level": args.requests,
+        "levels": results,
+        "checks": checks,
     }
     out = Path(args.out) if args.out else RESULTS / f"load_test-{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"speedup c{last['concurrency']}/c{first['concurrency']}: {speedup:.2f}x (need {args.min_speedup}x); "
-          f"errors: {sum(r['errors'] for r in results)}; results: {out}")
+    print(
+        f"speedup c{last['concurrency']}/c{first['concurrency']}: {speedup:.2f}x (need {args.min_speedup}x); "
+        f"errors: {sum(r['errors'] for r in results)}; results: {out}"
+    )
     return 0 if checks["zero_errors"] and complete and checks["speedup_ok"] else 1
 
 

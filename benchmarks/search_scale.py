@@ -49,7 +49,7 @@ def synthesise_catalog(real: np.ndarray, n: int, seed: int) -> np.ndarray:
         block = np.einsum("mk,mkd->md", weights, real[picks])
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         block += np.sqrt(0.1 / dim) * rng.standard_normal((m, dim)).astype(np.float32)
-        out[start:start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
 
@@ -63,7 +63,9 @@ def new_photos(catalog: np.ndarray, n: int, seed: int) -> np.ndarray:
     return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
 
 
-def latencies_ms(index: VectorIndex, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def latencies_ms(
+    index: VectorIndex, queries: np.ndarray, k: int, nprobe: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     times, ids = [], []
     for q in queries:
         t0 = time.perf_counter()
@@ -90,8 +92,11 @@ def load_real_vectors(path: str) -> np.ndarray:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vectors", required=True, help=".npy of real unit-length embeddings (n, dim), or a SQLite "
-                                                    "catalog (.db): the vectors it stores")
+    p.add_argument(
+        "--vectors",
+        required=True,
+        help=".npy of real unit-length embeddings (n, dim), or a SQLite catalog (.db): the vectors it stores",
+    )
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--nlist", type=int, default=None)
@@ -106,16 +111,27 @@ def main() -> None:
     data = synthesise_catalog(real, args.n, args.seed)
     queries = new_photos(data, args.queries, args.seed + 1)
     ids = np.arange(args.n, dtype=np.int64)
-    results: dict = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-                     "n": args.n, "dim": dim, "real_vectors": len(real), "queries": args.queries,
-                     "vectors_mb": round(data.nbytes / 2**20, 1)}
+    results: dict = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "n": args.n,
+        "dim": dim,
+        "real_vectors": len(real),
+        "queries": args.queries,
+        "vectors_mb": round(data.nbytes / 2**20, 1),
+    }
 
     t0 = time.perf_counter()
     exact = VectorIndex.build(ids, data, dim=dim, model_id="bench", kind="flat")
     results["flat"] = {"build_s": round(time.perf_counter() - t0, 2)}
     flat_times, truth = latencies_ms(exact, queries[:200], 10)
-    results["flat"].update({"p50_ms": float(np.percentile(flat_times, 50)), "p99_ms": float(np.percentile(flat_times, 99)),
-                            "timed_queries": 200})
+    results["flat"].update(
+        {
+            "p50_ms": float(np.percentile(flat_times, 50)),
+            "p99_ms": float(np.percentile(flat_times, 99)),
+            "timed_queries": 200,
+        }
+    )
     # exact neighbours of every query, batched (fast), as ground truth
     _, truth = exact.search(queries, 10)
     print("flat:", results["flat"], flush=True)
@@ -125,15 +141,23 @@ def main() -> None:
     t0 = time.perf_counter()
     ivf = VectorIndex.build(ids, data, dim=dim, model_id="bench", kind="ivf", nlist=args.nlist)
     build_s = time.perf_counter() - t0
-    results["ivf"] = {"nlist": ivf.state.nlist, "build_s": round(build_s, 1),
-                      "rss_growth_mb": round(rss_mb() - before, 1), "process_peak_rss_mb": round(rss_mb(), 1),
-                      "sweep": []}
+    results["ivf"] = {
+        "nlist": ivf.state.nlist,
+        "build_s": round(build_s, 1),
+        "rss_growth_mb": round(rss_mb() - before, 1),
+        "process_peak_rss_mb": round(rss_mb(), 1),
+        "sweep": [],
+    }
     print(f"ivf built in {build_s:.1f} s (nlist {ivf.state.nlist})", flush=True)
     for nprobe in [int(x) for x in args.nprobes.split(",")]:
         times, found = latencies_ms(ivf, queries, 10, nprobe)
         recall = float(np.mean([len(set(found[i]) & set(truth[i])) / 10 for i in range(len(queries))]))
-        row = {"nprobe": nprobe, "recall@10": round(recall, 4), "p50_ms": round(float(np.percentile(times, 50)), 3),
-               "p99_ms": round(float(np.percentile(times, 99)), 3)}
+        row = {
+            "nprobe": nprobe,
+            "recall@10": round(recall, 4),
+            "p50_ms": round(float(np.percentile(times, 50)), 3),
+            "p99_ms": round(float(np.percentile(times, 99)), 3),
+        }
         results["ivf"]["sweep"].append(row)
         print("ivf:", row, flush=True)
     ok = [r for r in results["ivf"]["sweep"] if r["recall@10"] >= 0.95]

@@ -62,15 +62,30 @@ def main() -> None:
     rows = []
     for name, size, batch, cl, frozen in CONFIGS:
         ips = measure(name, size, batch, cl, frozen, args.steps)
-        rows.append({"model": name, "img_size": size, "batch": batch, "channels_last": cl, "frozen_stages": frozen,
-                     "train_images_per_s": round(ips, 1)})
-        print(f"{name:20s} {size}px batch {batch:2d} channels_last={cl!s:5s} frozen={frozen}: {ips:6.1f} img/s",
-              flush=True)
+        rows.append(
+            {
+                "model": name,
+                "img_size": size,
+                "batch": batch,
+                "channels_last": cl,
+                "frozen_stages": frozen,
+                "train_images_per_s": round(ips, 1),
+            }
+        )
+        print(
+            f"{name:20s} {size}px batch {batch:2d} channels_last={cl!s:5s} frozen={frozen}: {ips:6.1f} img/s",
+            flush=True,
+        )
     base = rows[0]["train_images_per_s"]
     for row in rows:
         row["ratio_vs_first"] = round(row["train_images_per_s"] / base, 2)
-    out = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+    out = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     (results / "train_speed.json").write_text(json.dumps(out, indent=2))

@@ -52,9 +52,26 @@ def full_vector(classes: list[str], top: list[dict]) -> np.ndarray:
 
 
 def through_cli(paths: list[Path], classes: list[str]) -> np.ndarray:
-    out = subprocess.run([sys.executable, "-m", "skulens", "predict", str(RUN), *map(str, paths), "--json",
-                          "--top-k", str(len(classes)), "--engine", "torch", "--device", "cpu"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skulens",
+            "predict",
+            str(RUN),
+            *map(str, paths),
+            "--json",
+            "--top-k",
+            str(len(classes)),
+            "--engine",
+            "torch",
+            "--device",
+            "cpu",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return np.stack([full_vector(classes, r["top_k"]) for r in json.loads(out)])
 
 
@@ -62,8 +79,9 @@ def through_python(paths: list[Path], classes: list[str]) -> np.ndarray:
     from skulens.recognition.recognizer import Recognizer
 
     rec = Recognizer.load(RUN, engine="torch", device="cpu")
-    return np.stack([full_vector(classes, [s.__dict__ for s in rec.predict(p, top_k=len(classes)).top_k])
-                     for p in paths])
+    return np.stack(
+        [full_vector(classes, [s.__dict__ for s in rec.predict(p, top_k=len(classes)).top_k]) for p in paths]
+    )
 
 
 def through_http(paths: list[Path], classes: list[str]) -> np.ndarray:
@@ -86,8 +104,11 @@ def snapshot() -> dict[str, np.ndarray]:
     classes = json.loads((RUN / "config.json").read_text())["classes"]
     with tempfile.TemporaryDirectory() as tmp:
         paths = photos(Path(tmp))
-        return {"cli": through_cli(paths, classes), "python": through_python(paths, classes),
-                "http": through_http(paths, classes)}
+        return {
+            "cli": through_cli(paths, classes),
+            "python": through_python(paths, classes),
+            "http": through_http(paths, classes),
+        }
 
 
 def main() -> int:

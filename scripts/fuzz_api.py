@@ -48,20 +48,52 @@ def main(argv=None) -> int:
         run = Path(args.run) if args.run else tiny_run(work / "train")
         with running_server(run, work) as (base, key, proc):
             seed_catalog(base, key)
-            cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{base}/openapi.json",
-                   "--header", f"X-API-Key: {key}", "--checks", args.checks,
-                   "--max-examples", str(args.max_examples), "--max-time", str(min(args.max_time, 1800)),
-                   "--seed", str(args.seed), "--workers", "1", "--request-timeout", "60", "--no-color",
-                   "--suppress-health-check", "all", "--report", "json", "--report-dir", str(report_dir),
-                   "--output-sanitize", "true"]
+            cmd = [
+                str(Path(sys.executable).parent / "schemathesis"),
+                "run",
+                f"{base}/openapi.json",
+                "--header",
+                f"X-API-Key: {key}",
+                "--checks",
+                args.checks,
+                "--max-examples",
+                str(args.max_examples),
+                "--max-time",
+                str(min(args.max_time, 1800)),
+                "--seed",
+                str(args.seed),
+                "--workers",
+                "1",
+                "--request-timeout",
+                "60",
+                "--no-color",
+                "--suppress-health-check",
+                "all",
+                "--report",
+                "json",
+                "--report-dir",
+                str(report_dir),
+                "--output-sanitize",
+                "true",
+            ]
             code = subprocess.run(cmd, check=False).returncode
             alive = proc.poll() is None and httpx.get(f"{base}/healthz", timeout=5).status_code == 200
             rss, peak = memory_mb(proc.pid)
         server_log = (work / "server.log").read_text(errors="replace")
     errors_logged = server_log.count("unexpected ")
-    print(json.dumps({"schemathesis_exit": code, "server_alive": alive, "server_rss_mb": round(rss),
-                      "server_peak_rss_mb": round(peak), "server_unexpected_errors_logged": errors_logged,
-                      "report_dir": str(report_dir)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "schemathesis_exit": code,
+                "server_alive": alive,
+                "server_rss_mb": round(rss),
+                "server_peak_rss_mb": round(peak),
+                "server_unexpected_errors_logged": errors_logged,
+                "report_dir": str(report_dir),
+            },
+            indent=2,
+        )
+    )
     if not alive:
         return 1
     return code

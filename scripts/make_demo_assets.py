@@ -17,13 +17,11 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from skulens.runs import save_tensors_atomic
-
 from skulens.data.datasets import load_dataset
+from skulens.runs import save_tensors_atomic
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "skulens" / "demo_assets"
 SIDE = 256
@@ -57,8 +55,17 @@ def write_catalog(data: Path, out: Path) -> None:
         text = iconic.with_name(iconic.name.replace("_Iconic.jpg", "_Description.txt"))
         description = text.read_text(encoding="utf-8", errors="replace").strip() if text.is_file() else ""
         department, coarse, fine = dataset.tree.paths[label]
-        rows.append({"sku": name, "image": f"images/{name}.jpg", "title": name.replace("-", " "),
-                     "department": department, "coarse": coarse, "fine": fine, "description": description})
+        rows.append(
+            {
+                "sku": name,
+                "image": f"images/{name}.jpg",
+                "title": name.replace("-", " "),
+                "department": department,
+                "coarse": coarse,
+                "fine": fine,
+                "description": description,
+            }
+        )
     with (out / "products.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, list(rows[0]))
         writer.writeheader()
@@ -76,10 +83,12 @@ def main() -> None:
     licence = (Path(args.data) / "LICENSE").read_text()
     (OUT / "ATTRIBUTION.md").write_text(
         "# Demo assets\n\nThe catalog images and descriptions, and the photos the demo model was trained on, come from "
-        "the Grocery Store dataset by Marcus Klasson, Cheng Zhang and Hedvig Kjellström, \"A Hierarchical "
-        "Grocery Store Image Dataset with Visual and Semantic Labels\", WACV 2019 "
+        'the Grocery Store dataset by Marcus Klasson, Cheng Zhang and Hedvig Kjellström, "A Hierarchical '
+        'Grocery Store Image Dataset with Visual and Semantic Labels", WACV 2019 '
         "(https://github.com/marcusklasson/GroceryStoreDataset), under the MIT licence:\n\n```\n"
-        + licence.strip() + "\n```\n")
+        + licence.strip()
+        + "\n```\n"
+    )
     for f in OUT.rglob("*"):
         f.chmod(0o755 if f.is_dir() else 0o644)  # temp-file writes are 0600; package data must be readable
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())

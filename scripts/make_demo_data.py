@@ -12,8 +12,16 @@ from pathlib import Path
 
 from PIL import Image
 
-CLASSES = ["Granny-Smith", "Red-Delicious", "Banana", "Lemon", "Arla-Standard-Milk", "Oatly-Oat-Milk",
-           "Red-Bell-Pepper", "Cucumber"]
+CLASSES = [
+    "Granny-Smith",
+    "Red-Delicious",
+    "Banana",
+    "Lemon",
+    "Arla-Standard-Milk",
+    "Oatly-Oat-Milk",
+    "Red-Bell-Pepper",
+    "Cucumber",
+]
 PER_SPLIT = {"train": 10, "val": 3, "test": 4}
 SIDE = 160
 
@@ -41,7 +49,8 @@ def main(source: str) -> None:
     shutil.copy(src.parent / "LICENSE", out / "LICENSE")
     (out / "SOURCE.md").write_text(
         "A small sample of the Grocery Store Dataset (M. Klasson, C. Zhang, H. Kjellstrom, WACV 2019),\n"
-        "MIT licence (LICENSE), photos shrunk to 160 px by scripts/make_demo_data.py.\n")
+        "MIT licence (LICENSE), photos shrunk to 160 px by scripts/make_demo_data.py.\n"
+    )
 
 
 def shrink(src: Path, dst: Path) -> None:

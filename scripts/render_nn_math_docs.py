@@ -112,63 +112,75 @@ def section_convolution() -> str:
     for size, k, s, p in [(5, 3, 1, 0), (5, 3, 1, 1), (5, 3, 2, 1), (6, 3, 2, 0), (150, 3, 1, 0)]:
         n = nm.conv_output_size(size, k, s, p)
         assert nm.conv2d(np.zeros((size, size)), np.ones((k, k)), stride=s, padding=p).shape == (n, n)
-        shapes.append(f"| {size}x{size} | {k}x{k} | {s} | {p} | floor(({size} + 2·{p} - {k}) / {s}) + 1 = {n} | {n}x{n} |")
-    return "\n".join([
-        "## 1. Convolution",
-        "",
-        "A convolution layer slides a small kernel over the image and, at each position, multiplies",
-        "the kernel's weights with the pixels under them and adds the products up (plus a bias). With",
-        "0-based indices, stride `s` and the input zero-padded by `p` on each side:",
-        "",
-        block("out[o, i, j] = bias[o] + sum over c, k, l of  w[o, c, k, l] · x[c, i·s + k - p, j·s + l - p]",
-              "",
-              "o: output channel   c: input channel   (i, j): output position   (k, l): position inside the kernel"),
-        "",
-        "Like PyTorch and Keras, `nn_math.conv2d` computes this *cross-correlation*: the kernel is not",
-        "flipped. The convolution of mathematics flips it first; for a trained network it makes no",
-        "difference (it learns the flipped kernel), but hand-worked numbers differ (below).",
-        "An output side is `floor((n + 2p - K) / s) + 1`: the number of positions where the whole",
-        "kernel fits.",
-        "",
-        "### A 3x3 input and a 2x2 kernel give a 2x2 output (no padding)",
-        "",
-        block(eq("x = ", x), "", eq("w = ", w)),
-        "",
-        "The kernel fits in 2 positions down and 2 across, so `conv2d(x, w)` is 2x2:",
-        "",
-        block(*lines, "", eq("conv2d(x, w) = ", out)),
-        "",
-        "Flipping the kernel first (the textbook convolution) gives " + f"`{inline(true_conv)}`"
-        + " instead, which is why the direction matters when checking numbers by hand.",
-        "",
-        "### Several channels",
-        "",
-        "With several input channels each has its own kernel slice and all the products go into one",
-        "sum; each output channel has its own kernel and bias. Two input channels (`x` and `x` upside",
-        "down), kernels `w` and `-w`, bias 0.5:",
-        "",
-        block(f"out[0,0,0] = ({sum_text(t0)}) + ({sum_text(t1)}) + 0.5 = {num(v2)}",
-              "", eq("conv2d(x2, w2, [0.5])[0] = ", out2[0])),
-        "",
-        "### Output sizes with stride and padding",
-        "",
-        "| input | kernel | stride | padding | output side | output |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *shapes,
-    ])
+        shapes.append(
+            f"| {size}x{size} | {k}x{k} | {s} | {p} | floor(({size} + 2·{p} - {k}) / {s}) + 1 = {n} | {n}x{n} |"
+        )
+    return "\n".join(
+        [
+            "## 1. Convolution",
+            "",
+            "A convolution layer slides a small kernel over the image and, at each position, multiplies",
+            "the kernel's weights with the pixels under them and adds the products up (plus a bias). With",
+            "0-based indices, stride `s` and the input zero-padded by `p` on each side:",
+            "",
+            block(
+                "out[o, i, j] = bias[o] + sum over c, k, l of  w[o, c, k, l] · x[c, i·s + k - p, j·s + l - p]",
+                "",
+                "o: output channel   c: input channel   (i, j): output position   (k, l): position inside the kernel",
+            ),
+            "",
+            "Like PyTorch and Keras, `nn_math.conv2d` computes this *cross-correlation*: the kernel is not",
+            "flipped. The convolution of mathematics flips it first; for a trained network it makes no",
+            "difference (it learns the flipped kernel), but hand-worked numbers differ (below).",
+            "An output side is `floor((n + 2p - K) / s) + 1`: the number of positions where the whole",
+            "kernel fits.",
+            "",
+            "### A 3x3 input and a 2x2 kernel give a 2x2 output (no padding)",
+            "",
+            block(eq("x = ", x), "", eq("w = ", w)),
+            "",
+            "The kernel fits in 2 positions down and 2 across, so `conv2d(x, w)` is 2x2:",
+            "",
+            block(*lines, "", eq("conv2d(x, w) = ", out)),
+            "",
+            "Flipping the kernel first (the textbook convolution) gives "
+            + f"`{inline(true_conv)}`"
+            + " instead, which is why the direction matters when checking numbers by hand.",
+            "",
+            "### Several channels",
+            "",
+            "With several input channels each has its own kernel slice and all the products go into one",
+            "sum; each output channel has its own kernel and bias. Two input channels (`x` and `x` upside",
+            "down), kernels `w` and `-w`, bias 0.5:",
+            "",
+            block(
+                f"out[0,0,0] = ({sum_text(t0)}) + ({sum_text(t1)}) + 0.5 = {num(v2)}",
+                "",
+                eq("conv2d(x2, w2, [0.5])[0] = ", out2[0]),
+            ),
+            "",
+            "### Output sizes with stride and padding",
+            "",
+            "| input | kernel | stride | padding | output side | output |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *shapes,
+        ]
+    )
 
 
 def section_relu() -> str:
     x = np.array([-2, -0.5, 0, 1.5, 3])
-    return "\n".join([
-        "## 2. ReLU",
-        "",
-        "`relu(x) = max(0, x)`, element by element: negative values become 0, the rest pass unchanged.",
-        "",
-        block(f"relu({mat(x)}) = {mat(nm.relu(x))}"),
-        "",
-        f"In particular `relu(-2) = {num(checked(nm.relu(-2), 0, 'relu(-2)'))}`, as the design notes say.",
-    ])
+    return "\n".join(
+        [
+            "## 2. ReLU",
+            "",
+            "`relu(x) = max(0, x)`, element by element: negative values become 0, the rest pass unchanged.",
+            "",
+            block(f"relu({mat(x)}) = {mat(nm.relu(x))}"),
+            "",
+            f"In particular `relu(-2) = {num(checked(nm.relu(-2), 0, 'relu(-2)'))}`, as the design notes say.",
+        ]
+    )
 
 
 def section_pooling() -> str:
@@ -177,26 +189,34 @@ def section_pooling() -> str:
     av = checked(nm.avg_pool2d(region, 2)[0, 0], (1 + 2 + 3 + 4) / 4, "average pool")
     x = np.array([[1, 3, 2, 0], [5, 6, 1, 2], [7, 0, 4, 8], [1, 2, 3, 9]])
     odd = np.arange(25).reshape(5, 5)
-    return "\n".join([
-        "## 3. Pooling",
-        "",
-        "Pooling shrinks a feature map: each window of `size x size` values becomes one value, its",
-        "maximum (max pooling) or its mean (average pooling). The windows step by `size` by default,",
-        "so a 2x2 pool halves each side.",
-        "",
-        block(eq("region = ", region), "",
-              f"max_pool2d(region, 2) = max(1, 2, 3, 4) = {num(mx)}",
-              f"avg_pool2d(region, 2) = (1 + 2 + 3 + 4) / 4 = 10 / 4 = {num(av)}"),
-        "",
-        "A 4x4 map in four 2x2 windows:",
-        "",
-        block(eq("x = ", x), "",
-              eq("max_pool2d(x, 2) = ", nm.max_pool2d(x, 2)),
-              eq("avg_pool2d(x, 2) = ", nm.avg_pool2d(x, 2))),
-        "",
-        "A window that would run past the edge is dropped, as in PyTorch and Keras (`padding='valid'`):",
-        f"a 5x5 map pools to {nm.max_pool2d(odd, 2).shape[0]}x{nm.max_pool2d(odd, 2).shape[1]}, the last row and column unused.",
-    ])
+    return "\n".join(
+        [
+            "## 3. Pooling",
+            "",
+            "Pooling shrinks a feature map: each window of `size x size` values becomes one value, its",
+            "maximum (max pooling) or its mean (average pooling). The windows step by `size` by default,",
+            "so a 2x2 pool halves each side.",
+            "",
+            block(
+                eq("region = ", region),
+                "",
+                f"max_pool2d(region, 2) = max(1, 2, 3, 4) = {num(mx)}",
+                f"avg_pool2d(region, 2) = (1 + 2 + 3 + 4) / 4 = 10 / 4 = {num(av)}",
+            ),
+            "",
+            "A 4x4 map in four 2x2 windows:",
+            "",
+            block(
+                eq("x = ", x),
+                "",
+                eq("max_pool2d(x, 2) = ", nm.max_pool2d(x, 2)),
+                eq("avg_pool2d(x, 2) = ", nm.avg_pool2d(x, 2)),
+            ),
+            "",
+            "A window that would run past the edge is dropped, as in PyTorch and Keras (`padding='valid'`):",
+            f"a 5x5 map pools to {nm.max_pool2d(odd, 2).shape[0]}x{nm.max_pool2d(odd, 2).shape[1]}, the last row and column unused.",
+        ]
+    )
 
 
 def section_dense_softmax() -> str:
@@ -215,21 +235,25 @@ def section_dense_softmax() -> str:
         checked(probs[o], exps[o] / sum(exps), f"softmax {o}")
     big = nm.softmax(logits + 1000)
     checked(big, probs, "softmax shift")
-    return "\n".join([
-        "## 4. Dense layer and softmax",
-        "",
-        "A dense (fully connected) layer gives every output its own weight for every input:",
-        "`z = W x + b`, with `W` stored as (outputs, inputs) like PyTorch's `nn.Linear`. Softmax turns",
-        "the class scores (logits) into probabilities: `p_i = exp(z_i) / sum_j exp(z_j)`.",
-        "",
-        block("x = " + mat(x), eq("W = ", w), "b = " + mat(b), "", *rows),
-        "",
-        block("exp(z) = " + mat(np.array(exps)) + f"   sum = {num(sum(exps))}",
-              "softmax(z) = exp(z) / sum = " + mat(probs) + f"   (sums to {num(probs.sum())})"),
-        "",
-        "Adding the same number to every logit changes nothing (`softmax(z + 1000)` is the same",
-        "vector), so `nn_math.softmax` subtracts the largest logit first: `exp(1000)` would overflow.",
-    ])
+    return "\n".join(
+        [
+            "## 4. Dense layer and softmax",
+            "",
+            "A dense (fully connected) layer gives every output its own weight for every input:",
+            "`z = W x + b`, with `W` stored as (outputs, inputs) like PyTorch's `nn.Linear`. Softmax turns",
+            "the class scores (logits) into probabilities: `p_i = exp(z_i) / sum_j exp(z_j)`.",
+            "",
+            block("x = " + mat(x), eq("W = ", w), "b = " + mat(b), "", *rows),
+            "",
+            block(
+                "exp(z) = " + mat(np.array(exps)) + f"   sum = {num(sum(exps))}",
+                "softmax(z) = exp(z) / sum = " + mat(probs) + f"   (sums to {num(probs.sum())})",
+            ),
+            "",
+            "Adding the same number to every logit changes nothing (`softmax(z + 1000)` is the same",
+            "vector), so `nn_math.softmax` subtracts the largest logit first: `exp(1000)` would overflow.",
+        ]
+    )
 
 
 def section_seedcnn() -> str:
@@ -239,7 +263,7 @@ def section_seedcnn() -> str:
 
     size, classes, chans = 150, 8, 3
     model = SeedCNN(classes, img_size=size)
-    lines, side, c_in = [], size, chans
+    side, c_in = size, chans
     rows = [f"| input | {side}x{side}x{c_in} | 0 |"]
     total = 0
     for name, c_out in (("conv1", 32), ("conv2", 64), ("conv3", 128)):
@@ -266,26 +290,28 @@ def section_seedcnn() -> str:
     for _ in range(2):
         small = nm.conv_output_size(nm.conv_output_size(small, 3), 2, 2)
     small = nm.conv_output_size(small, 3)
-    return "\n".join([
-        "## 5. The seedcnn, layer by layer",
-        "",
-        f"The CNN of the design notes (§5.2) on a {size}x{size} colour photo with {classes} classes. Each",
-        "3x3 convolution has no padding, so it trims one pixel from every border; each 2x2 pool",
-        "halves the side, rounding down. The parameter counts are checked against the PyTorch model.",
-        "",
-        "| layer | output | parameters |",
-        "| --- | --- | --- |",
-        *rows,
-        f"| **total** | | **{total:,}** |",
-        "",
-        f"Flattening the {side}x{side}x{c_in} map gives {flat:,} features, so the first dense layer holds",
-        f"{100 * flat * 512 / total:.0f}% of all the weights. The 28x28x1 example of §3.3 flattens a",
-        f"{small}x{small}x64 map ({small * small * 64} features) into its Dense(64).",
-        "",
-        "`nn_math.seedcnn_forward(load_seedcnn_weights(run), x)` replays a trained seedcnn with the",
-        "functions above (dropout passes values through at prediction time); tests/test_nn_math.py",
-        "checks that its class probabilities equal PyTorch's on the bundled demo photos.",
-    ])
+    return "\n".join(
+        [
+            "## 5. The seedcnn, layer by layer",
+            "",
+            f"The CNN of the design notes (§5.2) on a {size}x{size} colour photo with {classes} classes. Each",
+            "3x3 convolution has no padding, so it trims one pixel from every border; each 2x2 pool",
+            "halves the side, rounding down. The parameter counts are checked against the PyTorch model.",
+            "",
+            "| layer | output | parameters |",
+            "| --- | --- | --- |",
+            *rows,
+            f"| **total** | | **{total:,}** |",
+            "",
+            f"Flattening the {side}x{side}x{c_in} map gives {flat:,} features, so the first dense layer holds",
+            f"{100 * flat * 512 / total:.0f}% of all the weights. The 28x28x1 example of §3.3 flattens a",
+            f"{small}x{small}x64 map ({small * small * 64} features) into its Dense(64).",
+            "",
+            "`nn_math.seedcnn_forward(load_seedcnn_weights(run), x)` replays a trained seedcnn with the",
+            "functions above (dropout passes values through at prediction time); tests/test_nn_math.py",
+            "checks that its class probabilities equal PyTorch's on the bundled demo photos.",
+        ]
+    )
 
 
 def section_notes() -> str:
@@ -304,36 +330,41 @@ def section_notes() -> str:
     mx = nm.max_pool2d(np.array([[1, 2], [3, 4]]), 2)[0, 0]
     av = nm.avg_pool2d(np.array([[1, 2], [3, 4]]), 2)[0, 0]
     assert mx != NOTES_MAX_POOL and av == NOTES_AVG_POOL
-    return "\n".join([
-        "## 6. Where the design notes go wrong",
-        "",
-        "The Chinese article in `../shared/design-notes/` (§4) has the right ideas but several of its",
-        "formulas and worked numbers are wrong. The right values, all computed above by the code:",
-        "",
-        "| notes | what they say | right |",
-        "| --- | --- | --- |",
-        "| §4.1 convolution formula | `output_ij = sum_k sum_l w_kl · x_{i+k-j, l+m-j}`; \"i, j, k, l are indices of the output\" "
-        "| `m` is never defined and `j` appears in both subscripts. It is `out[i, j] = sum_k sum_l w[k, l] · x[i·s + k, j·s + l]` "
-        "(+ bias): `i, j` index the output, `k, l` the kernel (section 1) |",
-        "| §4.2 `ReLU(-2)` | 0 | 0: right |",
-        f"| §4.3 max pooling of `[[1, 2], [3, 4]]` | {NOTES_MAX_POOL} | **{num(mx)}**, the largest of the four values |",
-        f"| §4.3 average pooling of `[[1, 2], [3, 4]]` | {num(NOTES_AVG_POOL)} | {num(av)}: right |",
-        "| §4.3 pooling formulas | the same broken subscripts as §4.1 | `out[i, j] = max` (or mean) `over k, l of x[i·s + k, j·s + l]`, "
-        "with stride `s` = the window size for the usual non-overlapping pool |",
-        "| §4.4 \"a 2x2 kernel\" | its weight matrix is 3x3 | a 3x3 matrix is a 3x3 kernel |",
-        f"| §4.4 output of a 3x3 input | a 3x3 map `{inline(NOTES_RESULT)}` "
-        f"| without padding a KxK kernel leaves (3 - K + 1) positions per side: the 3x3 kernel gives one value, "
-        f"**{num(valid[0, 0])}** (`{sum_text(terms)}`); a 2x2 kernel (its top-left corner) gives the 2x2 "
-        f"`{inline(two)}`; a 3x3 output needs padding 1: "
-        f"`{inline(same)}` (e.g. `out[0,0] = {sum_text(corner)} = {num(same[0, 0])}`) |",
-        "| §4.4 each output value | a sum of 3 products | a 3x3 kernel multiplies 9 pixels (4 for a 2x2 kernel); "
-        "the 3 products listed do not follow any kernel position |",
-        "| §4.4 arithmetic of its own sums | " + "; ".join(f"`{n} = {t} = {st}`" for n, t, st, _ in wrong_sums)
-        + " | " + "; ".join(f"`{t} = {v}`" for _, t, _, v in wrong_sums) + " (the other five sums add up) |",
-        "",
-        "The article's Keras models (§3.3, §5.2) are consistent; the seedcnn is the §5.2 one, with a",
-        "softmax over N classes where §5.2 has a single sigmoid output for two.",
-    ])
+    return "\n".join(
+        [
+            "## 6. Where the design notes go wrong",
+            "",
+            "The Chinese article in `../shared/design-notes/` (§4) has the right ideas but several of its",
+            "formulas and worked numbers are wrong. The right values, all computed above by the code:",
+            "",
+            "| notes | what they say | right |",
+            "| --- | --- | --- |",
+            '| §4.1 convolution formula | `output_ij = sum_k sum_l w_kl · x_{i+k-j, l+m-j}`; "i, j, k, l are indices of the output" '
+            "| `m` is never defined and `j` appears in both subscripts. It is `out[i, j] = sum_k sum_l w[k, l] · x[i·s + k, j·s + l]` "
+            "(+ bias): `i, j` index the output, `k, l` the kernel (section 1) |",
+            "| §4.2 `ReLU(-2)` | 0 | 0: right |",
+            f"| §4.3 max pooling of `[[1, 2], [3, 4]]` | {NOTES_MAX_POOL} | **{num(mx)}**, the largest of the four values |",
+            f"| §4.3 average pooling of `[[1, 2], [3, 4]]` | {num(NOTES_AVG_POOL)} | {num(av)}: right |",
+            "| §4.3 pooling formulas | the same broken subscripts as §4.1 | `out[i, j] = max` (or mean) `over k, l of x[i·s + k, j·s + l]`, "
+            "with stride `s` = the window size for the usual non-overlapping pool |",
+            '| §4.4 "a 2x2 kernel" | its weight matrix is 3x3 | a 3x3 matrix is a 3x3 kernel |',
+            f"| §4.4 output of a 3x3 input | a 3x3 map `{inline(NOTES_RESULT)}` "
+            f"| without padding a KxK kernel leaves (3 - K + 1) positions per side: the 3x3 kernel gives one value, "
+            f"**{num(valid[0, 0])}** (`{sum_text(terms)}`); a 2x2 kernel (its top-left corner) gives the 2x2 "
+            f"`{inline(two)}`; a 3x3 output needs padding 1: "
+            f"`{inline(same)}` (e.g. `out[0,0] = {sum_text(corner)} = {num(same[0, 0])}`) |",
+            "| §4.4 each output value | a sum of 3 products | a 3x3 kernel multiplies 9 pixels (4 for a 2x2 kernel); "
+            "the 3 products listed do not follow any kernel position |",
+            "| §4.4 arithmetic of its own sums | "
+            + "; ".join(f"`{n} = {t} = {st}`" for n, t, st, _ in wrong_sums)
+            + " | "
+            + "; ".join(f"`{t} = {v}`" for _, t, _, v in wrong_sums)
+            + " (the other five sums add up) |",
+            "",
+            "The article's Keras models (§3.3, §5.2) are consistent; the seedcnn is the §5.2 one, with a",
+            "softmax over N classes where §5.2 has a single sigmoid output for two.",
+        ]
+    )
 
 
 def render() -> str:

@@ -66,16 +66,37 @@ def memory_mb(pid: int) -> tuple[float, float]:
 @contextmanager
 def running_server(run: Path, work: Path, extra: list[str] = ()):
     """`skulens serve RUN` with a catalog, an API key and encrypted upload storage; yields (base URL, key, proc)."""
-    from skulens.privacy.crypto import KEY_ENV, new_key as new_storage_key
+    from skulens.privacy.crypto import KEY_ENV
+    from skulens.privacy.crypto import new_key as new_storage_key
     from skulens.serving.security import key_file_line, new_key
 
     key = new_key()
     (work / "keys.txt").write_text(key_file_line(key, "soak") + "\n")
     port = free_port()
     env = {**os.environ, KEY_ENV: new_storage_key(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    cmd = [sys.executable, "-m", "skulens", "serve", str(run), "--port", str(port), "--catalog", str(work / "shop.db"),
-           "--media-dir", str(work / "media"), "--api-keys-file", str(work / "keys.txt"), "--store-uploads",
-           str(work / "stored"), "--encrypt-at-rest", "--retention-days", "1", "--log-level", "warning", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "skulens",
+        "serve",
+        str(run),
+        "--port",
+        str(port),
+        "--catalog",
+        str(work / "shop.db"),
+        "--media-dir",
+        str(work / "media"),
+        "--api-keys-file",
+        str(work / "keys.txt"),
+        "--store-uploads",
+        str(work / "stored"),
+        "--encrypt-at-rest",
+        "--retention-days",
+        "1",
+        "--log-level",
+        "warning",
+        *extra,
+    ]
     log = (work / "server.log").open("w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -111,9 +132,13 @@ def seed_catalog(base: str, key: str) -> None:
 
     for i, colour in enumerate(((220, 30, 30), (30, 200, 40), (30, 40, 210))):
         photo = encode(Image.new("RGB", (64, 48), colour), "JPEG")
-        reply = httpx.post(f"{base}/v1/products", headers={"X-API-Key": key}, timeout=60,
-                           data={"product": json.dumps({"sku": f"base-{i}", "title": "seed"})},
-                           files={"images": ("p.jpg", photo, "image/jpeg")})
+        reply = httpx.post(
+            f"{base}/v1/products",
+            headers={"X-API-Key": key},
+            timeout=60,
+            data={"product": json.dumps({"sku": f"base-{i}", "title": "seed"})},
+            files={"images": ("p.jpg", photo, "image/jpeg")},
+        )
         reply.raise_for_status()
 
 
@@ -137,22 +162,28 @@ class Stats:
 
 async def one_request(client: httpx.AsyncClient, endpoint: str, cases, rng: random.Random, stats: Stats, n: int):
     case = rng.choice(cases)
-    file = ("images" if endpoint in ("products", "update", "bulk") else "image", (case.filename, case.data,
-                                                                                   "application/octet-stream"))
+    file = (
+        "images" if endpoint in ("products", "update", "bulk") else "image",
+        (case.filename, case.data, "application/octet-stream"),
+    )
     started = time.perf_counter()
     try:
         if endpoint == "bulk":
             batch = rng.sample(list(cases), 16)
-            reply = await client.post("/v1/recognize/bulk", files=[("images", (c.filename, c.data, "image/jpeg"))
-                                                                    for c in batch])
+            reply = await client.post(
+                "/v1/recognize/bulk", files=[("images", (c.filename, c.data, "image/jpeg")) for c in batch]
+            )
         elif endpoint == "import":
             batch = rng.sample(list(cases), 16)
-            products = [{"sku": f"soak-{n}-{i}", "title": c.name, "images": [base64.b64encode(c.data).decode()]}
-                        for i, c in enumerate(batch)]
+            products = [
+                {"sku": f"soak-{n}-{i}", "title": c.name, "images": [base64.b64encode(c.data).decode()]}
+                for i, c in enumerate(batch)
+            ]
             reply = await client.post("/v1/products/import", json={"products": products, "on_conflict": "update"})
         elif endpoint == "products":
-            reply = await client.post("/v1/products", files=[file], data={"product": json.dumps(
-                {"sku": f"soak-{n}", "title": case.name})})
+            reply = await client.post(
+                "/v1/products", files=[file], data={"product": json.dumps({"sku": f"soak-{n}", "title": case.name})}
+            )
         elif endpoint == "update":
             reply = await client.put("/v1/products/base-0", files=[file])
         else:
@@ -188,6 +219,7 @@ async def soak(base: str, key: str, pid: int, duration: float, concurrency: int,
     limits = httpx.Limits(max_connections=concurrency)
 
     async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}, timeout=60, limits=limits) as client:
+
         async def worker(w: int) -> None:
             local = random.Random(seed * 1000 + w)
             while time.monotonic() < stop_at:
@@ -214,8 +246,12 @@ def main(argv=None) -> int:
     p.add_argument("--run", default=None, help="run folder to serve (default: train a tiny seedcnn first)")
     p.add_argument("--duration", type=float, default=120.0, help="seconds of load (default 120, at most 1800)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
-    p.add_argument("--max-growth-mb", type=float, default=100.0,
-                   help="allowed RSS growth from the first to the last quarter of the run (default 100)")
+    p.add_argument(
+        "--max-growth-mb",
+        type=float,
+        default=100.0,
+        help="allowed RSS growth from the first to the last quarter of the run (default 100)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
@@ -236,23 +272,38 @@ def main(argv=None) -> int:
     late = max(s[1] for s in samples[-quarter:]) if samples else rss_end
     figures = {
         "corpus": {"files": len(cases), "by_kind": kinds(cases)},
-        "duration_s": duration, "concurrency": args.concurrency, "requests": stats.requests,
-        "by_endpoint": stats.by_endpoint, "failures": stats.failures[:50], "failure_count": len(stats.failures),
-        "latency_s": {"p50": round(percentile(stats.latencies, 0.5), 3), "p95": round(percentile(stats.latencies, 0.95), 3),
-                      "max": round(max(stats.latencies, default=0.0), 3)},
-        "server_rss_mb": {"start": round(rss_start), "early_max": round(early), "late_max": round(late),
-                          "end": round(rss_end), "peak": round(peak)},
-        "rss_timeline_mb": [[round(t), round(rss)] for t, rss, _ in samples[::max(1, len(samples) // 12)]],
-        "server_alive": alive, "uploads_stored_encrypted": stored,
+        "duration_s": duration,
+        "concurrency": args.concurrency,
+        "requests": stats.requests,
+        "by_endpoint": stats.by_endpoint,
+        "failures": stats.failures[:50],
+        "failure_count": len(stats.failures),
+        "latency_s": {
+            "p50": round(percentile(stats.latencies, 0.5), 3),
+            "p95": round(percentile(stats.latencies, 0.95), 3),
+            "max": round(max(stats.latencies, default=0.0), 3),
+        },
+        "server_rss_mb": {
+            "start": round(rss_start),
+            "early_max": round(early),
+            "late_max": round(late),
+            "end": round(rss_end),
+            "peak": round(peak),
+        },
+        "rss_timeline_mb": [[round(t), round(rss)] for t, rss, _ in samples[:: max(1, len(samples) // 12)]],
+        "server_alive": alive,
+        "uploads_stored_encrypted": stored,
     }
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     grew = late - early
     ok = alive and not stats.failures and grew <= args.max_growth_mb
-    print(f"\n{stats.requests} requests at concurrency {args.concurrency} over {duration:.0f} s: "
-          f"{len(stats.failures)} 5xx/no-answer, peak RSS {peak:.0f} MB, growth after warm-up {grew:.0f} MB, "
-          f"server {'alive' if alive else 'DEAD'} -> {'PASS' if ok else 'FAIL'}")
+    print(
+        f"\n{stats.requests} requests at concurrency {args.concurrency} over {duration:.0f} s: "
+        f"{len(stats.failures)} 5xx/no-answer, peak RSS {peak:.0f} MB, growth after warm-up {grew:.0f} MB, "
+        f"server {'alive' if alive else 'DEAD'} -> {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 

@@ -26,8 +26,9 @@ def coloured_photo(colour: tuple[int, int, int], seed: int, size: int = 48) -> I
     return Image.fromarray(arr)
 
 
-def write_class_folders(root: Path, per_class: int = 12, splits: tuple[str, ...] | None = ("train", "val", "test"),
-                        seed: int = 0) -> Path:
+def write_class_folders(
+    root: Path, per_class: int = 12, splits: tuple[str, ...] | None = ("train", "val", "test"), seed: int = 0
+) -> Path:
     """ROOT/<split>/<class>/*.jpg (or ROOT/<class>/*.jpg when ``splits`` is None)."""
     n = 0
     for split in splits or (None,):

@@ -34,14 +34,16 @@ def skulens_command(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", "skulens", *map(str, args)]
 
 
-def run_cli(*args: str | Path, timeout: float = 300, cwd: Path | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str | Path, timeout: float = 300, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m skulens ARGS` to the end; returns the CompletedProcess, stdout and stderr as text."""
     return subprocess.run(skulens_command(*args), capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
-def start_cli(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None,
-              **popen: Any) -> subprocess.Popen:
+def start_cli(
+    *args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None, **popen: Any
+) -> subprocess.Popen:
     """Start `python -m skulens ARGS` in the background; by default stdout and stderr go to one text pipe."""
     popen.setdefault("stdout", subprocess.PIPE)
     popen.setdefault("stderr", subprocess.STDOUT)

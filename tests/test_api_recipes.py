@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --- Run: the Python API ---------------------------------------------------------------------------
 
+
 def test_run_opens_a_run_folder_and_refuses_anything_else(trained_run, tmp_path):
     run_dir, _ = trained_run
     run = Run(run_dir)
@@ -60,10 +61,14 @@ def test_predict_gives_the_recognizers_probabilities(trained_run, tmp_path):
     # predict_files: a bad file or an empty folder is an error line, the rest are answered
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.jpg").write_text("not a photo")
-    results = list(run.predict_files([tmp_path / "empty", tmp_path / "bad.jpg", photos[0]], engine="torch",
-                                     device="cpu"))
+    results = list(
+        run.predict_files([tmp_path / "empty", tmp_path / "bad.jpg", photos[0]], engine="torch", device="cpu")
+    )
     assert [(Path(p).name, pred is None, bool(err)) for p, pred, err in results] == [
-        ("empty", True, True), ("bad.jpg", True, True), (photos[0].name, False, False)]
+        ("empty", True, True),
+        ("bad.jpg", True, True),
+        (photos[0].name, False, False),
+    ]
     assert "no images in this folder" in results[0][2] and "not an image" in results[1][2]
 
 
@@ -92,15 +97,18 @@ def test_catalog_open_import_search(trained_run, tmp_path):
 
 
 def test_import_skulens_is_light_and_lazy():
-    code = ("import sys, skulens; from skulens.cli import build_parser; build_parser().format_help(); "
-            "assert 'torch' not in sys.modules, 'torch imported'; from skulens import Run, Catalog, Recognizer; "
-            "print(Run.__module__, Catalog.__module__, Recognizer.__module__)")
+    code = (
+        "import sys, skulens; from skulens.cli import build_parser; build_parser().format_help(); "
+        "assert 'torch' not in sys.modules, 'torch imported'; from skulens import Run, Catalog, Recognizer; "
+        "print(Run.__module__, Catalog.__module__, Recognizer.__module__)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["skulens.api", "skulens.catalog.store", "skulens.recognition.recognizer"]
 
 
 # --- recipes -----------------------------------------------------------------------------------------
+
 
 def test_every_optional_setting_defaults_to_none():
     """TOML has no null: a None is left out of a recipe and read back as the default, so it must be None."""
@@ -110,14 +118,27 @@ def test_every_optional_setting_defaults_to_none():
             if type(None) in typing.get_args(hints[f.name]):
                 assert f.default is None, f.name
     assert {s.name: s.default for s in DATA_SETTINGS if s.default is not None} == {
-        "image_column": CsvColumns.image, "label": CsvColumns.label, "split_column": CsvColumns.split}
+        "image_column": CsvColumns.image,
+        "label": CsvColumns.label,
+        "split_column": CsvColumns.split,
+    }
 
 
 def test_a_resolved_recipe_reads_back_as_the_same_config(tmp_path):
-    recipe = {"model": "seedcnn", "epochs": 3, "img_size": 48, "lr": 5e-4, "warmup_epochs": 2, "eval_sizes": [48, 56],
-              "train_splits": ["train", "val"], "keep": "last", "pretrained": False, "weights": "w.safetensors",
-              "augment": {"hue_jitter": 0, "scale_min": 0.5},
-              "data": {"label": "kind", "tree_columns": ["dept"], "attribute_columns": ["colour"]}}
+    recipe = {
+        "model": "seedcnn",
+        "epochs": 3,
+        "img_size": 48,
+        "lr": 5e-4,
+        "warmup_epochs": 2,
+        "eval_sizes": [48, 56],
+        "train_splits": ["train", "val"],
+        "keep": "last",
+        "pretrained": False,
+        "weights": "w.safetensors",
+        "augment": {"hue_jitter": 0, "scale_min": 0.5},
+        "data": {"label": "kind", "tree_columns": ["dept"], "attribute_columns": ["colour"]},
+    }
     resolved = resolve(recipe, {"epochs": 4, "augment": {"zoom": 0.1}})
     cfg = resolved.train
     assert (cfg.epochs, cfg.lr, cfg.warmup_epochs, cfg.augment.zoom, cfg.augment.scale_min) == (4, 5e-4, 2.0, 0.1, 0.5)
@@ -145,8 +166,10 @@ def test_every_recipe_in_the_repository_reads(tmp_path):
 def test_recipe_round_trip_trains_the_same_weights(tmp_path, capsys):
     data = write_class_folders(tmp_path / "shop", per_class=6)
     recipe = tmp_path / "tiny.toml"
-    recipe.write_text('model = "seedcnn"\nepochs = 3\nimg_size = 32\nbatch_size = 8\nlr = 2e-3\npatience = 0\n'
-                      'seed = 5\ndevice = "cpu"\nprogress = false\n\n[augment]\nhue_jitter = 0.0\n')
+    recipe.write_text(
+        'model = "seedcnn"\nepochs = 3\nimg_size = 32\nbatch_size = 8\nlr = 2e-3\npatience = 0\n'
+        'seed = 5\ndevice = "cpu"\nprogress = false\n\n[augment]\nhue_jitter = 0.0\n'
+    )
     first = Run.train(data, recipe=recipe, out=tmp_path / "a", epochs=1, lr=3e-3)  # overrides win over the file
     own = first.path / "recipe.toml"
     assert own.is_file() and f"--config {own}" in own.read_text()
@@ -154,8 +177,11 @@ def test_recipe_round_trip_trains_the_same_weights(tmp_path, capsys):
     # the same run again, from the command line and the run's own recipe
     assert main(["train", str(data), "--config", str(own), "--out", str(tmp_path / "b")]) == 0
     assert "trained 1 epoch(s)" in capsys.readouterr().out
-    assert resolve(tmp_path / "b" / "recipe.toml").train == resolve(own).train == resolve(recipe, {
-        "epochs": 1, "lr": 3e-3}).train
+    assert (
+        resolve(tmp_path / "b" / "recipe.toml").train
+        == resolve(own).train
+        == resolve(recipe, {"epochs": 1, "lr": 3e-3}).train
+    )
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # a flag overrides the recipe: a different seed gives different weights
@@ -165,20 +191,23 @@ def test_recipe_round_trip_trains_the_same_weights(tmp_path, capsys):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("text, message", [
-    ('eopchs = 3\n', "unknown key 'eopchs' (did you mean 'epochs'?)"),
-    ('[augment]\nhue_jiter = 0.0\n', "unknown key 'augment.hue_jiter' (did you mean 'augment.hue_jitter'?)"),
-    ('hue_jitter = 0.0\n', "unknown key 'hue_jitter': it belongs in the [augment] table"),
-    ('[dataa]\nlabel = "x"\n', "unknown key 'dataa' (did you mean 'data'?)"),
-    ('epochs = "ten"\n', "epochs must be an integer, not a string ('ten')"),
-    ('lr = true\n', "lr must be a number, not a boolean (True)"),
-    ('eval_sizes = [256, "288"]\n', "eval_sizes must be a list of integers"),
-    ('keep = "bset"\n', "keep must be one of best, last, not 'bset'"),
-    ('augment = 3\n', "augment must be a table ([augment])"),
-    ('epochs = 0\n', "epochs must be at least 1"),
-    ('epochs = \n', "not valid TOML"),
-    (None, "recipe file not found"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("eopchs = 3\n", "unknown key 'eopchs' (did you mean 'epochs'?)"),
+        ("[augment]\nhue_jiter = 0.0\n", "unknown key 'augment.hue_jiter' (did you mean 'augment.hue_jitter'?)"),
+        ("hue_jitter = 0.0\n", "unknown key 'hue_jitter': it belongs in the [augment] table"),
+        ('[dataa]\nlabel = "x"\n', "unknown key 'dataa' (did you mean 'data'?)"),
+        ('epochs = "ten"\n', "epochs must be an integer, not a string ('ten')"),
+        ("lr = true\n", "lr must be a number, not a boolean (True)"),
+        ('eval_sizes = [256, "288"]\n', "eval_sizes must be a list of integers"),
+        ('keep = "bset"\n', "keep must be one of best, last, not 'bset'"),
+        ("augment = 3\n", "augment must be a table ([augment])"),
+        ("epochs = 0\n", "epochs must be at least 1"),
+        ("epochs = \n", "not valid TOML"),
+        (None, "recipe file not found"),
+    ],
+)
 def test_a_bad_recipe_is_refused_in_one_line(tmp_path, capsys, text, message):
     recipe = tmp_path / "bad.toml"
     if text is not None:
@@ -198,12 +227,26 @@ def test_a_bad_override_names_the_nearest_setting(tmp_path):
 
 def test_a_bad_recipe_exits_2_from_the_command_line(tmp_path):
     (tmp_path / "bad.toml").write_text("eopchs = 3\n")
-    proc = subprocess.run([sys.executable, "-m", "skulens", "train", str(tmp_path), "--config",
-                           str(tmp_path / "bad.toml"), "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skulens",
+            "train",
+            str(tmp_path),
+            "--config",
+            str(tmp_path / "bad.toml"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
-        f"skulens: error: {tmp_path / 'bad.toml'}: unknown key 'eopchs' (did you mean 'epochs'?)"]
+        f"skulens: error: {tmp_path / 'bad.toml'}: unknown key 'eopchs' (did you mean 'epochs'?)"
+    ]
 
 
 def test_train_help_shows_every_setting_and_its_default(capsys):
@@ -212,19 +255,46 @@ def test_train_help_shows_every_setting_and_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())  # unwrapped
     for setting in train_settings():
         assert setting.flag in text, setting.name
-    for fragment in ("--epochs N epochs to train (default: 10)", "(default: efficientnet_lite0)",
-                     "--no-pretrained random init instead of ImageNet weights (recipe: pretrained; default: true)",
-                     "--threads N CPU threads (recipe: num_threads; default: all cores)",
-                     "(recipe: augment.hue_jitter; default: min(0.05, color_jitter/6))",
-                     "--eval-sizes A,B", "--config RECIPE", "(recipe: data.label; default: label)"):
+    for fragment in (
+        "--epochs N epochs to train (default: 10)",
+        "(default: efficientnet_lite0)",
+        "--no-pretrained random init instead of ImageNet weights (recipe: pretrained; default: true)",
+        "--threads N CPU threads (recipe: num_threads; default: all cores)",
+        "(recipe: augment.hue_jitter; default: min(0.05, color_jitter/6))",
+        "--eval-sizes A,B",
+        "--config RECIPE",
+        "(recipe: data.label; default: label)",
+    ):
         assert fragment in text, fragment
 
 
 def test_todays_flags_still_work():
-    args = build_parser().parse_args(["train", "d", "--out", "o", "--no-pretrained", "--grayscale", "--no-augment",
-                                      "--no-sync-bn", "--threads", "2", "--hue-jitter", "0", "--eval-sizes",
-                                      "256,288", "--train-splits", "train,val", "--label", "kind",
-                                      "--tree-columns", "a,b", "--seed", "4"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "d",
+            "--out",
+            "o",
+            "--no-pretrained",
+            "--grayscale",
+            "--no-augment",
+            "--no-sync-bn",
+            "--threads",
+            "2",
+            "--hue-jitter",
+            "0",
+            "--eval-sizes",
+            "256,288",
+            "--train-splits",
+            "train,val",
+            "--label",
+            "kind",
+            "--tree-columns",
+            "a,b",
+            "--seed",
+            "4",
+        ]
+    )
     from skulens.cli.options import columns_given
     from skulens.training.recipe import overrides_from_args
 
@@ -236,5 +306,13 @@ def test_todays_flags_still_work():
     assert columns_given(args) == {"label": "kind", "tree_columns": ["a", "b"]}
     assert Recipe(cfg, columns_given(args)).csv_columns() == CsvColumns(label="kind", tree=["a", "b"])
     # flags not given are not in the namespace, so they never override a recipe
-    assert set(overrides) == {"pretrained", "in_chans", "sync_bn", "num_threads", "eval_sizes", "train_splits",
-                              "seed", "augment"}
+    assert set(overrides) == {
+        "pretrained",
+        "in_chans",
+        "sync_bn",
+        "num_threads",
+        "eval_sizes",
+        "train_splits",
+        "seed",
+        "augment",
+    }

@@ -20,8 +20,13 @@ def test_the_layer_contract_holds():
     # which would silence the other tests' log captures
     root = Path(__file__).resolve().parents[1]
     code = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(config_filename=sys.argv[1]))"
-    done = subprocess.run([sys.executable, "-c", code, str(root / "pyproject.toml")], cwd=root,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root / "pyproject.toml")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, "a module imports from a layer above it:\n" + done.stdout[-3000:]
 
 
@@ -84,7 +89,13 @@ def test_no_function_over_60_lines():
 def test_lower_layers_do_not_reach_up(module):
     """Spelled out for the layers every other one stands on (the contract above covers all of them)."""
     graph = grimp.build_graph("skulens", include_external_packages=False, cache_dir=None)
-    above = ("skulens.training", "skulens.recognition", "skulens.catalog", "skulens.serving", "skulens.cli",
-             "skulens.api")
+    above = (
+        "skulens.training",
+        "skulens.recognition",
+        "skulens.catalog",
+        "skulens.serving",
+        "skulens.cli",
+        "skulens.api",
+    )
     reached = {m for m in graph.find_upstream_modules(module, as_package=True)}
     assert not {m for m in reached if m.startswith(above)}

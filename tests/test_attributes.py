@@ -11,24 +11,31 @@ import pytest
 import torch
 from PIL import Image
 
-from skulens.runs import load_run
 from skulens.cli import main
 from skulens.data.datasets import CsvColumns, Sample, load_dataset
 from skulens.data.loading import encode_attribute_targets
 from skulens.errors import SkulensError
 from skulens.evaluation.report import evaluate_run
 from skulens.models.attributes import (
-    attribute_loss, attribute_metrics, average_precision, describe, forward_all, tune_thresholds,
+    attribute_loss,
+    attribute_metrics,
+    average_precision,
+    describe,
+    forward_all,
+    tune_thresholds,
 )
 from skulens.models.registry import ModelSpec, create_model
 from skulens.recognition.recognizer import Recognizer
+from skulens.runs import load_run
 from skulens.training.config import TrainConfig
 from skulens.training.trainer import train
 from tests.conftest import COLOURS
 
 COLS = CsvColumns(image="image", label="label", split="split", attributes=["background"], tags=["tags"])
-SPECS = {"background": {"values": ["dark", "light"], "kind": "softmax"},
-         "tags": {"values": ["dark", "warm"], "kind": "sigmoid"}}
+SPECS = {
+    "background": {"values": ["dark", "light"], "kind": "softmax"},
+    "tags": {"values": ["dark", "warm"], "kind": "sigmoid"},
+}
 
 
 def photo(colour, dark: bool, seed: int, size: int = 40) -> Image.Image:
@@ -37,7 +44,7 @@ def photo(colour, dark: bool, seed: int, size: int = 40) -> Image.Image:
     base = 45 if dark else 200
     arr = rng.integers(base - 25, base + 25, (size, size, 3)).astype(np.uint8)
     lo = int(rng.integers(4, size // 2 - 2))
-    arr[lo:lo + size // 2, lo:lo + size // 2] = np.array(colour)
+    arr[lo : lo + size // 2, lo : lo + size // 2] = np.array(colour)
     return Image.fromarray(arr)
 
 
@@ -52,9 +59,15 @@ def write_toy_csv(root: Path, per_cell: int = 8) -> Path:
                     path = f"img/{n:04d}.png"
                     photo(colour, dark, n).save(root / path)
                     tags = [t for t, on in (("dark", dark), ("warm", name == "red")) if on]
-                    rows.append({"image": path, "label": name, "split": split,
-                                 "background": "" if n % 5 == 4 else ("dark" if dark else "light"),
-                                 "tags": "" if n % 7 == 6 else ("|".join(tags) or "-")})
+                    rows.append(
+                        {
+                            "image": path,
+                            "label": name,
+                            "split": split,
+                            "background": "" if n % 5 == 4 else ("dark" if dark else "light"),
+                            "tags": "" if n % 7 == 6 else ("|".join(tags) or "-"),
+                        }
+                    )
                     n += 1
     manifest = root / "products.csv"
     with manifest.open("w", newline="") as handle:
@@ -68,13 +81,15 @@ def write_toy_csv(root: Path, per_cell: int = 8) -> Path:
 def toy_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("attributes")
     manifest = write_toy_csv(base / "data")
-    cfg = TrainConfig(model="seedcnn", epochs=6, img_size=40, batch_size=8, lr=2e-3, patience=0, keep="last",
-                      progress=False)
+    cfg = TrainConfig(
+        model="seedcnn", epochs=6, img_size=40, batch_size=8, lr=2e-3, patience=0, keep="last", progress=False
+    )
     train(cfg, load_dataset(manifest, csv_columns=COLS), base / "run")
     return base / "run", manifest
 
 
 # --- the dataset ----------------------------------------------------------------------------
+
 
 def test_csv_attribute_columns_empty_cells_are_unknown_not_a_value(tmp_path):
     manifest = write_toy_csv(tmp_path, per_cell=2)
@@ -108,16 +123,19 @@ def test_targets_encode_unknown_as_minus_one():
 
 # --- the loss -------------------------------------------------------------------------------
 
+
 def test_unknown_values_are_ignored_by_the_loss():
     torch.manual_seed(0)
     logits = {"background": torch.randn(4, 2, requires_grad=True), "tags": torch.randn(4, 2, requires_grad=True)}
-    targets = {"background": torch.tensor([0, -1, 1, -1]),
-               "tags": torch.tensor([[1.0, 0.0], [-1.0, -1.0], [0.0, 0.0], [0.0, 1.0]])}
+    targets = {
+        "background": torch.tensor([0, -1, 1, -1]),
+        "tags": torch.tensor([[1.0, 0.0], [-1.0, -1.0], [0.0, 0.0], [0.0, 1.0]]),
+    }
     loss = attribute_loss(logits, targets, SPECS)
     known_b, known_t = [0, 2], [0, 2, 3]
-    expected = (torch.nn.functional.cross_entropy(logits["background"][known_b], targets["background"][known_b])
-                + torch.nn.functional.binary_cross_entropy_with_logits(logits["tags"][known_t],
-                                                                       targets["tags"][known_t]))
+    expected = torch.nn.functional.cross_entropy(
+        logits["background"][known_b], targets["background"][known_b]
+    ) + torch.nn.functional.binary_cross_entropy_with_logits(logits["tags"][known_t], targets["tags"][known_t])
     torch.testing.assert_close(loss, expected)
     loss.backward()
     # The unknown rows get no gradient at all: they are not trained towards any value.
@@ -129,6 +147,7 @@ def test_unknown_values_are_ignored_by_the_loss():
 
 
 # --- the model ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["seedcnn", "efficientnet_lite0"])
 def test_heads_leave_the_class_logits_alone(name):
@@ -144,9 +163,12 @@ def test_heads_leave_the_class_logits_alone(name):
 
 # --- metrics --------------------------------------------------------------------------------
 
+
 def test_metrics_match_a_hand_count():
-    samples = [Sample(Path(f"{i}.jpg"), 0, "test", a) for i, a in enumerate(
-        [(0, (0,)), (1, (0, 1)), (1, ()), (-1, None), (0, (1,))])]
+    samples = [
+        Sample(Path(f"{i}.jpg"), 0, "test", a)
+        for i, a in enumerate([(0, (0,)), (1, (0, 1)), (1, ()), (-1, None), (0, (1,))])
+    ]
     probs = {
         # argmax: 0, 0, 1, (unknown), 1 -> right, wrong, right, -, wrong: 2 of 4
         "background": np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5], [0.3, 0.7]]),
@@ -164,7 +186,8 @@ def test_metrics_match_a_hand_count():
     assert m["tags"]["precision"] == pytest.approx(3 / 4) and m["tags"]["recall"] == pytest.approx(3 / 4)
     assert m["tags"]["f1"] == pytest.approx(3 / 4) and m["tags"]["n_unknown"] == 1
     assert average_precision(np.array([0.3, 0.2]), np.array([False, False])) != average_precision(
-        np.array([0.3, 0.2]), np.array([False, True]))
+        np.array([0.3, 0.2]), np.array([False, True])
+    )
 
 
 def test_thresholds_are_tuned_for_f1_on_validation():
@@ -176,14 +199,19 @@ def test_thresholds_are_tuned_for_f1_on_validation():
     assert attribute_metrics(probs, samples, SPECS, thresholds)["tags"]["f1"] == 1.0
     assert describe({"background": np.array([0.2, 0.8]), "tags": np.array([0.3, 0.4])}, SPECS, thresholds) == {
         "background": {"value": "light", "confidence": 0.8},
-        "tags": {"value": "dark", "confidence": None, "tags": {"dark": 0.3}}}
+        "tags": {"value": "dark", "confidence": None, "tags": {"dark": 0.3}},
+    }
     both = describe({"background": np.array([0.9, 0.1]), "tags": np.array([0.3, 0.9])}, SPECS, thresholds)
     assert both["tags"]["value"] == "warm|dark"  # most probable first
-    assert describe({"background": np.array([0.9, 0.1]), "tags": np.array([0.1, 0.2])}, SPECS,
-                    thresholds)["tags"] == {"value": "-", "confidence": None, "tags": {}}
+    assert describe({"background": np.array([0.9, 0.1]), "tags": np.array([0.1, 0.2])}, SPECS, thresholds)["tags"] == {
+        "value": "-",
+        "confidence": None,
+        "tags": {},
+    }
 
 
 # --- training, evaluation, prediction --------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_heads_train_and_predict_on_a_toy_set(toy_run, tmp_path):
@@ -195,8 +223,9 @@ def test_heads_train_and_predict_on_a_toy_set(toy_run, tmp_path):
     thresholds = json.loads((run / "attribute_thresholds.json").read_text())
     assert thresholds["tuned_on"] == "val" and len(thresholds["thresholds"]["tags"]) == 2
 
-    m = evaluate_run(run, load_dataset(manifest, csv_columns=COLS), "test", engine="torch", out_dir=tmp_path,
-                     progress=False)
+    m = evaluate_run(
+        run, load_dataset(manifest, csv_columns=COLS), "test", engine="torch", out_dir=tmp_path, progress=False
+    )
     a = m["attributes"]
     # Chance is 50% for the background; it is a property the class label says nothing about.
     assert a["background"]["accuracy"] >= 0.8 and a["background"]["n_known"] + a["background"]["n_unknown"] == 18
@@ -205,13 +234,17 @@ def test_heads_train_and_predict_on_a_toy_set(toy_run, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["attributes"]["background"] == a["background"]
 
     recognizer = Recognizer.load(run, engine="torch")
-    dark_photos = [row["image"] for row in csv.DictReader(manifest.open())
-                   if row["split"] == "test" and row["background"] == "dark"]
+    dark_photos = [
+        row["image"]
+        for row in csv.DictReader(manifest.open())
+        if row["split"] == "test" and row["background"] == "dark"
+    ]
     preds = [recognizer.predict(manifest.parent / p) for p in dark_photos]
     assert sum(p.attributes["background"]["value"] == "dark" for p in preds) >= 0.8 * len(preds)
     assert all(set(p.attributes["tags"]["tags"]) <= {"dark", "warm"} for p in preds)
     # The HTTP service's schema takes every attribute (tags included) without error.
     from skulens.serving.predictions import _attributes
+
     assert {a.name for a in _attributes(preds[0].attributes)} == {"background", "tags"}
     assert preds[0].to_dict()["attributes"] == preds[0].attributes
     # Batch prediction gives the same attributes as one by one.
@@ -219,8 +252,9 @@ def test_heads_train_and_predict_on_a_toy_set(toy_run, tmp_path):
     batch = recognizer.predict_batch([manifest.parent / p for p in dark_photos[:3]])
     for b, p in zip(batch, preds[:3]):
         assert {k: v["value"] for k, v in b.attributes.items()} == {k: v["value"] for k, v in p.attributes.items()}
-        assert b.attributes["background"]["confidence"] == pytest.approx(p.attributes["background"]["confidence"],
-                                                                         abs=1e-5)
+        assert b.attributes["background"]["confidence"] == pytest.approx(
+            p.attributes["background"]["confidence"], abs=1e-5
+        )
         assert b.attributes["tags"]["tags"] == pytest.approx(p.attributes["tags"]["tags"], abs=1e-5)
 
 
@@ -252,13 +286,28 @@ def test_onnx_engine_without_attribute_outputs_is_refused(toy_run):
 @pytest.mark.slow
 def test_cli_evaluate_prints_attributes(toy_run, capsys, tmp_path):
     run, manifest = toy_run
-    rc = main(["evaluate", str(run), str(manifest), "--attribute-columns", "background", "--tag-columns", "tags",
-               "--engine", "torch", "--out", str(tmp_path), "--no-progress"])
+    rc = main(
+        [
+            "evaluate",
+            str(run),
+            str(manifest),
+            "--attribute-columns",
+            "background",
+            "--tag-columns",
+            "tags",
+            "--engine",
+            "torch",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "attribute background: accuracy" in out and "attribute tags: mAP" in out
     # Without column flags, the CSV is read with the columns the run was trained with.
-    rc = main(["evaluate", str(run), str(manifest), "--engine", "torch", "--out", str(tmp_path / "again"),
-               "--no-progress"])
+    rc = main(
+        ["evaluate", str(run), str(manifest), "--engine", "torch", "--out", str(tmp_path / "again"), "--no-progress"]
+    )
     again = capsys.readouterr().out
     assert rc == 0 and again == out.replace(str(tmp_path), str(tmp_path / "again"))
 
@@ -269,8 +318,16 @@ def test_onnx_export_carries_the_attribute_outputs(tmp_path):
 
     manifest = write_toy_csv(tmp_path / "data")
     dataset = load_dataset(manifest, csv_columns=COLS)
-    cfg = TrainConfig(model="efficientnet_lite0", epochs=1, img_size=32, batch_size=8, patience=0, keep="last",
-                      freeze_stages=4, progress=False)
+    cfg = TrainConfig(
+        model="efficientnet_lite0",
+        epochs=1,
+        img_size=32,
+        batch_size=8,
+        patience=0,
+        keep="last",
+        freeze_stages=4,
+        progress=False,
+    )
     train(cfg, dataset, tmp_path / "run")
     export_onnx(tmp_path / "run", dataset=dataset, check_images=40, min_agreement_fp32=0.95)
     photos = [s.path for s in dataset.split("test")][:6]

@@ -16,7 +16,6 @@ import pytest
 
 from skulens.catalog import Catalog, Embedder, Product
 from skulens.errors import SkulensError
-
 from tests.conftest import COLOURS, coloured_photo
 from tests.helpers import ROOT, free_port, start_cli, stop, subprocess_env, wait_healthy
 
@@ -39,8 +38,15 @@ def _products(folder: Path, per_colour: int = 4, seed: int = 700) -> list[Produc
             coloured_photo(colour, seed + 100 * c + i).save(path)
             extra = folder / f"{name}_{i}_shelf.jpg"
             coloured_photo(colour, seed + 5000 + 100 * c + i).save(extra)
-            out.append(Product(sku=f"{name}-{i}", title=f"{name} {i}", category_path=["Paint", name],
-                               images=[str(path)], gallery_images=[str(extra)]))
+            out.append(
+                Product(
+                    sku=f"{name}-{i}",
+                    title=f"{name} {i}",
+                    category_path=["Paint", name],
+                    images=[str(path)],
+                    gallery_images=[str(extra)],
+                )
+            )
     return out
 
 
@@ -124,8 +130,18 @@ def test_cli_flags_choose_the_backend(tmp_path, trained_run, capsys):
     from skulens.cli import main
 
     run, data = trained_run
-    common = ["--db", str(tmp_path / "shop.db"), "--run", str(run), "--device", "cpu",
-              "--index-backend", "milvus", "--milvus-uri", str(tmp_path / "milvus.db")]
+    common = [
+        "--db",
+        str(tmp_path / "shop.db"),
+        "--run",
+        str(run),
+        "--device",
+        "cpu",
+        "--index-backend",
+        "milvus",
+        "--milvus-uri",
+        str(tmp_path / "milvus.db"),
+    ]
     assert main(["catalog", "import", str(data), "--gallery-split", "val", "--no-progress", *common]) == 0
     capsys.readouterr()
     assert main(["catalog", "info", *common]) == 0
@@ -186,8 +202,10 @@ def test_postgres_catalog_processes_follow_each_other(tmp_path, embedder, postgr
     machines would have): a write through one is searchable through the other."""
     products = _products(tmp_path / "img", per_colour=2)
     blue = coloured_photo(COLOURS["blue"], 4242)
-    with Catalog.open(postgres_url, embedder, index_dir=tmp_path / "a") as writer, \
-            Catalog.open(postgres_url, embedder, index_dir=tmp_path / "b") as reader:
+    with (
+        Catalog.open(postgres_url, embedder, index_dir=tmp_path / "a") as writer,
+        Catalog.open(postgres_url, embedder, index_dir=tmp_path / "b") as reader,
+    ):
         writer.upsert([p for p in products if not p.sku.startswith("blue")])
         assert reader.index().state.ntotal == 8 and not reader.search(blue, top_k=1)[0].sku.startswith("blue")
         writer.upsert([p for p in products if p.sku.startswith("blue")])
@@ -196,14 +214,24 @@ def test_postgres_catalog_processes_follow_each_other(tmp_path, embedder, postgr
         writer.remove([found])
         assert found not in [h.sku for h in reader.search(blue, top_k=3)] and reader.index().state.ntotal == 10
         # attribute filters are JSON lookups in the database: the same answers on PostgreSQL as on SQLite
-        writer.upsert([Product("blue-large", "blue L", ["Paint", "blue"], {"colour": "blue", "size": "L"},
-                               images=[str(tmp_path / "img" / "blue_1.jpg")])])
+        writer.upsert(
+            [
+                Product(
+                    "blue-large",
+                    "blue L",
+                    ["Paint", "blue"],
+                    {"colour": "blue", "size": "L"},
+                    images=[str(tmp_path / "img" / "blue_1.jpg")],
+                )
+            ]
+        )
         assert [h.sku for h in reader.search(blue, top_k=3, attributes={"size": "L"})] == ["blue-large"]
         assert reader.search(blue, top_k=3, attributes={"size": "S"}) == []
 
 
-def test_two_serve_processes_share_postgres_and_milvus(tmp_path, trained_run, embedder, postgres_url,
-                                                        milvus_server, monkeypatch):
+def test_two_serve_processes_share_postgres_and_milvus(
+    tmp_path, trained_run, embedder, postgres_url, milvus_server, monkeypatch
+):
     """`skulens serve` twice on one PostgreSQL + Milvus: one in this process, one a real subprocess.
     A product added through either is found by the other's search; a removal, likewise."""
     import httpx
@@ -223,8 +251,22 @@ def test_two_serve_processes_share_postgres_and_milvus(tmp_path, trained_run, em
     keys = tmp_path / "keys.txt"
     keys.write_text(f"{hash_key(key)}  test\n")
     port = free_port()
-    other = start_cli("serve", run, "--catalog", postgres_url, "--port", port, "--api-keys-file", keys,
-                      "--media-dir", tmp_path / "media", "--log-level", "warning", env=subprocess_env(), cwd=ROOT)
+    other = start_cli(
+        "serve",
+        run,
+        "--catalog",
+        postgres_url,
+        "--port",
+        port,
+        "--api-keys-file",
+        keys,
+        "--media-dir",
+        tmp_path / "media",
+        "--log-level",
+        "warning",
+        env=subprocess_env(),
+        cwd=ROOT,
+    )
     base = f"http://127.0.0.1:{port}"
     blue = jpeg_bytes(coloured_photo(COLOURS["blue"], 4343, size=64), quality=92)
     product = json.dumps({"sku": "blue-new", "title": "Blue", "category_path": ["Paint", "blue"]})
@@ -233,13 +275,22 @@ def test_two_serve_processes_share_postgres_and_milvus(tmp_path, trained_run, em
         products = search.json()["products"]
         return products[0]["sku"] if products else None
 
-    config = ServeConfig(recognizer=Recognizer.load(run), catalog_db=postgres_url, catalog_run=run,
-                         api_key_hashes=frozenset({hash_key(key)}), media_dir=tmp_path / "media", warmup=False)
+    config = ServeConfig(
+        recognizer=Recognizer.load(run),
+        catalog_db=postgres_url,
+        catalog_run=run,
+        api_key_hashes=frozenset({hash_key(key)}),
+        media_dir=tmp_path / "media",
+        warmup=False,
+    )
     try:
         with TestClient(create_app(config), raise_server_exceptions=False) as here:
             wait_healthy(base, other, timeout=240, interval=0.4)
-            created = here.post("/v1/products", headers={"X-API-Key": key},
-                                files=[("product", (None, product)), ("images", ("b.jpg", blue, "image/jpeg"))])
+            created = here.post(
+                "/v1/products",
+                headers={"X-API-Key": key},
+                files=[("product", (None, product)), ("images", ("b.jpg", blue, "image/jpeg"))],
+            )
             assert created.status_code == 201, created.text
             found = httpx.post(f"{base}/v1/search", files={"image": ("q.jpg", blue, "image/jpeg")}, timeout=60)
             assert found.status_code == 200 and top(found) == "blue-new", found.text

@@ -11,15 +11,27 @@ import pytest
 from skulens.data.taxonomy import CategoryTree
 from skulens.errors import SkulensError
 from skulens.evaluation.backoff import (
-    Backoff, TreeIndex, calibrate_thresholds, consistent_paths, coverage_curve, precision_threshold,
-    reject_rate_threshold, tree_or_flat,
+    Backoff,
+    TreeIndex,
+    calibrate_thresholds,
+    consistent_paths,
+    coverage_curve,
+    precision_threshold,
+    reject_rate_threshold,
+    tree_or_flat,
 )
 from tests.helpers import run_cli
 
 # Leaves in class-index order: 0 Granny, 1 Golden, 2 Banana, 3 Carrot.
-SHOP = CategoryTree(["department", "kind", "variety"],
-                    [("Fruit", "Apple", "Granny"), ("Fruit", "Apple", "Golden"), ("Fruit", "Banana", "Banana"),
-                     ("Veg", "Carrot", "Carrot")])
+SHOP = CategoryTree(
+    ["department", "kind", "variety"],
+    [
+        ("Fruit", "Apple", "Granny"),
+        ("Fruit", "Apple", "Golden"),
+        ("Fruit", "Banana", "Banana"),
+        ("Veg", "Carrot", "Carrot"),
+    ],
+)
 
 
 def test_paths_are_consistent_and_confidences_are_subtree_sums():
@@ -42,12 +54,15 @@ def test_the_path_follows_the_likelier_department_not_the_single_likeliest_leaf(
     assert [round(lv.confidence, 2) for lv in answer.levels] == [0.60, 0.55, 0.30]
 
 
-@pytest.mark.parametrize("probs, path, confidence", [
-    ([0.90, 0.05, 0.03, 0.02], ["Fruit", "Apple", "Granny"], 0.90),  # sure of the variety
-    ([0.50, 0.47, 0.02, 0.01], ["Fruit", "Apple"], 0.97),  # "Apple, 97%" rather than a coin toss
-    ([0.30, 0.20, 0.35, 0.15], ["Fruit"], 0.85),  # Apple 0.50 is below its 0.6 threshold
-    ([0.30, 0.20, 0.10, 0.40], [], 0.60),  # not even the department: unknown
-])
+@pytest.mark.parametrize(
+    "probs, path, confidence",
+    [
+        ([0.90, 0.05, 0.03, 0.02], ["Fruit", "Apple", "Granny"], 0.90),  # sure of the variety
+        ([0.50, 0.47, 0.02, 0.01], ["Fruit", "Apple"], 0.97),  # "Apple, 97%" rather than a coin toss
+        ([0.30, 0.20, 0.35, 0.15], ["Fruit"], 0.85),  # Apple 0.50 is below its 0.6 threshold
+        ([0.30, 0.20, 0.10, 0.40], [], 0.60),  # not even the department: unknown
+    ],
+)
 def test_backoff_answers_the_deepest_confident_level(probs, path, confidence):
     answer = Backoff(SHOP, [0.8, 0.6, 0.8]).answers(np.array(probs))[0]
     assert answer.path == path
@@ -90,16 +105,18 @@ def test_precision_threshold_known_answers():
 # A two-level toy validation set with hand-worked answers. Leaves: a1, a2 (under A), b1, b2 (under B).
 TOY_TREE = CategoryTree(["top", "leaf"], [("A", "a1"), ("A", "a2"), ("B", "b1"), ("B", "b2")])
 TOY_LABELS = np.array([0, 1, 0, 2, 0, 3, 2, 1])
-TOY_PROBS = np.array([
-    [0.90, 0.05, 0.05, 0.00],  # leaf a1 0.90 right
-    [0.05, 0.85, 0.10, 0.00],  # leaf a2 0.85 right
-    [0.10, 0.80, 0.10, 0.00],  # leaf a2 0.80 wrong (is a1); top A right
-    [0.00, 0.00, 0.70, 0.30],  # leaf b1 0.70 right
-    [0.50, 0.40, 0.10, 0.00],  # leaf a1 0.50 right
-    [0.30, 0.30, 0.20, 0.20],  # top A 0.60 wrong (is B)
-    [0.10, 0.10, 0.45, 0.35],  # leaf b1 0.45 right
-    [0.35, 0.30, 0.35, 0.00],  # leaf a1 0.35 wrong; top A 0.65 right
-])
+TOY_PROBS = np.array(
+    [
+        [0.90, 0.05, 0.05, 0.00],  # leaf a1 0.90 right
+        [0.05, 0.85, 0.10, 0.00],  # leaf a2 0.85 right
+        [0.10, 0.80, 0.10, 0.00],  # leaf a2 0.80 wrong (is a1); top A right
+        [0.00, 0.00, 0.70, 0.30],  # leaf b1 0.70 right
+        [0.50, 0.40, 0.10, 0.00],  # leaf a1 0.50 right
+        [0.30, 0.30, 0.20, 0.20],  # top A 0.60 wrong (is B)
+        [0.10, 0.10, 0.45, 0.35],  # leaf b1 0.45 right
+        [0.35, 0.30, 0.35, 0.00],  # leaf a1 0.35 wrong; top A 0.65 right
+    ]
+)
 
 
 def test_calibration_on_a_toy_set_gives_the_hand_worked_thresholds():
@@ -134,6 +151,7 @@ def test_coverage_curve_known_points():
 
 
 # --- with a trained run -------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_calibrate_cli_writes_thresholds_and_the_recognizer_uses_them(trained_run, tmp_path):

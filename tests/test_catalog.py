@@ -14,9 +14,8 @@ import pytest
 
 from skulens.catalog import Catalog, CsvMapping, Embedder, Product, import_products, read_products_csv
 from skulens.catalog.index import VectorIndex
-from skulens.errors import SkulensError
 from skulens.catalog.search_eval import Query, average_precision, evaluate_search
-
+from skulens.errors import SkulensError
 from tests.conftest import COLOURS, coloured_photo
 from tests.helpers import run_cli, skulens_command, subprocess_env
 
@@ -48,9 +47,18 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def shop(tmp_path: Path) -> tuple[Path, dict[str, list[Path]]]:
     photos = _photos(tmp_path / "img", 3)
-    rows = [{"sku": f"{name}-{i}", "image": f"img/{p.name}", "title": f"{name} thing {i}",
-             "dept": "Paint" if name != "blue" else "Ink", "kind": name, "colour": name}
-            for name, paths in photos.items() for i, p in enumerate(paths)]
+    rows = [
+        {
+            "sku": f"{name}-{i}",
+            "image": f"img/{p.name}",
+            "title": f"{name} thing {i}",
+            "dept": "Paint" if name != "blue" else "Ink",
+            "kind": name,
+            "colour": name,
+        }
+        for name, paths in photos.items()
+        for i, p in enumerate(paths)
+    ]
     return _write_csv(tmp_path / "products.csv", rows), photos
 
 
@@ -88,14 +96,31 @@ def test_bad_rows_are_reported_and_the_rest_imported(tmp_path, shop, embedder):
     rows += [
         {"sku": "ghost", "image": "img/missing.jpg", "title": "", "dept": "Paint", "kind": "red", "colour": ""},
         {"sku": "broken", "image": "img/broken.jpg", "title": "", "dept": "Paint", "kind": "red", "colour": ""},
-        {"sku": "red-0", "image": "img/red_0.jpg", "title": "another title", "dept": "Paint", "kind": "red", "colour": "red"},
+        {
+            "sku": "red-0",
+            "image": "img/red_0.jpg",
+            "title": "another title",
+            "dept": "Paint",
+            "kind": "red",
+            "colour": "red",
+        },
         {"sku": "", "image": "img/red_0.jpg", "title": "", "dept": "", "kind": "", "colour": ""},
         {"sku": "escape", "image": "../etc/passwd", "title": "", "dept": "", "kind": "", "colour": ""},
     ]
     bad_csv = _write_csv(tmp_path / "bad.csv", rows)
     db = tmp_path / "shop.db"
-    proc = run_cli("catalog", "import", bad_csv, "--db", db, "--run", embedder.source["run"],
-                   "--tree-columns", "dept,kind", "--no-progress")
+    proc = run_cli(
+        "catalog",
+        "import",
+        bad_csv,
+        "--db",
+        db,
+        "--run",
+        embedder.source["run"],
+        "--tree-columns",
+        "dept,kind",
+        "--no-progress",
+    )
     assert proc.returncode == 1, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("skulens: row")]
     assert len(errors) == 5
@@ -122,8 +147,9 @@ def test_incremental_add_remove_update_are_visible_at_once(tmp_path, shop, embed
         skus = [h.sku for h in catalog.search(new_photo, top_k=20)]
         assert "yellow-1" not in skus and "red-0" not in skus and len(skus) == 8
         # update: the product's image changes, its vector follows
-        catalog.upsert([Product("blue-0", "now green", ["Ink", "blue"], images=[str(photos["green"][0])])],
-                       on_conflict="update")
+        catalog.upsert(
+            [Product("blue-0", "now green", ["Ink", "blue"], images=[str(photos["green"][0])])], on_conflict="update"
+        )
         top = catalog.search(photos["green"][0], top_k=2)
         assert {h.sku for h in top} == {"blue-0", "green-0"}
         assert catalog.index().state.ntotal == 8
@@ -148,14 +174,31 @@ def test_a_second_instance_sees_writes_of_the_first(tmp_path, shop, embedder):
 @pytest.mark.slow
 def test_kill_during_import_then_restart_agrees(tmp_path, embedder):
     photos = _photos(tmp_path / "img", 40)
-    rows = [{"sku": f"{name}-{i}", "image": f"img/{p.name}", "title": name, "dept": "D", "kind": name, "colour": name}
-            for name, paths in photos.items() for i, p in enumerate(paths)]
+    rows = [
+        {"sku": f"{name}-{i}", "image": f"img/{p.name}", "title": name, "dept": "D", "kind": name, "colour": name}
+        for name, paths in photos.items()
+        for i, p in enumerate(paths)
+    ]
     csv_path = _write_csv(tmp_path / "big.csv", rows)
     db = tmp_path / "shop.db"
-    args = ["catalog", "import", csv_path, "--db", db, "--run", embedder.source["run"], "--tree-columns", "dept,kind",
-            "--no-progress"]
-    proc = subprocess.Popen(skulens_command(*args, "--chunk-size", "2"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=subprocess_env())
+    args = [
+        "catalog",
+        "import",
+        csv_path,
+        "--db",
+        db,
+        "--run",
+        embedder.source["run"],
+        "--tree-columns",
+        "dept,kind",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        skulens_command(*args, "--chunk-size", "2"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=subprocess_env(),
+    )
     committed = 0
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -233,14 +276,25 @@ def test_search_filters_on_attribute_values(tmp_path, shop, embedder):
 
     _, photos = shop
     with Catalog.open(tmp_path / "shop.db", embedder) as catalog:
-        catalog.upsert([Product(f"{name}-{size}", f"{name} {size}", ["Paint", name], {"colour": name, "size": size},
-                                images=[str(photos[name][i])])
-                        for name in ("red", "blue") for i, size in enumerate(("S", "L"))])
+        catalog.upsert(
+            [
+                Product(
+                    f"{name}-{size}",
+                    f"{name} {size}",
+                    ["Paint", name],
+                    {"colour": name, "size": size},
+                    images=[str(photos[name][i])],
+                )
+                for name in ("red", "blue")
+                for i, size in enumerate(("S", "L"))
+            ]
+        )
         query = photos["red"][0]
         assert {h.sku for h in catalog.search(query, top_k=5, attributes={"colour": "blue"})} == {"blue-S", "blue-L"}
         assert [h.sku for h in catalog.search(query, top_k=5, attributes={"colour": "blue", "size": "L"})] == ["blue-L"]
-        assert [h.sku for h in catalog.search(query, top_k=5, category=["Paint", "red"],
-                                              attributes={"size": "S"})] == ["red-S"]
+        assert [h.sku for h in catalog.search(query, top_k=5, category=["Paint", "red"], attributes={"size": "S"})] == [
+            "red-S"
+        ]
         assert catalog.search(query, top_k=5, attributes={"colour": "green"}) == []
         assert catalog.search(query, top_k=5, attributes={"material": "oak"}) == []
         assert len(catalog.search(query, top_k=5, attributes={})) == 4
@@ -275,9 +329,11 @@ def test_search_metrics_by_hand(tmp_path, shop, embedder):
     csv_path, photos = shop
     with Catalog.open(tmp_path / "shop.db", embedder) as catalog:
         import_products(catalog, read_products_csv(csv_path, MAPPING)[0], progress=False)
-        queries = [Query(str(photos["red"][0]), sku="red-0", category_leaf="red"),
-                   Query(str(photos["blue"][2]), sku="blue-2", category_leaf="blue"),
-                   Query(str(tmp_path / "img" / "nothing.jpg"), sku="red-1")]
+        queries = [
+            Query(str(photos["red"][0]), sku="red-0", category_leaf="red"),
+            Query(str(photos["blue"][2]), sku="blue-2", category_leaf="blue"),
+            Query(str(tmp_path / "img" / "nothing.jpg"), sku="red-1"),
+        ]
         m = evaluate_search(catalog, queries, ks=(1, 3), progress=False)
     assert m["unreadable"] == 1
     assert m["recall@1"] == 1.0 and m["mAP"] == 1.0
@@ -348,8 +404,10 @@ def test_projection_is_pca_and_round_trips(tmp_path):
     with pytest.raises(SkulensError, match="1 <= dims <= 16"):
         Projection.fit(x, 17, fitted_for="abc")
     (tmp_path / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
-    for bad, message in [(tmp_path / "junk.safetensors", "not a projection file"),
-                         (tmp_path / "missing.safetensors", "no such projection file")]:
+    for bad, message in [
+        (tmp_path / "junk.safetensors", "not a projection file"),
+        (tmp_path / "missing.safetensors", "no such projection file"),
+    ]:
         with pytest.raises(SkulensError, match=message):
             Projection.load(bad)
 
@@ -361,8 +419,25 @@ def test_projected_catalog_is_its_own_model(tmp_path, trained_run, shop, embedde
 
     run, data = trained_run
     out = tmp_path / "proj.safetensors"
-    assert main(["catalog", "fit-projection", str(data), "--run", str(run), "--dims", "8", "--device", "cpu",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "catalog",
+                "fit-projection",
+                str(data),
+                "--run",
+                str(run),
+                "--dims",
+                "8",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     projection = Projection.load(out)
     n_images = sum(1 for p in Path(data, "train").rglob("*") if p.is_file())
     assert projection.fitted_for == embedder.model_id and projection.info["vectors"] == n_images

@@ -23,8 +23,21 @@ def assert_clean_error(proc: subprocess.CompletedProcess, fragment: str) -> None
 def test_train_evaluate_predict_end_to_end(tmp_path):
     data = write_class_folders(tmp_path / "shop", per_class=10)
     run = tmp_path / "run"
-    proc = skulens("train", str(data), "--model", "seedcnn", "--epochs", "2", "--img-size", "32", "--batch-size", "8",
-                   "--out", str(run), "--no-progress")
+    proc = skulens(
+        "train",
+        str(data),
+        "--model",
+        "seedcnn",
+        "--epochs",
+        "2",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--out",
+        str(run),
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "best validation top-1" in proc.stdout
     proc = skulens("evaluate", str(run), str(data), "--split", "test", "--json")
@@ -46,7 +59,8 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
         expected = recognizer.predict(p["source"], top_k=2)
         assert p["label"] == expected.label
         assert [(c["label"], c["confidence"]) for c in p["top_k"]] == [
-            (c.label, pytest.approx(c.confidence, abs=1e-6)) for c in expected.top_k]
+            (c.label, pytest.approx(c.confidence, abs=1e-6)) for c in expected.top_k
+        ]
 
 
 @pytest.fixture
@@ -74,7 +88,11 @@ def test_predict_processes_the_good_files_and_reports_the_bad(trained_run, bad_i
     assert "Traceback" not in proc.stderr
     printed = proc.stdout.splitlines()
     assert sorted(Path(line.split("\t")[0]).name for line in printed) == [
-        "a_good.jpg", "d_cmyk.jpg", "e_rgba.png", "f_palette.png"]
+        "a_good.jpg",
+        "d_cmyk.jpg",
+        "e_rgba.png",
+        "f_palette.png",
+    ]
     errors = proc.stderr.strip().splitlines()
     assert len(errors) == 4
     assert any("b_text.jpg: not an image" in e for e in errors)

@@ -52,8 +52,14 @@ def test_csv_manifest_with_split_and_tree(tmp_path):
     img_dir = tmp_path / "img"
     img_dir.mkdir()
     rows = []
-    for i, (kind, leaf, split) in enumerate([("Apparel", "Tshirts", "train"), ("Apparel", "Shirts", "train"),
-                                             ("Footwear", "Shoes", "val"), ("Footwear", "Shoes", "test")]):
+    for i, (kind, leaf, split) in enumerate(
+        [
+            ("Apparel", "Tshirts", "train"),
+            ("Apparel", "Shirts", "train"),
+            ("Footwear", "Shoes", "val"),
+            ("Footwear", "Shoes", "test"),
+        ]
+    ):
         coloured_photo((i * 50, 0, 0), i).save(img_dir / f"{i}.jpg")
         rows.append({"file": f"img/{i}.jpg", "master": kind, "type": leaf, "part": split})
     manifest = tmp_path / "products.csv"
@@ -96,8 +102,9 @@ def test_full_grocery_store():
 
 @requires(FASHION)
 def test_fashion_csv_manifest():
-    ds = load_dataset(FASHION / "products.csv", csv_columns=CsvColumns(label="article_type",
-                                                                         tree=["master_category", "sub_category"]))
+    ds = load_dataset(
+        FASHION / "products.csv", csv_columns=CsvColumns(label="article_type", tree=["master_category", "sub_category"])
+    )
     assert len(ds.samples) == 22123 and len(ds.classes) == 136
     assert ds.tree.level_names == ["master_category", "sub_category", "article_type"]
     assert len(ds.tree.level_labels(0)) == 7

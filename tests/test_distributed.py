@@ -21,13 +21,12 @@ from safetensors.torch import load_file
 from skulens.data.datasets import Sample
 from skulens.errors import SkulensError
 from skulens.training.distributed import Context, env_world
-
 from tests.conftest import write_class_folders
 from tests.helpers import ROOT
 
 # Runs on every rank. The interrupt is injected on all ranks at the same optimizer step, as a
 # Ctrl-C that torchrun forwards to every worker would be.
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import hashlib, json, sys
     from pathlib import Path
 
@@ -138,7 +137,7 @@ WORKER = textwrap.dedent('''
     ctx.barrier()
     main(["catalog", "import", str(data), "--gallery-split", "train", *common])
     (out / f"rank{ctx.rank}.json").write_text(json.dumps(record))
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +152,24 @@ def ddp_job(tmp_path_factory) -> dict:
     env = {"GLOO_SOCKET_IFNAME": "lo", **os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(worker), str(data), str(out)], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(worker),
+            str(data),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     return {"data": data, "out": out, "ranks": ranks, "stdout": proc.stdout, "stderr": proc.stderr}
@@ -207,8 +221,17 @@ def test_learns_the_task_as_one_process_does(ddp_job, tmp_path):
     from skulens.training.trainer import train
 
     aug = AugmentConfig(scale_min=1.0, hflip=0, color_jitter=0, affine_prob=0)
-    cfg = TrainConfig(model="seedcnn", epochs=2, img_size=32, batch_size=8, lr=2e-3, ema_decay=0.9, patience=0,
-                      progress=False, augment=aug)
+    cfg = TrainConfig(
+        model="seedcnn",
+        epochs=2,
+        img_size=32,
+        batch_size=8,
+        lr=2e-3,
+        ema_decay=0.9,
+        patience=0,
+        progress=False,
+        augment=aug,
+    )
     train(cfg, load_dataset(ddp_job["data"]), tmp_path / "one")
     one = list(csv.DictReader((tmp_path / "one" / "log.csv").open()))[-1]
     two = list(csv.DictReader((ddp_job["out"] / "straight" / "log.csv").open()))[-1]
@@ -270,7 +293,7 @@ def _json_documents(text: str) -> list[str]:
         elif ch == "}" and depth:
             depth -= 1
             if depth == 0:
-                docs.append(text[start:i + 1])
+                docs.append(text[start : i + 1])
     return docs
 
 
@@ -310,12 +333,18 @@ def test_environment_is_checked(monkeypatch):
 
 
 def test_syncbn_conversion_keeps_weights_modes_and_is_plain_batchnorm_alone():
-    from skulens.training.distributed import GlooSyncBatchNorm
-
     from timm.layers import BatchNormAct2d
 
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), BatchNormAct2d(4),
-                                torch.nn.Flatten(), torch.nn.LazyLinear(5), torch.nn.BatchNorm1d(5))
+    from skulens.training.distributed import GlooSyncBatchNorm
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        BatchNormAct2d(4),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(5),
+        torch.nn.BatchNorm1d(5),
+    )
     model(torch.randn(6, 3, 8, 8))
     model[1].weight.requires_grad_(False)
     model[1].eval()

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from skulens import Recognizer
-from skulens.runs import load_run
 from skulens.data.datasets import load_dataset
 from skulens.engines.onnx_export import export_onnx
 from skulens.engines.select import load_engine
 from skulens.errors import CheckpointError, SkulensError
 from skulens.evaluation.report import evaluate_run
+from skulens.runs import load_run
 
 
 @pytest.fixture

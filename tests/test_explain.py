@@ -25,11 +25,14 @@ def _timm(name: str, **kw) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=3, **kw).eval()
 
 
-@pytest.mark.parametrize("make, size", [
-    (lambda: SeedCNN(4, img_size=40), 40),
-    (lambda: _timm("efficientnet_lite0"), 64),
-    (lambda: _timm("resnet18"), 64),
-])
+@pytest.mark.parametrize(
+    "make, size",
+    [
+        (lambda: SeedCNN(4, img_size=40), 40),
+        (lambda: _timm("efficientnet_lite0"), 64),
+        (lambda: _timm("resnet18"), 64),
+    ],
+)
 def test_feature_split_reproduces_the_model(make, size):
     model = make().eval()
     split = feature_split(model)
@@ -96,16 +99,23 @@ def test_gradcam_restores_the_models_training_mode():
 
 # --- On a trained model: the heat lies on the object ----------------------------------------------
 
+
 def _scene(colour: str, top: int, left: int, side: int) -> Image.Image:
     """One coloured square on a blank grey background, 48 px like the training photos."""
     arr = np.full((48, 48, 3), 120, np.uint8)
-    arr[top:top + side, left:left + side] = COLOURS[colour]
+    arr[top : top + side, left : left + side] = COLOURS[colour]
     return Image.fromarray(arr)
 
 
 # Away from the diagonal where the training squares lay, so a swapped x/y would show.
-SCENES = [("red", 4, 22, 20), ("green", 24, 4, 20), ("blue", 6, 6, 22), ("red", 24, 24, 22), ("green", 3, 26, 20),
-          ("blue", 26, 2, 20)]
+SCENES = [
+    ("red", 4, 22, 20),
+    ("green", 24, 4, 20),
+    ("blue", 6, 6, 22),
+    ("red", 24, 24, 22),
+    ("green", 3, 26, 20),
+    ("blue", 26, 2, 20),
+]
 
 
 def test_gradcam_puts_most_of_the_heat_on_the_object(trained_run):
@@ -121,17 +131,17 @@ def test_gradcam_puts_most_of_the_heat_on_the_object(trained_run):
         # "on the object" means inside its box grown by one cell.
         cell = feature_split(SeedCNN(3, img_size=heat.shape[0])).geometry[1]
 
-        def inside(pad: float) -> np.ndarray:
+        def inside(pad: float, heat=heat, box=box) -> np.ndarray:
             mask = np.zeros(heat.shape, bool)
-            t, l, b, r = box + [-pad, -pad, pad, pad]
-            mask[max(0, int(t)):int(np.ceil(b)), max(0, int(l)):int(np.ceil(r))] = True
+            top, left, bottom, right = box + [-pad, -pad, pad, pad]
+            mask[max(0, int(top)) : int(np.ceil(bottom)), max(0, int(left)) : int(np.ceil(right))] = True
             return mask
 
         near, exact = inside(cell), inside(0)
         share = heat[near].sum() / heat.sum()
         assert share > 0.5, f"{colour} square at {top},{left}: only {share:.0%} of the heat on it"
         assert share > near.mean() + 0.15  # far more than heat spread evenly would put there
-        yy, xx = np.mgrid[:heat.shape[0], :heat.shape[1]]
+        yy, xx = np.mgrid[: heat.shape[0], : heat.shape[1]]
         centre = (int((heat * yy).sum() / heat.sum()), int((heat * xx).sum() / heat.sum()))
         assert exact[centre], f"{colour} square at {top},{left}: the heat is centred off the object at {centre}"
         shares.append(heat[exact].sum() / heat.sum())
@@ -171,6 +181,7 @@ def test_recognizer_and_run_folder_give_the_same_explanation(trained_run, tmp_pa
 
 
 # --- Feature maps --------------------------------------------------------------------------------
+
 
 def test_seedcnn_feature_maps_are_its_relu_convolutions():
     torch.manual_seed(1)

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from skulens.runs import load_run
 from skulens.cli import main
+from skulens.runs import load_run
 from skulens.serving import ServeConfig, create_app
 from skulens.serving.security import hash_key, key_file_line, new_key
 from tests.conftest import COLOURS, coloured_photo, jpeg_bytes, write_class_folders
@@ -50,8 +50,22 @@ def test_kill_during_an_epoch_then_resume_finishes_the_run(tmp_path, caplog):
     data = write_class_folders(tmp_path / "shop", per_class=12)
     run = tmp_path / "run"
     epochs = 4
-    args = [str(data), "--model", "seedcnn", "--epochs", str(epochs), "--img-size", "40", "--batch-size", "4",
-            "--patience", "0", "--no-progress", "--out", str(run)]
+    args = [
+        str(data),
+        "--model",
+        "seedcnn",
+        "--epochs",
+        str(epochs),
+        "--img-size",
+        "40",
+        "--batch-size",
+        "4",
+        "--patience",
+        "0",
+        "--no-progress",
+        "--out",
+        str(run),
+    ]
     proc = start_cli("train", *args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # Time epoch 2 (epoch 1 also pays for decoding), then kill half-way through epoch 3.
     seen: dict[int, float] = {}
@@ -79,7 +93,7 @@ def test_kill_during_an_epoch_then_resume_finishes_the_run(tmp_path, caplog):
     rows = log_rows(run)
     logged = [int(r["epoch"]) for r in rows]
     assert sorted(set(logged)) == list(range(1, epochs + 1))
-    assert rows[:len(acknowledged)] == acknowledged  # epochs saved before the kill are kept as they were
+    assert rows[: len(acknowledged)] == acknowledged  # epochs saved before the kill are kept as they were
     # A kill between an epoch's log line and its resume state re-runs that epoch: its line appears twice.
     assert all(logged.count(e) == 1 for e in logged if e != saved["epoch"] + 1)
     assert read_state(run)["epoch"] == epochs
@@ -92,8 +106,14 @@ def import_payload(n: int) -> dict:
     products = []
     for i in range(n):
         photo = jpeg_bytes(coloured_photo(COLOURS[names[i % 3]], 7000 + i, size=64))
-        products.append({"sku": f"sku-{i:03d}", "title": f"product {i}", "category_path": ["Paint", names[i % 3]],
-                         "images": [base64.b64encode(photo).decode()]})
+        products.append(
+            {
+                "sku": f"sku-{i:03d}",
+                "title": f"product {i}",
+                "category_path": ["Paint", names[i % 3]],
+                "images": [base64.b64encode(photo).decode()],
+            }
+        )
     return {"products": products, "on_conflict": "error"}
 
 
@@ -104,17 +124,36 @@ def test_kill_serve_during_bulk_import_then_restart_agrees(trained_run, tmp_path
     db, media, stored = tmp_path / "shop.db", tmp_path / "media", tmp_path / "stored"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_cli("serve", trained_run[0], "--port", port, "--catalog", db, "--media-dir", media,
-                     "--api-keys-file", keys, "--store-uploads", stored, "--engine", "torch", "--log-level", "warning",
-                     env=ENV)
+    proc = start_cli(
+        "serve",
+        trained_run[0],
+        "--port",
+        port,
+        "--catalog",
+        db,
+        "--media-dir",
+        media,
+        "--api-keys-file",
+        keys,
+        "--store-uploads",
+        stored,
+        "--engine",
+        "torch",
+        "--log-level",
+        "warning",
+        env=ENV,
+    )
     n = 128
     payload = import_payload(n)
     headers = {"X-API-Key": key}
     try:
         wait_healthy(base, proc)
         photo = jpeg_bytes(coloured_photo(COLOURS["red"], 1, size=64))
-        answered = sum(httpx.post(f"{base}/v1/recognize", files={"image": ("a.jpg", photo, "image/jpeg")},
-                                  timeout=30).status_code == 200 for _ in range(5))
+        answered = sum(
+            httpx.post(f"{base}/v1/recognize", files={"image": ("a.jpg", photo, "image/jpeg")}, timeout=30).status_code
+            == 200
+            for _ in range(5)
+        )
         reply = httpx.post(f"{base}/v1/products/import", json=payload, headers=headers, timeout=60)
         assert reply.status_code == 202, reply.text
         status_url = f"{base}{reply.json()['status_url']}"
@@ -137,8 +176,16 @@ def test_kill_serve_during_bulk_import_then_restart_agrees(trained_run, tmp_path
     assert len([p for p in stored.rglob("*.jpg")]) == answered
 
     # Restart (the same app `skulens serve` runs) on the same database and media folder.
-    app = create_app(ServeConfig(run_dir=trained_run[0], engine="torch", catalog_db=db, media_dir=media,
-                                 api_key_hashes=frozenset({hash_key(key)}), warmup=False))
+    app = create_app(
+        ServeConfig(
+            run_dir=trained_run[0],
+            engine="torch",
+            catalog_db=db,
+            media_dir=media,
+            api_key_hashes=frozenset({hash_key(key)}),
+            warmup=False,
+        )
+    )
     with TestClient(app, raise_server_exceptions=False, headers=headers) as client:
         catalog = client.app.state.services.catalog
         present = {p["sku"] for p in client.get("/v1/products", params={"limit": 500}).json()["products"]}
@@ -156,8 +203,10 @@ def test_kill_serve_during_bulk_import_then_restart_agrees(trained_run, tmp_path
         assert job["result"]["added"] == n - len(present)
         assert len(client.get("/v1/products", params={"limit": 500}).json()["products"]) == n
         assert_index_agrees(catalog, db)
-        hit = client.post("/v1/search", files={"image": ("q.jpg", base64.b64decode(
-            payload["products"][-1]["images"][0]), "image/jpeg")}).json()
+        hit = client.post(
+            "/v1/search",
+            files={"image": ("q.jpg", base64.b64decode(payload["products"][-1]["images"][0]), "image/jpeg")},
+        ).json()
         assert hit["products"][0]["sku"] == payload["products"][-1]["sku"]
 
 

@@ -16,11 +16,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from skulens.runs import CHECKSUMS_FILE, WEIGHTS_FILE, load_run
 from skulens.cli import main
 from skulens.data.images import load_image
 from skulens.errors import CheckpointError, ImageError
 from skulens.recognition.recognizer import Recognizer
+from skulens.runs import CHECKSUMS_FILE, WEIGHTS_FILE, load_run
 from skulens.serving import ServeConfig, create_app
 from skulens.serving.security import hash_key, new_key
 from tests.helpers import wait_for_job
@@ -51,18 +51,44 @@ def judge(case: Case, outcome: str, detail: str = "") -> str | None:
 
 def test_the_corpus_covers_what_the_issue_lists():
     counts = kinds(CORPUS)
-    for kind in ("valid", "truncated", "corrupted", "not an image", "pixel bomb", "huge dimensions", "odd mode",
-                 "animated", "EXIF rotation", "oversized metadata", "polyglot"):
+    for kind in (
+        "valid",
+        "truncated",
+        "corrupted",
+        "not an image",
+        "pixel bomb",
+        "huge dimensions",
+        "odd mode",
+        "animated",
+        "EXIF rotation",
+        "oversized metadata",
+        "polyglot",
+    ):
         assert counts.get(kind, 0) >= 3, kind
     names = {c.name for c in CORPUS}
-    for needed in ("zero-bytes", "text-named-jpg", "html-named-jpg", "svg-named-png", "zip-named-jpg", "cmyk-jpeg",
-                   "16bit-png", "palette-transparency-png", "animated-gif", "truncated-webp-50", "truncated-gif-50",
-                   "png-claims-100k-square", "jpeg-claims-65500-square", "exif-orientation-6", "jpeg-plus-zip"):
+    for needed in (
+        "zero-bytes",
+        "text-named-jpg",
+        "html-named-jpg",
+        "svg-named-png",
+        "zip-named-jpg",
+        "cmyk-jpeg",
+        "16bit-png",
+        "palette-transparency-png",
+        "animated-gif",
+        "truncated-webp-50",
+        "truncated-gif-50",
+        "png-claims-100k-square",
+        "jpeg-claims-65500-square",
+        "exif-orientation-6",
+        "jpeg-plus-zip",
+    ):
         assert needed in names
     assert len(CORPUS) >= 120
 
 
 # --- Python API ------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def recognizer(trained_run):
@@ -108,6 +134,7 @@ def test_python_api_answers_or_refuses_clearly(recognizer, corpus_dir):
 
 # --- CLI -------------------------------------------------------------------------------------------
 
+
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
@@ -116,8 +143,9 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
 
 
 def test_cli_predict_reports_each_bad_file_and_answers_the_rest(trained_run, corpus_dir, recognizer):
-    code, out, err = run_cli(["predict", str(trained_run[0]), *[str(corpus_dir / c.filename) for c in CORPUS],
-                              "--json", "--engine", "torch"])
+    code, out, err = run_cli(
+        ["predict", str(trained_run[0]), *[str(corpus_dir / c.filename) for c in CORPUS], "--json", "--engine", "torch"]
+    )
     assert code == 1  # some inputs failed, the others were processed
     records = json.loads(out)
     assert len(records) == len(CORPUS)
@@ -137,6 +165,7 @@ def test_cli_predict_reports_each_bad_file_and_answers_the_rest(trained_run, cor
 
 # --- every HTTP endpoint ---------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def server(trained_run, recognizer, tmp_path_factory):
     from skulens.privacy import crypto
@@ -146,16 +175,26 @@ def server(trained_run, recognizer, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(crypto.KEY_ENV, crypto.new_key())
         # Every opt-in path on too: catalog writes, media, and encrypted upload storage.
-        config = ServeConfig(recognizer=recognizer, catalog_db=base / "catalog" / "shop.db", catalog_run=trained_run[0],
-                             media_dir=base / "media", api_key_hashes=frozenset({hash_key(KEY)}),
-                             store_uploads_dir=base / "stored", encrypt_at_rest=True, retention_days=30,
-                             warmup=False, max_bulk_images=64)
+        config = ServeConfig(
+            recognizer=recognizer,
+            catalog_db=base / "catalog" / "shop.db",
+            catalog_run=trained_run[0],
+            media_dir=base / "media",
+            api_key_hashes=frozenset({hash_key(KEY)}),
+            store_uploads_dir=base / "stored",
+            encrypt_at_rest=True,
+            retention_days=30,
+            warmup=False,
+            max_bulk_images=64,
+        )
     app = create_app(config)
     with TestClient(app, raise_server_exceptions=False, headers={"X-API-Key": KEY}) as client:
         for i, colour in enumerate(((220, 30, 30), (30, 200, 40), (30, 40, 210))):
-            created = client.post("/v1/products", data={"product": json.dumps({"sku": f"base-{i}", "title": "t"})},
-                                  files={"images": ("p.jpg", encode(Image.new("RGB", (64, 48), colour), "JPEG"),
-                                                    "image/jpeg")})
+            created = client.post(
+                "/v1/products",
+                data={"product": json.dumps({"sku": f"base-{i}", "title": "t"})},
+                files={"images": ("p.jpg", encode(Image.new("RGB", (64, 48), colour), "JPEG"), "image/jpeg")},
+            )
             assert created.status_code == 201, created.text
         yield client, base
 
@@ -169,8 +208,10 @@ SINGLE = {
     ("POST", "/v1/search"): lambda c, case, i: c.post("/v1/search", files={"image": _file(case)}),
     ("POST", "/v1/explain"): lambda c, case, i: c.post("/v1/explain", files={"image": _file(case)}),
     ("POST", "/v1/products"): lambda c, case, i: c.post(
-        "/v1/products", data={"product": json.dumps({"sku": f"h-{i}", "title": case.name})},
-        files={"images": _file(case)}),
+        "/v1/products",
+        data={"product": json.dumps({"sku": f"h-{i}", "title": case.name})},
+        files={"images": _file(case)},
+    ),
     ("PUT", "/v1/products/{sku}"): lambda c, case, i: c.put("/v1/products/base-0", files={"images": _file(case)}),
 }
 JOBS = {("POST", "/v1/recognize/bulk"), ("POST", "/v1/products/import")}
@@ -187,8 +228,12 @@ def outcome_of(response) -> tuple[str, str]:
 
 def test_every_photo_endpoint_is_in_the_hostile_run(server):
     client, _ = server
-    taking_input = {(method.upper(), path) for path, ops in client.get("/openapi.json").json()["paths"].items()
-                    for method, op in ops.items() if "requestBody" in op}
+    taking_input = {
+        (method.upper(), path)
+        for path, ops in client.get("/openapi.json").json()["paths"].items()
+        for method, op in ops.items()
+        if "requestBody" in op
+    }
     assert taking_input == set(SINGLE) | JOBS, "a new endpoint takes input: add it to SINGLE or JOBS"
 
 
@@ -231,7 +276,7 @@ def test_bulk_recognize_and_import_report_each_file(server):
     client, _ = server
     problems = []
     for start in range(0, len(CORPUS), 64):
-        chunk = CORPUS[start:start + 64]
+        chunk = CORPUS[start : start + 64]
         reply = client.post("/v1/recognize/bulk", files=[("images", _file(c)) for c in chunk])
         assert reply.status_code == 202, reply.text
         job = wait_for_job(client, reply.json()["status_url"], timeout=120)
@@ -243,8 +288,10 @@ def test_bulk_recognize_and_import_report_each_file(server):
                 assert item["error"]["code"] == "bad_image" and one_line(item["error"]["message"])
             problems.append(judge(case, "error" if item["error"] else "ok", str(item["error"])))
 
-        products = [{"sku": f"imp-{start + i}", "title": c.name, "images": [base64.b64encode(c.data).decode()]}
-                    for i, c in enumerate(chunk)]
+        products = [
+            {"sku": f"imp-{start + i}", "title": c.name, "images": [base64.b64encode(c.data).decode()]}
+            for i, c in enumerate(chunk)
+        ]
         reply = client.post("/v1/products/import", json={"products": products, "on_conflict": "update"})
         assert reply.status_code == 202, reply.text
         job = wait_for_job(client, reply.json()["status_url"], timeout=120)
@@ -271,20 +318,39 @@ def test_memory_stays_flat_while_chewing_through_the_corpus(server):
     assert grown < 40, f"memory grew by {grown:.0f} MB over a second pass"
 
 
-@pytest.mark.parametrize("hostile", ["../../etc/passwd", "..", "%2e%2e%2fetc%2fpasswd", "a" * 5000, "\u202e\u0000x",
-                                     "<script>alert(1)</script>", "' OR 1=1 --"])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "../../etc/passwd",
+        "..",
+        "%2e%2e%2fetc%2fpasswd",
+        "a" * 5000,
+        "\u202e\u0000x",
+        "<script>alert(1)</script>",
+        "' OR 1=1 --",
+    ],
+)
 def test_hostile_path_and_query_values_are_4xx(server, hostile):
     client, base = server
     from urllib.parse import quote
 
     value = quote(hostile, safe="")
-    replies = [client.get(f"/v1/products/{value}"), client.get(f"/v1/products/{value}/image"),
-               client.get(f"/v1/products/{value}/similar"), client.put(f"/v1/products/{value}", json={"title": "x"}),
-               client.delete(f"/v1/products/{value}"), client.get(f"/v1/jobs/{value}"),
-               client.delete(f"/v1/jobs/{value}"), client.get(f"/v1/products?category={value}"),
-               client.post(f"/v1/explain?label={value}", files={"image": _file(CORPUS[0])}),
-               client.post("/v1/products", data={"product": json.dumps({"sku": hostile, "title": "x"})},
-                           files={"images": ("../../../../tmp/evil.jpg", encode(quadrants(), "JPEG"), "image/jpeg")})]
+    replies = [
+        client.get(f"/v1/products/{value}"),
+        client.get(f"/v1/products/{value}/image"),
+        client.get(f"/v1/products/{value}/similar"),
+        client.put(f"/v1/products/{value}", json={"title": "x"}),
+        client.delete(f"/v1/products/{value}"),
+        client.get(f"/v1/jobs/{value}"),
+        client.delete(f"/v1/jobs/{value}"),
+        client.get(f"/v1/products?category={value}"),
+        client.post(f"/v1/explain?label={value}", files={"image": _file(CORPUS[0])}),
+        client.post(
+            "/v1/products",
+            data={"product": json.dumps({"sku": hostile, "title": "x"})},
+            files={"images": ("../../../../tmp/evil.jpg", encode(quadrants(), "JPEG"), "image/jpeg")},
+        ),
+    ]
     for reply in replies:
         assert reply.status_code < 500, (reply.request.url, reply.text)
         if reply.status_code >= 400:
@@ -296,18 +362,33 @@ def test_hostile_path_and_query_values_are_4xx(server, hostile):
 
 # --- CSV imports and file names --------------------------------------------------------------------
 
+
 def test_malformed_csv_imports_are_refused_with_one_line(trained_run, tmp_path):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.jpg").write_bytes(encode(quadrants(), "JPEG"))
     header = "sku,image,title\n"
-    files = {"binary.csv": bytes(range(256)) * 8, "utf16.csv": (header + "a,img/a.jpg,t\n").encode("utf-16"),
-             "latin1.csv": (header + "a,img/a.jpg,caf\xe9\n").encode("latin-1"),
-             "huge-field.csv": (header + "a,img/a.jpg," + "x" * 200_000 + "\n").encode(),
-             "no-columns.csv": b"foo,bar\n1,2\n", "empty.csv": b""}
+    files = {
+        "binary.csv": bytes(range(256)) * 8,
+        "utf16.csv": (header + "a,img/a.jpg,t\n").encode("utf-16"),
+        "latin1.csv": (header + "a,img/a.jpg,caf\xe9\n").encode("latin-1"),
+        "huge-field.csv": (header + "a,img/a.jpg," + "x" * 200_000 + "\n").encode(),
+        "no-columns.csv": b"foo,bar\n1,2\n",
+        "empty.csv": b"",
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-        code, out, err = run_cli(["catalog", "import", str(tmp_path / name), "--db", str(tmp_path / "shop.db"),
-                                  "--run", str(trained_run[0]), "--no-progress"])
+        code, out, err = run_cli(
+            [
+                "catalog",
+                "import",
+                str(tmp_path / name),
+                "--db",
+                str(tmp_path / "shop.db"),
+                "--run",
+                str(trained_run[0]),
+                "--no-progress",
+            ]
+        )
         assert code == 2 and err.startswith("skulens: error: ") and err.count("\n") == 1, (name, err)
         assert "unexpected" not in err and "Traceback" not in err, (name, err)
 
@@ -318,17 +399,32 @@ def test_traversal_in_skus_and_image_paths_is_refused(trained_run, tmp_path):
     (tmp_path / "outside.jpg").write_bytes(encode(quadrants(), "JPEG"))
     bad_skus = ["../../etc/passwd", "a/b", "..", "a\\b", "\x1b[31mred", "x" * 300]
     bad_paths = ["../outside.jpg", "img/../../outside.jpg", "img/../../../../../../etc/passwd"]
-    rows = ["sku,image,title"] + [f'"{s}",img/a.jpg,t' for s in bad_skus] + [f"p{i},{p},t" for i, p in enumerate(bad_paths)]
+    rows = (
+        ["sku,image,title"]
+        + [f'"{s}",img/a.jpg,t' for s in bad_skus]
+        + [f"p{i},{p},t" for i, p in enumerate(bad_paths)]
+    )
     rows.append("good,img/a.jpg,t")
     (tmp_path / "shop" / "products.csv").write_text("\n".join(rows) + "\n")
-    code, out, err = run_cli(["catalog", "import", str(tmp_path / "shop" / "products.csv"), "--db",
-                              str(tmp_path / "shop.db"), "--run", str(trained_run[0]), "--no-progress"])
+    code, out, err = run_cli(
+        [
+            "catalog",
+            "import",
+            str(tmp_path / "shop" / "products.csv"),
+            "--db",
+            str(tmp_path / "shop.db"),
+            "--run",
+            str(trained_run[0]),
+            "--no-progress",
+        ]
+    )
     assert code == 1 and "imported 1 new" in out
     assert f"{len(bad_skus) + len(bad_paths)} rejected" in out
     assert err.count("invalid SKU") == len(bad_skus) and err.count("leaves the CSV's folder") == len(bad_paths)
 
 
 # --- model files -----------------------------------------------------------------------------------
+
 
 def test_tampered_weights_are_refused_and_old_runs_still_load(trained_run, tmp_path, caplog):
     import shutil

@@ -25,7 +25,10 @@ def test_efficientnet_lite0_gets_the_packaged_imagenet_weights():
 def test_seedcnn_any_size_gray_or_colour(size, chans):
     model = create_model(ModelSpec("seedcnn", num_classes=10, img_size=size, in_chans=chans)).eval()
     assert model(torch.zeros(2, chans, size, size)).shape == (2, 10)
-    assert model.forward_head(model.forward_features(torch.zeros(1, chans, size, size)), pre_logits=True).shape == (1, 512)
+    assert model.forward_head(model.forward_features(torch.zeros(1, chans, size, size)), pre_logits=True).shape == (
+        1,
+        512,
+    )
 
 
 def test_seedcnn_has_the_design_notes_layers():

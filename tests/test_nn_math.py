@@ -21,13 +21,16 @@ def t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-@pytest.mark.parametrize("shape, kernel, stride, padding", [
-    ((2, 3, 11, 9), (4, 3, 3, 3), 1, 0),
-    ((1, 3, 12, 12), (8, 3, 3, 3), 2, 1),
-    ((3, 2, 10, 7), (5, 2, 2, 4), (2, 1), (0, 2)),
-    ((1, 1, 5, 5), (1, 1, 5, 5), 1, 0),  # the kernel fills the input: one output value
-    ((2, 4, 8, 8), (3, 4, 1, 1), 3, 2),
-])
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [
+        ((2, 3, 11, 9), (4, 3, 3, 3), 1, 0),
+        ((1, 3, 12, 12), (8, 3, 3, 3), 2, 1),
+        ((3, 2, 10, 7), (5, 2, 2, 4), (2, 1), (0, 2)),
+        ((1, 1, 5, 5), (1, 1, 5, 5), 1, 0),  # the kernel fills the input: one output value
+        ((2, 4, 8, 8), (3, 4, 1, 1), 3, 2),
+    ],
+)
 def test_conv2d_matches_pytorch(shape, kernel, stride, padding):
     rng = np.random.default_rng(sum(shape) + sum(kernel))
     x, w, b = rng.normal(size=shape), rng.normal(size=kernel), rng.normal(size=kernel[0])
@@ -106,6 +109,7 @@ def test_bad_shapes_give_clear_errors():
 
 # --- the seedcnn, replayed in NumPy -------------------------------------------------------------
 
+
 def _demo_inputs(pre, n: int = 6) -> torch.Tensor:
     from skulens.data.images import load_image
     from skulens.data.transforms import to_model_input
@@ -136,9 +140,9 @@ def test_numpy_seedcnn_equals_pytorch_on_demo_photos(trained_run):
 
 
 def test_numpy_seedcnn_equals_pytorch_at_the_native_150px(tmp_path):
-    from skulens.runs import RunConfig, save_run
     from skulens.data.transforms import Preprocessing
     from skulens.models.registry import ModelSpec, create_model
+    from skulens.runs import RunConfig, save_run
 
     torch.manual_seed(0)
     spec = ModelSpec("seedcnn", num_classes=8, img_size=150)
@@ -146,23 +150,30 @@ def test_numpy_seedcnn_equals_pytorch_at_the_native_150px(tmp_path):
     with torch.no_grad():  # sharper than the init so the probabilities are far from uniform
         model.classifier.weight.mul_(200)
     pre = Preprocessing(img_size=150, mean=spec.mean, std=spec.std)
-    save_run(tmp_path / "run", RunConfig(model=spec, classes=[f"c{i}" for i in range(8)], preprocessing=pre),
-             model.state_dict())
+    save_run(
+        tmp_path / "run",
+        RunConfig(model=spec, classes=[f"c{i}" for i in range(8)], preprocessing=pre),
+        model.state_dict(),
+    )
     x = _demo_inputs(pre, 3)
     expected = _torch_probs(tmp_path / "run", x)
     assert expected.max() > 0.5
-    np.testing.assert_allclose(nm.seedcnn_forward(nm.load_seedcnn_weights(tmp_path / "run"), x.numpy()), expected,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        nm.seedcnn_forward(nm.load_seedcnn_weights(tmp_path / "run"), x.numpy()), expected, atol=1e-5
+    )
 
 
 def test_numpy_seedcnn_refuses_other_runs_and_sizes(tmp_path, trained_run):
-    from skulens.files import write_json_atomic
-    from skulens.runs import RunConfig
     from skulens.data.transforms import Preprocessing
+    from skulens.files import write_json_atomic
     from skulens.models.registry import ModelSpec
+    from skulens.runs import RunConfig
 
-    config = RunConfig(model=ModelSpec("efficientnet_lite0", 3, 64), classes=["a", "b", "c"],
-                       preprocessing=Preprocessing(64, [0.5] * 3, [0.5] * 3))
+    config = RunConfig(
+        model=ModelSpec("efficientnet_lite0", 3, 64),
+        classes=["a", "b", "c"],
+        preprocessing=Preprocessing(64, [0.5] * 3, [0.5] * 3),
+    )
     write_json_atomic(tmp_path / "lite" / "config.json", config.to_dict())
     with pytest.raises(SkulensError, match="seedcnn only"):
         nm.load_seedcnn_weights(tmp_path / "lite")
@@ -175,6 +186,7 @@ def test_numpy_seedcnn_refuses_other_runs_and_sizes(tmp_path, trained_run):
 
 # --- the docs page ------------------------------------------------------------------------------
 
+
 def _renderer():
     spec = importlib.util.spec_from_file_location("render_nn_math_docs", ROOT / "scripts" / "render_nn_math_docs.py")
     module = importlib.util.module_from_spec(spec)
@@ -184,8 +196,9 @@ def _renderer():
 
 def test_docs_page_is_rendered_from_the_code():
     page = ROOT / "docs" / "nn_math.md"
-    assert page.read_text(encoding="utf-8") == _renderer().render(), \
+    assert page.read_text(encoding="utf-8") == _renderer().render(), (
         "docs/nn_math.md is stale: run python scripts/render_nn_math_docs.py"
+    )
 
 
 def test_docs_page_names_the_notes_mistakes_and_the_right_values():

@@ -38,8 +38,9 @@ class StubRecognizer:
     def predict_batch(self, images, top_k=5):
         from skulens.recognition.recognizer import Prediction, ScoredClass
 
-        return [Prediction("a", 0.9, ["a"], [ScoredClass("a", 0.9, ["a"]), ScoredClass("b", 0.1, ["b"])])
-                for _ in images]
+        return [
+            Prediction("a", 0.9, ["a"], [ScoredClass("a", 0.9, ["a"]), ScoredClass("b", 0.1, ["b"])]) for _ in images
+        ]
 
 
 @contextmanager
@@ -75,11 +76,12 @@ def jpeg_markers(data: bytes) -> list[int]:
         markers.append(marker)
         if marker == 0xDA:  # start of scan: entropy-coded data follows until EOI
             break
-        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
     return markers
 
 
 # --- off by default --------------------------------------------------------------------------------
+
 
 def test_uploads_are_dropped_by_default(monkeypatch):
     def never(*_a, **_k):
@@ -113,6 +115,7 @@ def test_serve_command_refuses_storage_flags_without_a_folder(capsys, tmp_path):
 
 
 # --- what a stored photo holds ---------------------------------------------------------------------
+
 
 def test_stored_photos_keep_pixels_and_lose_every_kind_of_metadata(tmp_path):
     rotated = next(c for c in build_corpus() if c.name == "exif-orientation-6")
@@ -169,7 +172,7 @@ def test_faces_are_pixelated_before_storing(tmp_path):
         assert post(client, photo).status_code == 200
     plain = Image.open(stored_files(tmp_path / "plain")[0]).convert("RGB")
     blurred = Image.open(stored_files(tmp_path / "blurred")[0]).convert("RGB")
-    (fx, fy, fw, fh), = faces.detect_faces(plain)  # the control: without blurring, the face is there
+    ((fx, fy, fw, fh),) = faces.detect_faces(plain)  # the control: without blurring, the face is there
     assert faces.detect_faces(blurred) == []
 
     def detail(img: Image.Image, box) -> float:  # mean difference between neighbouring pixels
@@ -190,6 +193,7 @@ def test_face_blur_leaves_product_photos_alone():
 
 
 # --- encryption at rest ----------------------------------------------------------------------------
+
 
 def test_encrypted_at_rest_and_only_the_key_opens_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(crypto.KEY_ENV, KEY)
@@ -231,6 +235,7 @@ def test_new_key_command(capsys):
 
 
 # --- retention -------------------------------------------------------------------------------------
+
 
 def _age(path: Path, days: float) -> None:
     then = time.time() - days * 86400
@@ -282,6 +287,7 @@ def test_a_failing_store_does_not_fail_the_answer(tmp_path, caplog):
 
 
 # --- logs ------------------------------------------------------------------------------------------
+
 
 def test_logs_hold_no_image_bytes_names_or_client_identifiers(tmp_path, caplog, monkeypatch):
     monkeypatch.setenv(crypto.KEY_ENV, KEY)

@@ -16,8 +16,7 @@ from torchvision.transforms import v2
 from skulens import Recognizer
 from skulens.data.datasets import load_dataset
 from skulens.data.taxonomy import CategoryTree
-from skulens.data.transforms import (AugmentConfig, Preprocessing, build_train_transform, pad_to_square,
-                                     to_model_input)
+from skulens.data.transforms import AugmentConfig, Preprocessing, build_train_transform, pad_to_square, to_model_input
 from skulens.errors import SkulensError
 from skulens.runs import load_run
 from skulens.training.config import TrainConfig
@@ -49,7 +48,10 @@ def test_pad_to_square_keeps_every_pixel_and_fills_with_the_border_colour():
 def test_pad_mode_shows_what_a_centre_crop_cuts_off():
     pre_crop = Preprocessing(img_size=40, mean=[0, 0, 0], std=[1, 1, 1])
     pre_pad = Preprocessing(img_size=40, mean=[0, 0, 0], std=[1, 1, 1], resize="pad")
-    cropped, padded = to_model_input(_portrait_with_stripes(), pre_crop), to_model_input(_portrait_with_stripes(), pre_pad)
+    cropped, padded = (
+        to_model_input(_portrait_with_stripes(), pre_crop),
+        to_model_input(_portrait_with_stripes(), pre_pad),
+    )
     assert cropped.shape == padded.shape == (3, 40, 40)
 
     def red(x):  # pixels that are clearly the red stripe
@@ -99,8 +101,17 @@ def test_train_splits_train_plus_val(tmp_path):
         split_train_val(dataset, 0, ["train", "test"])
     with pytest.raises(SkulensError, match="unknown training split"):
         split_train_val(dataset, 0, ["train", "trian"])
-    cfg = TrainConfig(model="seedcnn", epochs=2, img_size=32, batch_size=8, train_splits=["train", "val"],
-                      resize="pad", patience=1, keep="best", progress=False)
+    cfg = TrainConfig(
+        model="seedcnn",
+        epochs=2,
+        img_size=32,
+        batch_size=8,
+        train_splits=["train", "val"],
+        resize="pad",
+        patience=1,
+        keep="best",
+        progress=False,
+    )
     train(cfg, dataset, tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     # val was seen in training: the run keeps its last epoch and never stops early
@@ -112,12 +123,15 @@ def test_train_splits_train_plus_val(tmp_path):
     model, run_config = load_run(tmp_path / "run")
     portrait = _portrait_with_stripes()
     with torch.no_grad():
-        padded, cropped = (model(to_model_input(portrait, replace(run_config.preprocessing, resize=mode))[None])
-                           .softmax(-1)[0] for mode in ("pad", "crop"))
+        padded, cropped = (
+            model(to_model_input(portrait, replace(run_config.preprocessing, resize=mode))[None]).softmax(-1)[0]
+            for mode in ("pad", "crop")
+        )
     assert (padded - cropped).abs().max() > 1e-4
     prediction = Recognizer.load(tmp_path / "run", engine="torch", device="cpu").predict(portrait)
     assert {c.label: c.confidence for c in prediction.top_k} == pytest.approx(
-        dict(zip(run_config.classes, padded.tolist())), abs=1e-5)
+        dict(zip(run_config.classes, padded.tolist())), abs=1e-5
+    )
     assert prediction.label == run_config.classes[int(padded.argmax())]
     # Grad-CAM lays its map over what the model saw: the padded square, not a crop of the photo
     from skulens.explain import explain_image
@@ -132,18 +146,74 @@ def test_cli_recipe_flags(tmp_path, capsys):
 
     data = write_class_folders(tmp_path / "d", per_class=6)
     out = tmp_path / "run"
-    code = main(["train", str(data), "--model", "seedcnn", "--img-size", "32", "--epochs", "1", "--batch-size", "8",
-                 "--resize", "pad", "--hue-jitter", "0", "--color-jitter", "0.2", "--scale-min", "0.5",
-                 "--train-splits", "train,val", "--no-progress", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            str(data),
+            "--model",
+            "seedcnn",
+            "--img-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--resize",
+            "pad",
+            "--hue-jitter",
+            "0",
+            "--color-jitter",
+            "0.2",
+            "--scale-min",
+            "0.5",
+            "--train-splits",
+            "train,val",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     args = json.loads((out / "config.json").read_text())["train_args"]
     assert args["augment"]["hue_jitter"] == 0 and args["augment"]["color_jitter"] == 0.2
     assert args["augment"]["scale_min"] == 0.5 and args["resize"] == "pad"
-    assert main(["train", str(data), "--model", "seedcnn", "--epochs", "1", "--tree-loss-weight", "-1",
-                 "--no-progress", "--out", str(tmp_path / "bad")]) != 0
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--model",
+                "seedcnn",
+                "--epochs",
+                "1",
+                "--tree-loss-weight",
+                "-1",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        != 0
+    )
     assert "tree-loss-weight" in capsys.readouterr().err
     for flag, value in (("--hue-jitter", "0.7"), ("--scale-min", "0"), ("--color-jitter", "-0.1")):
-        assert main(["train", str(data), "--model", "seedcnn", "--epochs", "1", flag, value, "--no-progress",
-                     "--out", str(tmp_path / "bad")]) == 2
+        assert (
+            main(
+                [
+                    "train",
+                    str(data),
+                    "--model",
+                    "seedcnn",
+                    "--epochs",
+                    "1",
+                    flag,
+                    value,
+                    "--no-progress",
+                    "--out",
+                    str(tmp_path / "bad"),
+                ]
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         assert flag[2:] in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

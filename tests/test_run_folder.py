@@ -62,8 +62,11 @@ def test_a_tampered_weight_file_is_refused_everywhere(trained_run, tmp_path):
     data = bytearray((run / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (run / "model.safetensors").write_bytes(bytes(data))
-    for load in (lambda: RunFolder(run).load_model(), lambda: load_engine(run, "torch", "cpu"),
-                 lambda: load_seedcnn_weights(run)):
+    for load in (
+        lambda: RunFolder(run).load_model(),
+        lambda: load_engine(run, "torch", "cpu"),
+        lambda: load_seedcnn_weights(run),
+    ):
         with pytest.raises(CheckpointError, match="does not match its recorded checksum"):
             load()
 
@@ -99,8 +102,9 @@ def test_choose_on_val_picks_what_val_prefers_and_scores_test_once(trained_run, 
     samples = split_samples(dataset, "val", engine.config.classes)
     scores = {}
     for flip in (False, True):
-        probs, labels, _, _ = dataset_probabilities(lambda x, f=flip: engine.probabilities(x, f), samples,
-                                                    engine.config.preprocessing, progress=False)
+        probs, labels, _, _ = dataset_probabilities(
+            lambda x, f=flip: engine.probabilities(x, f), samples, engine.config.preprocessing, progress=False
+        )
         scores[flip] = float(np.mean(probs.argmax(1) == labels))
     expected = scores[True] > scores[False]  # ties go to the simpler setting: no flip
     assert m["tta_hflip"] is expected and m["chosen_on_val"]["tta_hflip"] is expected

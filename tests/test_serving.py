@@ -25,8 +25,16 @@ from skulens.serving import ServeConfig, create_app
 from skulens.serving.batching import MicroBatcher, Overloaded
 from skulens.serving.jobs import JobManager, JobsFull
 from skulens.serving.security import hash_key, key_matches, load_key_hashes, new_key
-from tests.helpers import (assert_json_error, free_port, noise_jpeg, start_cli, stop, wait_for_job, wait_healthy,
-                           wait_until)
+from tests.helpers import (
+    assert_json_error,
+    free_port,
+    noise_jpeg,
+    start_cli,
+    stop,
+    wait_for_job,
+    wait_healthy,
+    wait_until,
+)
 from tests.hostile_corpus import png_header_only
 
 KEY = new_key()
@@ -62,6 +70,7 @@ def upload(client, data: bytes, content_type: str = "image/jpeg", name: str = "p
 
 # --- recognize ------------------------------------------------------------------------------------
 
+
 def test_recognize_matches_the_python_api(client, recognizer, photo):
     response = upload(client, photo)
     assert response.status_code == 200, response.text
@@ -79,13 +88,17 @@ def test_recognize_matches_the_python_api(client, recognizer, photo):
 
 
 def test_top_k_setting_and_level_confidences_sum_subtrees(recognizer, photo):
-    from skulens.serving.predictions import level_confidences
     from skulens.recognition.recognizer import ScoredClass
+    from skulens.serving.predictions import level_confidences
 
     with serving(recognizer, top_k=2) as c:
         assert len(upload(c, photo).json()["top_k"]) == 2
-    scored = [ScoredClass("granny", 0.5, ["Fruit", "Apple", "granny"]), ScoredClass("gala", 0.3, ["Fruit", "Apple", "gala"]),
-              ScoredClass("pear", 0.15, ["Fruit", "Pear", "pear"]), ScoredClass("milk", 0.05, ["Dairy", "Milk", "milk"])]
+    scored = [
+        ScoredClass("granny", 0.5, ["Fruit", "Apple", "granny"]),
+        ScoredClass("gala", 0.3, ["Fruit", "Apple", "gala"]),
+        ScoredClass("pear", 0.15, ["Fruit", "Pear", "pear"]),
+        ScoredClass("milk", 0.05, ["Dairy", "Milk", "milk"]),
+    ]
     levels = level_confidences(["Fruit", "Apple", "granny"], scored)
     assert [round(lv.confidence, 6) for lv in levels] == [0.95, 0.8, 0.5]
 
@@ -117,9 +130,17 @@ def test_products_come_from_the_catalog(recognizer, photo, tmp_path):
 
         def search_vectors(self, vector, top_k, category=None, attributes=None):
             assert vector.shape == (2,) and category is None and attributes is None
-            return [SearchHit(sku=f"SKU {i}", title=f"Product {i}", score=1 - i / 10, category_path=["red"],
-                              attributes={"colour": "red"}, image=f"/srv/catalog/{i}.jpg" if i else None)
-                    for i in range(top_k)]
+            return [
+                SearchHit(
+                    sku=f"SKU {i}",
+                    title=f"Product {i}",
+                    score=1 - i / 10,
+                    category_path=["red"],
+                    attributes={"colour": "red"},
+                    image=f"/srv/catalog/{i}.jpg" if i else None,
+                )
+                for i in range(top_k)
+            ]
 
     with serving(recognizer, catalog=FakeCatalog(), products_k=3, media_dir=tmp_path / "media") as c:
         body = upload(c, photo).json()
@@ -134,15 +155,30 @@ def test_products_come_from_the_catalog(recognizer, photo, tmp_path):
 def test_catalog_tree_as_api_response():
     from skulens.serving.catalog_views import category_tree
 
-    tree = {"name": "", "count": 3, "children": [{"name": "Fruit", "count": 3, "children": [
-        {"name": "Apple", "count": 2, "children": []}, {"name": "Pear", "count": 1, "children": []}]}]}
+    tree = {
+        "name": "",
+        "count": 3,
+        "children": [
+            {
+                "name": "Fruit",
+                "count": 3,
+                "children": [
+                    {"name": "Apple", "count": 2, "children": []},
+                    {"name": "Pear", "count": 1, "children": []},
+                ],
+            }
+        ],
+    }
     roots = category_tree(tree).model_dump()["roots"]
     assert roots[0]["product_count"] == 3 and roots[0]["path"] == ["Fruit"]
     assert [(c["name"], c["path"], c["product_count"]) for c in roots[0]["children"]] == [
-        ("Apple", ["Fruit", "Apple"], 2), ("Pear", ["Fruit", "Pear"], 1)]
+        ("Apple", ["Fruit", "Apple"], 2),
+        ("Pear", ["Fruit", "Pear"], 1),
+    ]
 
 
 # --- bad input: always 4xx with a JSON error -------------------------------------------------------
+
 
 def test_non_image_is_422(client):
     assert_json_error(upload(client, b"this is not a photo"), 422, "bad_image")
@@ -159,7 +195,9 @@ def test_empty_file_is_422(client):
 
 
 def test_decompression_bomb_is_refused(client):
-    error = assert_json_error(upload(client, png_header_only(100_000, 100_000), "image/png", "bomb.png"), 422, "bad_image")
+    error = assert_json_error(
+        upload(client, png_header_only(100_000, 100_000), "image/png", "bomb.png"), 422, "bad_image"
+    )
     assert "pixels" in error["message"]
 
 
@@ -180,23 +218,33 @@ def test_oversized_upload_is_413(recognizer):
 def test_oversized_chunked_upload_is_cut_off(recognizer):
     """No Content-Length to trust: the body is counted while it streams."""
     boundary = "skulens-test-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + os.urandom(300_000) + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + os.urandom(300_000)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
 
     def chunks():
         for start in range(0, len(body), 16_384):
-            yield body[start:start + 16_384]
+            yield body[start : start + 16_384]
 
     with serving(recognizer, max_upload_bytes=20_000) as c:
-        response = c.post("/v1/recognize", content=chunks(),
-                          headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        response = c.post(
+            "/v1/recognize", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+        )
     assert_json_error(response, 413, "upload_too_large")
 
 
 def test_wrong_request_content_type_is_415(client, photo):
     assert_json_error(client.post("/v1/recognize", json={"image": "x"}), 415, "unsupported_media_type")
-    assert_json_error(client.post("/v1/recognize", content=photo, headers={"content-type": "image/jpeg"}),
-                      415, "unsupported_media_type")
+    assert_json_error(
+        client.post("/v1/recognize", content=photo, headers={"content-type": "image/jpeg"}),
+        415,
+        "unsupported_media_type",
+    )
 
 
 def test_wrong_part_content_type_is_415(client, photo):
@@ -209,8 +257,7 @@ def test_missing_image_field_is_422(client, photo):
 
 
 def test_malformed_multipart_is_400(client):
-    response = client.post("/v1/recognize", content=b"garbage",
-                           headers={"content-type": "multipart/form-data"})
+    response = client.post("/v1/recognize", content=b"garbage", headers={"content-type": "multipart/form-data"})
     assert_json_error(response, 400, "bad_multipart")
 
 
@@ -240,6 +287,7 @@ def test_uploads_never_roll_over_to_disk(client, monkeypatch):
 
 # --- limits under load: timeouts, errors, batching -------------------------------------------------
 
+
 class SlowRecognizer:
     classes = ["a", "b"]
 
@@ -252,8 +300,10 @@ class SlowRecognizer:
         if self.fail:
             raise RuntimeError("model exploded")
         from skulens.recognition.recognizer import Prediction, ScoredClass
-        return [Prediction("a", 0.9, ["a"], [ScoredClass("a", 0.9, ["a"]), ScoredClass("b", 0.1, ["b"])])
-                for _ in images]
+
+        return [
+            Prediction("a", 0.9, ["a"], [ScoredClass("a", 0.9, ["a"]), ScoredClass("b", 0.1, ["b"])]) for _ in images
+        ]
 
 
 def test_request_timeout_is_504(photo):
@@ -276,8 +326,9 @@ def test_concurrent_requests_share_batches(photo):
         transport = httpx.ASGITransport(app=app)
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-                replies = await asyncio.gather(*[
-                    c.post("/v1/recognize", files={"image": ("a.jpg", photo, "image/jpeg")}) for _ in range(16)])
+                replies = await asyncio.gather(
+                    *[c.post("/v1/recognize", files={"image": ("a.jpg", photo, "image/jpeg")}) for _ in range(16)]
+                )
                 metrics = (await c.get("/metrics")).text
         return replies, metrics
 
@@ -323,6 +374,7 @@ def test_micro_batcher_keeps_results_in_order_and_bounds_its_queue():
 
 # --- keys, CORS, logs ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def keyed(recognizer):
     with serving(recognizer, api_key_hashes={hash_key(KEY)}, protect_reads=True) as c:
@@ -352,7 +404,9 @@ def test_key_hashing_and_key_files(tmp_path):
     assert key_matches(key, frozenset({hash_key(key), hash_key(OTHER_KEY)}))
     assert not key_matches(key + "x", frozenset({hash_key(key)}))
     good = tmp_path / "keys.txt"
-    good.write_text(f"# shop front\n{hash_key(key)}  web\n\n{hash_key(OTHER_KEY).upper().replace('SHA256', 'sha256')}\n")
+    good.write_text(
+        f"# shop front\n{hash_key(key)}  web\n\n{hash_key(OTHER_KEY).upper().replace('SHA256', 'sha256')}\n"
+    )
     assert load_key_hashes(good) == {hash_key(key), hash_key(OTHER_KEY)}
     raw = tmp_path / "raw.txt"
     raw.write_text(key + "\n")
@@ -400,6 +454,7 @@ def test_access_log_has_no_keys_images_or_client_addresses(recognizer, photo, ca
 
 # --- health, info, metrics, docs ---------------------------------------------------------------------
 
+
 def test_healthz_info_and_docs(client):
     assert client.get("/healthz").json() == {"status": "ok", "engine": "torch", "catalog": False}
     info = client.get("/v1/info").json()
@@ -420,10 +475,19 @@ def test_metrics_count_requests_errors_and_batches(recognizer, photo):
         upload(c, photo)
         upload(c, b"nope")
         text = c.get("/metrics").text
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(text) for s in f.samples}
-    assert samples[("skulens_http_requests_total", (("method", "POST"), ("route", "/v1/recognize"), ("status", "200")))] == 1
-    assert samples[("skulens_http_requests_total", (("method", "POST"), ("route", "/v1/recognize"), ("status", "422")))] == 1
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    assert (
+        samples[("skulens_http_requests_total", (("method", "POST"), ("route", "/v1/recognize"), ("status", "200")))]
+        == 1
+    )
+    assert (
+        samples[("skulens_http_requests_total", (("method", "POST"), ("route", "/v1/recognize"), ("status", "422")))]
+        == 1
+    )
     assert samples[("skulens_errors_total", (("code", "bad_image"),))] == 1
     assert samples[("skulens_inference_batch_size_count", ())] == 1  # the warm-up is not counted
     assert samples[("skulens_http_request_duration_seconds_count", (("route", "/v1/recognize"),))] == 2
@@ -439,9 +503,13 @@ def test_static_page_is_served(client):
 
 # --- bulk jobs -----------------------------------------------------------------------------------------
 
+
 def test_bulk_recognize_runs_as_a_job(client, recognizer, photo):
-    files = [("images", ("a.jpg", photo, "image/jpeg")), ("images", ("bad.jpg", b"nope", "image/jpeg")),
-             ("images", ("b.jpg", photo, "image/jpeg"))]
+    files = [
+        ("images", ("a.jpg", photo, "image/jpeg")),
+        ("images", ("bad.jpg", b"nope", "image/jpeg")),
+        ("images", ("b.jpg", photo, "image/jpeg")),
+    ]
     submitted = client.post("/v1/recognize/bulk", files=files)
     assert submitted.status_code == 202, submitted.text
     status = wait_for_job(client, submitted.json()["status_url"])
@@ -519,6 +587,7 @@ def test_running_job_stops_when_cancelled():
 
 # --- skulens serve ---------------------------------------------------------------------------------------
 
+
 def test_serve_without_run_or_demo_explains(capsys, monkeypatch):
     import skulens.serving.config as serving_config
 
@@ -539,8 +608,9 @@ def test_skulens_serve_starts_and_answers(trained_run, photo):
 
         async def burst():
             async with httpx.AsyncClient(base_url=base, timeout=30) as c:
-                return await asyncio.gather(*[c.post("/v1/recognize", files={"image": ("a.jpg", photo, "image/jpeg")})
-                                              for _ in range(12)])
+                return await asyncio.gather(
+                    *[c.post("/v1/recognize", files={"image": ("a.jpg", photo, "image/jpeg")}) for _ in range(12)]
+                )
 
         replies = asyncio.run(burst())
         assert [r.status_code for r in replies] == [200] * 12

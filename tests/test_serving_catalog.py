@@ -22,16 +22,24 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from skulens.catalog import Catalog, Embedder, Product
 from skulens.cli import build_parser
+from skulens.cli.serve import config_from_args
 from skulens.errors import SkulensError
 from skulens.recognition.recognizer import Recognizer
 from skulens.serving import ServeConfig, create_app
 from skulens.serving import config as serving_config
-from skulens.cli.serve import config_from_args
 from skulens.serving.media import MediaStore
 from skulens.serving.security import hash_key, new_key
 from tests.conftest import COLOURS, coloured_photo, jpeg_bytes
-from tests.helpers import (ARTIFACTS, assert_json_error, free_port, noise_jpeg, start_cli, stop, wait_for_job,
-                           wait_healthy)
+from tests.helpers import (
+    ARTIFACTS,
+    assert_json_error,
+    free_port,
+    noise_jpeg,
+    start_cli,
+    stop,
+    wait_for_job,
+    wait_healthy,
+)
 from tests.hostile_corpus import png_header_only
 
 KEY = new_key()
@@ -59,8 +67,15 @@ def make_shop(folder: Path, embedder) -> Path:
         for i in range(2):
             path = folder / "img" / f"{name}{i}.{FORMATS[name]}"
             coloured_photo(colour, 7000 + 10 * c + i, size=64).save(path)
-            products.append(Product(sku=f"{name}-{i}", title=f"{name.title()} paint {i}", category_path=["Paint", name],
-                                    attributes={"colour": name}, images=[str(path)]))
+            products.append(
+                Product(
+                    sku=f"{name}-{i}",
+                    title=f"{name.title()} paint {i}",
+                    category_path=["Paint", name],
+                    attributes={"colour": name},
+                    images=[str(path)],
+                )
+            )
     with Catalog.open(folder / "shop.db", embedder) as catalog:
         assert not catalog.upsert(products).rejected
     return folder / "shop.db"
@@ -114,6 +129,7 @@ def media_files(folder: Path) -> list[Path]:
 
 # --- search ------------------------------------------------------------------------------------------
 
+
 def test_search_finds_products_that_look_like_the_photo(client):
     response = search(client, photo_of("blue"), params={"top_k": 3})
     assert response.status_code == 200, response.text
@@ -125,9 +141,15 @@ def test_search_finds_products_that_look_like_the_photo(client):
     scores = [p["score"] for p in products]
     assert scores == sorted(scores, reverse=True)
     # top_k and the category as form fields (curl -F) instead of query parameters
-    form = client.post("/v1/search", files=[("image", ("p.jpg", photo_of("blue"), "image/jpeg")),
-                                            ("top_k", (None, "2")), ("category", (None, "Paint")),
-                                            ("category", (None, "red"))])
+    form = client.post(
+        "/v1/search",
+        files=[
+            ("image", ("p.jpg", photo_of("blue"), "image/jpeg")),
+            ("top_k", (None, "2")),
+            ("category", (None, "Paint")),
+            ("category", (None, "red")),
+        ],
+    )
     assert [p["sku"] for p in form.json()["products"]] in (["red-0", "red-1"], ["red-1", "red-0"])
     filtered = search(client, photo_of("blue"), params={"category": ["Paint", "green"]}).json()["products"]
     assert {p["sku"] for p in filtered} == {"green-0", "green-1"}
@@ -137,8 +159,14 @@ def test_search_finds_products_that_look_like_the_photo(client):
 def test_search_filters_on_attributes(client):
     green = search(client, photo_of("blue"), params={"attribute": "colour=green"}).json()["products"]
     assert {p["sku"] for p in green} == {"green-0", "green-1"}
-    form = client.post("/v1/search", files=[("image", ("p.jpg", photo_of("blue"), "image/jpeg")),
-                                            ("attribute", (None, "colour=red")), ("category", (None, "Paint"))])
+    form = client.post(
+        "/v1/search",
+        files=[
+            ("image", ("p.jpg", photo_of("blue"), "image/jpeg")),
+            ("attribute", (None, "colour=red")),
+            ("category", (None, "Paint")),
+        ],
+    )
     assert {p["sku"] for p in form.json()["products"]} == {"red-0", "red-1"}
     assert search(client, photo_of("blue"), params={"attribute": "colour=purple"}).json()["products"] == []
     assert search(client, photo_of("blue"), params={"attribute": "size=XL"}).json()["products"] == []
@@ -160,8 +188,9 @@ def test_concurrent_searches_share_embedding_batches(recognizer, shop_db):
         transport = httpx.ASGITransport(app=app)
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-                replies = await asyncio.gather(*[c.post("/v1/search", files={"image": ("p.jpg", p, "image/jpeg")})
-                                                 for p in photos])
+                replies = await asyncio.gather(
+                    *[c.post("/v1/search", files={"image": ("p.jpg", p, "image/jpeg")}) for p in photos]
+                )
                 metrics = (await c.get("/metrics")).text
         return replies, metrics
 
@@ -178,12 +207,17 @@ def test_bad_search_uploads_are_4xx_json(recognizer, shop_db, client):
     assert_json_error(search(client, b"not a photo"), 422, "bad_image")
     data = noise_jpeg()
     assert "truncated" in assert_json_error(search(client, data[: len(data) // 2]), 422, "bad_image")["message"]
-    assert "pixels" in assert_json_error(search(client, png_header_only(100_000, 100_000), "image/png"),
-                                         422, "bad_image")["message"]
+    assert (
+        "pixels"
+        in assert_json_error(search(client, png_header_only(100_000, 100_000), "image/png"), 422, "bad_image")[
+            "message"
+        ]
+    )
     assert_json_error(search(client, photo_of("red"), "text/plain"), 415, "unsupported_media_type")
     assert_json_error(client.post("/v1/search", json={"image": "x"}), 415, "unsupported_media_type")
-    assert_json_error(client.post("/v1/search", files={"photo": ("p.jpg", photo_of("red"), "image/jpeg")}),
-                      422, "missing_image")
+    assert_json_error(
+        client.post("/v1/search", files={"photo": ("p.jpg", photo_of("red"), "image/jpeg")}), 422, "missing_image"
+    )
     assert_json_error(search(client, photo_of("red"), params={"top_k": 0}), 422, "invalid_request")
     assert_json_error(search(client, photo_of("red"), params={"top_k": "many"}), 422, "invalid_request")
     with serving(recognizer, shop_db, max_upload_bytes=20_000) as small:
@@ -191,6 +225,7 @@ def test_bad_search_uploads_are_4xx_json(recognizer, shop_db, client):
 
 
 # --- reading products ----------------------------------------------------------------------------------
+
 
 def test_list_products_with_paging_and_category(client):
     first = client.get("/v1/products", params={"limit": 4}).json()
@@ -207,9 +242,16 @@ def test_list_products_with_paging_and_category(client):
 
 def test_product_detail_and_its_image(client, shop_db):
     detail = client.get("/v1/products/green-1").json()
-    assert detail == {"sku": "green-1", "title": "Green paint 1", "image_url": "/v1/products/green-1/image",
-                      "category_path": ["Paint", "green"], "attributes": {"colour": "green"}, "description": "",
-                      "image_count": 1, "gallery_image_count": 0}
+    assert detail == {
+        "sku": "green-1",
+        "title": "Green paint 1",
+        "image_url": "/v1/products/green-1/image",
+        "category_path": ["Paint", "green"],
+        "attributes": {"colour": "green"},
+        "description": "",
+        "image_count": 1,
+        "gallery_image_count": 0,
+    }
     for sku, content_type in (("red-0", "image/jpeg"), ("green-0", "image/png"), ("blue-0", "image/jpeg")):
         response = client.get(f"/v1/products/{sku}/image")
         assert response.status_code == 200 and response.headers["content-type"] == content_type
@@ -223,8 +265,14 @@ def test_unknown_and_invalid_skus_are_4xx_json(client):
     assert_json_error(client.get("/v1/products/nothing/image"), 404, "product_not_found")
     assert_json_error(client.get("/v1/products/nothing/similar"), 404, "product_not_found")
     # Path traversal: a SKU never names a file, and these are not even valid SKUs.
-    for path in ("/v1/products/%2E%2E", "/v1/products/%2E%2E/image", "/v1/products/..%5Cetc%5Cpasswd/image",
-                 "/v1/products/%2E", "/v1/products/%00/image", "/v1/products/a%0Ab/similar"):
+    for path in (
+        "/v1/products/%2E%2E",
+        "/v1/products/%2E%2E/image",
+        "/v1/products/..%5Cetc%5Cpasswd/image",
+        "/v1/products/%2E",
+        "/v1/products/%00/image",
+        "/v1/products/a%0Ab/similar",
+    ):
         assert_json_error(client.get(path), 422, "invalid_sku")
     # An encoded slash never matches a route with one SKU segment.
     for path in ("/v1/products/..%2Fx", "/v1/products/..%2F..%2Fetc%2Fpasswd/image", "/v1/products/%2Fetc%2Fpasswd"):
@@ -247,22 +295,40 @@ def test_category_tree_with_counts(client):
     roots = client.get("/v1/categories").json()["roots"]
     assert [(r["name"], r["product_count"]) for r in roots] == [("Paint", 6)]
     assert sorted((c["name"], c["path"], c["product_count"]) for c in roots[0]["children"]) == [
-        ("blue", ["Paint", "blue"], 2), ("green", ["Paint", "green"], 2), ("red", ["Paint", "red"], 2)]
+        ("blue", ["Paint", "blue"], 2),
+        ("green", ["Paint", "green"], 2),
+        ("red", ["Paint", "red"], 2),
+    ]
 
 
 def test_catalog_routes_are_documented(client):
     spec = client.get("/openapi.json").json()
-    for path, method in (("/v1/search", "post"), ("/v1/products", "get"), ("/v1/products", "post"),
-                         ("/v1/products/{sku}", "put"), ("/v1/products/{sku}", "delete"),
-                         ("/v1/products/{sku}/image", "get"), ("/v1/products/{sku}/similar", "get"),
-                         ("/v1/products/import", "post"), ("/v1/categories", "get"), ("/v1/explain", "post")):
+    for path, method in (
+        ("/v1/search", "post"),
+        ("/v1/products", "get"),
+        ("/v1/products", "post"),
+        ("/v1/products/{sku}", "put"),
+        ("/v1/products/{sku}", "delete"),
+        ("/v1/products/{sku}/image", "get"),
+        ("/v1/products/{sku}/similar", "get"),
+        ("/v1/products/import", "post"),
+        ("/v1/categories", "get"),
+        ("/v1/explain", "post"),
+    ):
         assert method in spec["paths"][path], (path, method)
     # Routes that read a request body answer a malformed one with 400, and say so
-    for path, method in (("/v1/search", "post"), ("/v1/products", "post"), ("/v1/products/{sku}", "put"),
-                         ("/v1/explain", "post"), ("/v1/recognize", "post"), ("/v1/recognize/bulk", "post")):
+    for path, method in (
+        ("/v1/search", "post"),
+        ("/v1/products", "post"),
+        ("/v1/products/{sku}", "put"),
+        ("/v1/explain", "post"),
+        ("/v1/recognize", "post"),
+        ("/v1/recognize/bulk", "post"),
+    ):
         assert "400" in spec["paths"][path][method]["responses"], (path, method)
-    broken = client.post("/v1/search", content=b"--xyz\r\nnot a part header\r\n",
-                         headers={"content-type": "multipart/form-data"})  # no boundary
+    broken = client.post(
+        "/v1/search", content=b"--xyz\r\nnot a part header\r\n", headers={"content-type": "multipart/form-data"}
+    )  # no boundary
     assert broken.status_code == 400 and broken.json()["error"]["code"] == "bad_multipart", broken.text
     # Bodies documented by hand carry their nested models inline: no reference dangles.
     assert "$defs" not in json.dumps(spec)
@@ -282,11 +348,14 @@ def test_without_a_catalog_the_catalog_routes_say_so(recognizer):
 def test_a_new_empty_catalog_answers_with_nothing(recognizer, trained_run, tmp_path):
     with serving(recognizer, tmp_path / "new.db", trained_run[0]) as c:
         assert search(c, photo_of("red")).json()["products"] == []
-        assert c.post("/v1/recognize", files={"image": ("p.jpg", photo_of("red"), "image/jpeg")}).json()["products"] == []
+        assert (
+            c.post("/v1/recognize", files={"image": ("p.jpg", photo_of("red"), "image/jpeg")}).json()["products"] == []
+        )
         assert c.get("/v1/categories").json() == {"roots": []}
 
 
 # --- writing products ------------------------------------------------------------------------------------
+
 
 def exif_photo() -> bytes:
     """A 60x30 photo whose EXIF says 'rotate 90°' and names a camera, with bytes appended after the image."""
@@ -302,8 +371,15 @@ def exif_photo() -> bytes:
 def test_create_is_searchable_at_once_then_update_and_delete(writable):
     c, media = writable, writable.media_dir
     yellow = jpeg_bytes(coloured_photo((220, 210, 30), 3, size=64), quality=92)
-    created = create(c, "yellow-1", [yellow, exif_photo()], title="Yellow paint", category_path=["Paint", "yellow"],
-                     attributes={"colour": "yellow"}, description="bright")
+    created = create(
+        c,
+        "yellow-1",
+        [yellow, exif_photo()],
+        title="Yellow paint",
+        category_path=["Paint", "yellow"],
+        attributes={"colour": "yellow"},
+        description="bright",
+    )
     assert created.status_code == 201, created.text
     assert created.json()["image_count"] == 2 and created.json()["category_path"] == ["Paint", "yellow"]
     hit = search(c, yellow, params={"top_k": 1}).json()["products"][0]
@@ -327,9 +403,11 @@ def test_create_is_searchable_at_once_then_update_and_delete(writable):
     assert changed.json()["image_count"] == 2 and media_files(media) == files
     # New photos (multipart): they replace the old ones, whose files go
     blue = photo_of("blue", 77)
-    replaced = c.put("/v1/products/yellow-1", headers=WRITE,
-                     files=[("product", (None, '{"category_path": ["Paint", "lemon"]}')),
-                            ("images", ("x.jpg", blue, "image/jpeg"))])
+    replaced = c.put(
+        "/v1/products/yellow-1",
+        headers=WRITE,
+        files=[("product", (None, '{"category_path": ["Paint", "lemon"]}')), ("images", ("x.jpg", blue, "image/jpeg"))],
+    )
     assert replaced.status_code == 200, replaced.text
     assert replaced.json()["image_count"] == 1 and replaced.json()["category_path"] == ["Paint", "lemon"]
     assert len(media_files(media)) == 1 and not set(media_files(media)) & set(files)
@@ -355,12 +433,19 @@ def test_bad_writes_are_4xx_json_and_store_nothing(writable, recognizer, embedde
     assert_json_error(create(c, "n1", [ok, data[: len(data) // 2]]), 422, "bad_image")
     assert_json_error(create(c, "n1", [png_header_only(100_000, 100_000)]), 422, "bad_image")
     assert_json_error(create(c, "n1", []), 422, "missing_image")
-    assert_json_error(c.post("/v1/products", headers=WRITE, files=[("product", (None, '{"sku": "n1"}')),
-                                                                   ("images", ("a.txt", ok, "text/plain"))]),
-                      415, "unsupported_media_type")
+    assert_json_error(
+        c.post(
+            "/v1/products",
+            headers=WRITE,
+            files=[("product", (None, '{"sku": "n1"}')), ("images", ("a.txt", ok, "text/plain"))],
+        ),
+        415,
+        "unsupported_media_type",
+    )
     assert_json_error(c.post("/v1/products", headers=WRITE, json={"sku": "n1"}), 415, "unsupported_media_type")
-    assert_json_error(c.post("/v1/products", headers=WRITE, files=[("images", ("a.jpg", ok, "image/jpeg"))]),
-                      422, "invalid_product")
+    assert_json_error(
+        c.post("/v1/products", headers=WRITE, files=[("images", ("a.jpg", ok, "image/jpeg"))]), 422, "invalid_product"
+    )
     bad_json = [("product", (None, "{not json")), ("images", ("a.jpg", ok, "image/jpeg"))]
     assert_json_error(c.post("/v1/products", headers=WRITE, files=bad_json), 422, "invalid_product")
     assert_json_error(create(c, "n1", [ok], category_path="Paint"), 422, "invalid_product")
@@ -371,8 +456,11 @@ def test_bad_writes_are_4xx_json_and_store_nothing(writable, recognizer, embedde
     assert_json_error(c.put("/v1/products/nothing", json={"title": "x"}, headers=WRITE), 404, "product_not_found")
     assert_json_error(c.put("/v1/products/%2E%2E", json={"title": "x"}, headers=WRITE), 422, "invalid_sku")
     assert_json_error(c.put("/v1/products/red-0", json={"title": 5}, headers=WRITE), 422, "invalid_product")
-    assert_json_error(c.put("/v1/products/red-0", content=b"title=x", headers={**WRITE, "content-type": "text/plain"}),
-                      415, "unsupported_media_type")
+    assert_json_error(
+        c.put("/v1/products/red-0", content=b"title=x", headers={**WRITE, "content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
     assert_json_error(c.delete("/v1/products/%2E%2E", headers=WRITE), 422, "invalid_sku")
     assert media_files(media) == []
     assert c.get("/v1/products/red-0").json()["title"] == "Red paint 0"
@@ -386,8 +474,11 @@ def test_bad_writes_are_4xx_json_and_store_nothing(writable, recognizer, embedde
 def test_writes_need_a_key(recognizer, shop_db, client):
     with serving(recognizer, shop_db) as open_server:  # no keys file: writes are off
         assert_json_error(create(open_server, "n1", [photo_of("red")], headers={}), 403, "writes_disabled")
-    for headers, code in (({}, "missing_api_key"), ({"X-API-Key": new_key()}, "invalid_api_key"),
-                          ({"Authorization": f"Bearer {new_key()}"}, "invalid_api_key")):
+    for headers, code in (
+        ({}, "missing_api_key"),
+        ({"X-API-Key": new_key()}, "invalid_api_key"),
+        ({"Authorization": f"Bearer {new_key()}"}, "invalid_api_key"),
+    ):
         assert_json_error(create(client, "n1", [photo_of("red")], headers=headers), 401, code)
         assert_json_error(client.put("/v1/products/red-0", json={"title": "x"}, headers=headers), 401, code)
         assert_json_error(client.delete("/v1/products/red-0", headers=headers), 401, code)
@@ -397,6 +488,7 @@ def test_writes_need_a_key(recognizer, shop_db, client):
 
 # --- bulk import -------------------------------------------------------------------------------------------
 
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -404,13 +496,15 @@ def b64(data: bytes) -> str:
 def test_import_runs_as_a_job_and_reports_bad_items(writable):
     c = writable
     purple = jpeg_bytes(coloured_photo((140, 30, 160), 4, size=64))
-    items = [{"sku": "purple-1", "title": "Purple", "category_path": ["Paint", "purple"], "images": [b64(purple)]},
-             {"sku": "purple-2", "images": ["data:image/jpeg;base64," + b64(photo_of("red", 31))]},
-             {"sku": "bad-b64", "images": ["%%% not base64"]},
-             {"sku": "not-image", "images": [b64(b"plain text")]},
-             {"sku": "a/b", "images": [b64(purple)]},
-             {"sku": "purple-1", "title": "again", "images": [b64(purple)]},
-             {"sku": "red-0", "title": "Changed", "images": [b64(photo_of("red", 32))]}]
+    items = [
+        {"sku": "purple-1", "title": "Purple", "category_path": ["Paint", "purple"], "images": [b64(purple)]},
+        {"sku": "purple-2", "images": ["data:image/jpeg;base64," + b64(photo_of("red", 31))]},
+        {"sku": "bad-b64", "images": ["%%% not base64"]},
+        {"sku": "not-image", "images": [b64(b"plain text")]},
+        {"sku": "a/b", "images": [b64(purple)]},
+        {"sku": "purple-1", "title": "again", "images": [b64(purple)]},
+        {"sku": "red-0", "title": "Changed", "images": [b64(photo_of("red", 32))]},
+    ]
     submitted = c.post("/v1/products/import", json={"products": items}, headers=WRITE)
     assert submitted.status_code == 202, submitted.text
     status = wait_for_job(c, submitted.json()["status_url"])
@@ -424,8 +518,14 @@ def test_import_runs_as_a_job_and_reports_bad_items(writable):
     assert search(c, purple, params={"top_k": 1}).json()["products"][0]["sku"] == "purple-1"
     assert len(media_files(c.media_dir)) == 2  # rejected items left no files behind
 
-    again = c.post("/v1/products/import", headers=WRITE, json={"on_conflict": "update", "products": [
-        {"sku": "red-0", "title": "Changed", "images": [b64(photo_of("red", 32))]}, items[0]]})
+    again = c.post(
+        "/v1/products/import",
+        headers=WRITE,
+        json={
+            "on_conflict": "update",
+            "products": [{"sku": "red-0", "title": "Changed", "images": [b64(photo_of("red", 32))]}, items[0]],
+        },
+    )
     result = wait_for_job(c, again.json()["status_url"])["result"]
     assert (result["added"], result["updated"], result["unchanged"], result["rejected"]) == (0, 1, 1, [])
     assert c.get("/v1/products/red-0").json()["title"] == "Changed"
@@ -433,16 +533,29 @@ def test_import_runs_as_a_job_and_reports_bad_items(writable):
 
 def test_bad_imports_are_4xx_json(writable, recognizer, shop_db, tmp_path):
     c = writable
-    assert_json_error(c.post("/v1/products/import", headers=WRITE, files={"f": ("a.csv", b"sku\n", "text/csv")}),
-                      415, "unsupported_media_type")
-    assert_json_error(c.post("/v1/products/import", headers={**WRITE, "content-type": "application/json"},
-                             content=b"{oops"), 422, "invalid_product")
+    assert_json_error(
+        c.post("/v1/products/import", headers=WRITE, files={"f": ("a.csv", b"sku\n", "text/csv")}),
+        415,
+        "unsupported_media_type",
+    )
+    assert_json_error(
+        c.post("/v1/products/import", headers={**WRITE, "content-type": "application/json"}, content=b"{oops"),
+        422,
+        "invalid_product",
+    )
     assert_json_error(c.post("/v1/products/import", headers=WRITE, json={"products": []}), 422, "invalid_product")
-    assert_json_error(c.post("/v1/products/import", headers=WRITE, json={"products": [{"sku": "x"}]}),
-                      422, "invalid_product")
-    assert_json_error(c.post("/v1/products/import", headers=WRITE,
-                             json={"products": [{"sku": "x", "images": ["AA=="]}], "on_conflict": "merge"}),
-                      422, "invalid_product")
+    assert_json_error(
+        c.post("/v1/products/import", headers=WRITE, json={"products": [{"sku": "x"}]}), 422, "invalid_product"
+    )
+    assert_json_error(
+        c.post(
+            "/v1/products/import",
+            headers=WRITE,
+            json={"products": [{"sku": "x", "images": ["AA=="]}], "on_conflict": "merge"},
+        ),
+        422,
+        "invalid_product",
+    )
     with serving(recognizer, shop_db, api_key_hashes=KEYS, max_bulk_bytes=10_000, media_dir=tmp_path) as small:
         big = {"products": [{"sku": "x", "images": [b64(noise_jpeg(400))]}]}
         assert_json_error(small.post("/v1/products/import", headers=WRITE, json=big), 413, "upload_too_large")
@@ -465,6 +578,7 @@ def test_media_store_names_by_hash_and_strips_metadata(tmp_path):
 
 # --- Grad-CAM ------------------------------------------------------------------------------------------------
 
+
 def test_explain_returns_the_heat_map_over_the_photo(client):
     assert client.get("/v1/info").json()["explain"] is True
     response = client.post("/v1/explain", files={"image": ("p.jpg", photo_of("red"), "image/jpeg")})
@@ -472,11 +586,16 @@ def test_explain_returns_the_heat_map_over_the_photo(client):
     assert response.headers["content-type"] == "image/png" and response.headers["cache-control"] == "no-store"
     overlay = Image.open(io.BytesIO(response.content))
     assert overlay.format == "PNG" and overlay.size == (256, 256)  # small photos are scaled up to be seen
-    assert client.post("/v1/explain", params={"label": "blue"},
-                       files={"image": ("p.jpg", photo_of("red"), "image/jpeg")}).status_code == 200
+    assert (
+        client.post(
+            "/v1/explain", params={"label": "blue"}, files={"image": ("p.jpg", photo_of("red"), "image/jpeg")}
+        ).status_code
+        == 200
+    )
     assert_json_error(client.post("/v1/explain", files={"image": ("p.jpg", b"nope", "image/jpeg")}), 422, "bad_image")
-    error = client.post("/v1/explain", params={"label": "purple"},
-                        files={"image": ("p.jpg", photo_of("red"), "image/jpeg")})
+    error = client.post(
+        "/v1/explain", params={"label": "purple"}, files={"image": ("p.jpg", photo_of("red"), "image/jpeg")}
+    )
     assert 400 <= error.status_code < 500 and "purple" in error.json()["error"]["message"]
 
 
@@ -485,19 +604,24 @@ def test_explain_is_unavailable_without_pytorch_weights():
 
     with serving(SlowRecognizer(), None, warmup=False) as c:
         assert c.get("/v1/info").json()["explain"] is False
-        assert_json_error(c.post("/v1/explain", files={"image": ("p.jpg", photo_of("red"), "image/jpeg")}),
-                          501, "explain_unavailable")
+        assert_json_error(
+            c.post("/v1/explain", files={"image": ("p.jpg", photo_of("red"), "image/jpeg")}), 501, "explain_unavailable"
+        )
 
 
 # --- skulens serve: catalog and demo settings ---------------------------------------------------------------
+
 
 def serve_args(*argv: str):
     return build_parser().parse_args(["serve", *argv])
 
 
 def test_serve_with_a_run_and_a_catalog(trained_run, shop_db, tmp_path, monkeypatch):
-    config = config_from_args(serve_args(str(trained_run[0]), "--catalog", str(shop_db), "--media-dir",
-                                         str(tmp_path / "m"), "--products-k", "2"))
+    config = config_from_args(
+        serve_args(
+            str(trained_run[0]), "--catalog", str(shop_db), "--media-dir", str(tmp_path / "m"), "--products-k", "2"
+        )
+    )
     assert (config.catalog_db, config.catalog_run, config.media_dir) == (str(shop_db), trained_run[0], tmp_path / "m")
     with TestClient(create_app(config)) as c:
         assert c.get("/healthz").json()["catalog"] is True
@@ -538,8 +662,10 @@ def test_serve_without_arguments_builds_the_demo_catalog_once(trained_run, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(serving_config.demo_run_dir() is None or serving_config.demo_catalog_dir() is None,
-                    reason="this checkout has no demo assets (src/skulens/demo_assets)")
+@pytest.mark.skipif(
+    serving_config.demo_run_dir() is None or serving_config.demo_catalog_dir() is None,
+    reason="this checkout has no demo assets (src/skulens/demo_assets)",
+)
 def test_skulens_serve_without_arguments_serves_the_demo():
     """The README's first command, as a real process. The demo catalog's database is a cache kept in
     test-artifacts/, so only the first run pays for embedding the demo photos (the cold import is

@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 from skulens import Recognizer
-from skulens.runs import RunConfig, RunFolder, load_run
 from skulens.data.datasets import load_dataset
 from skulens.data.images import load_image
 from skulens.data.transforms import Preprocessing, to_model_input
 from skulens.errors import SkulensError
 from skulens.evaluation.report import evaluate_run
 from skulens.models.registry import ModelSpec, create_model
+from skulens.runs import RunConfig, RunFolder, load_run
 from skulens.training.config import TrainConfig
 from skulens.training.trainer import Trainer, train
 from tests.conftest import write_class_folders
@@ -26,8 +26,14 @@ from tests.conftest import write_class_folders
 def test_run_folder_contents_and_learning(trained_run):
     run, data = trained_run
     names = {p.name for p in run.iterdir()}
-    assert {"model.safetensors", "config.json", "log.csv", "curves.png", "last.safetensors",
-            "train_state.json"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "log.csv",
+        "curves.png",
+        "last.safetensors",
+        "train_state.json",
+    } <= names
     assert not any(n.endswith((".pt", ".pth", ".pkl", ".bin")) for n in names)
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["name"] == "seedcnn" and config["classes"] == ["blue", "green", "red"]
@@ -75,14 +81,24 @@ def test_checkpoint_round_trip_gives_the_same_predictions(trained_run, tmp_path)
     for photo, probs in zip(photos, expected):
         prediction = recognizer.predict(photo)
         assert {c.label: c.confidence for c in prediction.top_k} == pytest.approx(
-            dict(zip(classes, probs.tolist())), abs=1e-5)
+            dict(zip(classes, probs.tolist())), abs=1e-5
+        )
         assert prediction.label == classes[int(probs.argmax())] and prediction.path == [prediction.label]
 
 
 def test_class_weighting_ema_and_eval_size_choice(tmp_path):
     data = write_class_folders(tmp_path / "d", per_class=8)
-    cfg = TrainConfig(model="efficientnet_lite0", epochs=1, img_size=32, batch_size=8, class_weighting=True,
-                      ema_decay=0.9, eval_sizes=[40], freeze_stages=3, progress=False)
+    cfg = TrainConfig(
+        model="efficientnet_lite0",
+        epochs=1,
+        img_size=32,
+        batch_size=8,
+        class_weighting=True,
+        ema_decay=0.9,
+        eval_sizes=[40],
+        freeze_stages=3,
+        progress=False,
+    )
     train(cfg, load_dataset(data), tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     # The choice recomputed here: val top-1 of the kept weights at each candidate size, the best wins
@@ -134,8 +150,7 @@ def test_existing_run_is_not_overwritten(trained_run):
 def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     data = write_class_folders(tmp_path / "d", per_class=6)
     dataset = load_dataset(data)
-    cfg = TrainConfig(model="seedcnn", epochs=2, img_size=32, batch_size=8, ema_decay=0.9, patience=0,
-                      progress=False)
+    cfg = TrainConfig(model="seedcnn", epochs=2, img_size=32, batch_size=8, ema_decay=0.9, patience=0, progress=False)
     train(cfg, dataset, tmp_path / "straight")
 
     original = Trainer._validate
@@ -230,19 +245,27 @@ def test_mixing_and_stochastic_depth_reach_the_training_loop(tmp_path, monkeypat
 
     monkeypatch.setattr(trainer_module, "mix_batch", counting)
     data = write_class_folders(tmp_path / "d", per_class=6)
-    cfg = TrainConfig(model="seedcnn", epochs=1, img_size=32, batch_size=4, mix_prob=1.0, keep="last", patience=0,
-                      progress=False)
+    cfg = TrainConfig(
+        model="seedcnn", epochs=1, img_size=32, batch_size=4, mix_prob=1.0, keep="last", patience=0, progress=False
+    )
     train(cfg, load_dataset(data), tmp_path / "run")
     assert calls and all(calls)  # every batch blended at mix_prob 1
     log = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
     assert np.isfinite(float(log[0]["train_loss"]))
     with pytest.raises(SkulensError, match="ArcFace"):
-        train(TrainConfig(model="seedcnn", epochs=1, img_size=32, mix_prob=0.5, embedding_dim=8, progress=False),
-              load_dataset(data), tmp_path / "arc")
+        train(
+            TrainConfig(model="seedcnn", epochs=1, img_size=32, mix_prob=0.5, embedding_dim=8, progress=False),
+            load_dataset(data),
+            tmp_path / "arc",
+        )
     with pytest.raises(SkulensError, match="mix-prob"):
-        train(TrainConfig(model="seedcnn", epochs=1, img_size=32, mix_prob=1.5, progress=False),
-              load_dataset(data), tmp_path / "bad")
-    model = create_model(ModelSpec(name="efficientnet_lite0", num_classes=3, img_size=32, drop_path_rate=0.2),
-                         pretrained=False)
+        train(
+            TrainConfig(model="seedcnn", epochs=1, img_size=32, mix_prob=1.5, progress=False),
+            load_dataset(data),
+            tmp_path / "bad",
+        )
+    model = create_model(
+        ModelSpec(name="efficientnet_lite0", num_classes=3, img_size=32, drop_path_rate=0.2), pretrained=False
+    )
     rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
     assert rates and max(rates) == pytest.approx(0.2, abs=0.02)

@@ -18,13 +18,22 @@ from skulens.serving import ServeConfig, create_app
 from tests.conftest import COLOURS, coloured_photo
 from tests.helpers import ARTIFACTS, wait_until
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
-    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM = (
+    shutil.which("chromium")
+    or shutil.which("chromium-browser")
+    or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(
-    CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; `make test` does it)")]
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright; `make test` does it)")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; `make test` does it)"
+    ),
+]
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="needs Playwright (pip install playwright; `make test` does it)"
+)
 
 
 @contextmanager
@@ -32,8 +41,9 @@ def live_server(config: ServeConfig):
     """The real app under uvicorn on a free loopback port, in a thread of this process."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=0, log_level="warning",
-                                           access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config), host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
 
@@ -92,8 +102,14 @@ def colour_shop(folder: Path, run: Path) -> Path:
         for i in range(2):
             path = folder / "img" / f"{name}{i}.jpg"
             coloured_photo(colour, 9000 + 10 * c + i, size=64).save(path)
-            products.append(Product(sku=f"{name.upper()}-{i}", title=f"{name.title()} paint {i}",
-                                    category_path=["Paint", name], images=[str(path)]))
+            products.append(
+                Product(
+                    sku=f"{name.upper()}-{i}",
+                    title=f"{name.title()} paint {i}",
+                    category_path=["Paint", name],
+                    images=[str(path)],
+                )
+            )
     with Catalog.open(folder / "shop.db", Embedder.from_run(run, device="cpu")) as catalog:
         assert not catalog.upsert(products).rejected
     return folder / "shop.db"
@@ -117,8 +133,9 @@ def test_upload_a_photo_and_see_the_prediction(page, recognizer, trained_run, tm
         screenshot(page, "web-page-prediction.png", tmp_path)
 
         # A file that is not a photo: a readable error, and no stale prediction.
-        page.set_input_files("#file-input", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
-                                                    "buffer": b"not an image at all"}])
+        page.set_input_files(
+            "#file-input", files=[{"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"not an image at all"}]
+        )
         sync_api.expect(page.locator("#error")).to_be_visible()
         sync_api.expect(page.locator("#error")).to_contain_text("not an image")
         assert page.locator("#result").is_hidden()
@@ -163,8 +180,9 @@ def test_products_grid_similar_products_category_tree_and_heat_map(page, recogni
         preview = page.locator("#preview")
         assert page.locator("#heatmap-row").is_visible()
         page.check("#heatmap-toggle")
-        page.wait_for_function("img => img.complete && img.naturalWidth === 256", arg=preview.element_handle(),
-                               timeout=15_000)
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth === 256", arg=preview.element_handle(), timeout=15_000
+        )
         assert preview.get_attribute("src").startswith("blob:")
         screenshot(page, "web-page-products.png", tmp_path)
         page.uncheck("#heatmap-toggle")

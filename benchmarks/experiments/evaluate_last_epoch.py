@@ -28,12 +28,13 @@ src, dst = Path(args.run), Path(args.out)
 dst.mkdir(exist_ok=True)
 tensors = load_file(str(src / "last.safetensors"))
 prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
-save_file({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, str(dst / "model.safetensors"))
+save_file({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, str(dst / "model.safetensors"))
 shutil.copy(src / "config.json", dst / "config.json")
 dataset = load_dataset(args.data)
 for split in ("val", "test"):
     for size in [int(s) for s in args.sizes.split(",")]:
-        m = evaluate_run(dst, dataset, split, img_size=size, engine="torch", progress=False,
-                         out_dir=dst / f"eval-{split}-{size}")
+        m = evaluate_run(
+            dst, dataset, split, img_size=size, engine="torch", progress=False, out_dir=dst / f"eval-{split}-{size}"
+        )
         levels = ", ".join(f"{lv['level']} {100 * lv['accuracy']:.2f}%" for lv in m["levels"])
         print(f"{split} at {size}px: top-1 {100 * m['top1']:.2f}% ({levels})", flush=True)

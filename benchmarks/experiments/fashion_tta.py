@@ -26,11 +26,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from skulens.runs import load_run
 from skulens.data.datasets import load_dataset, recorded_columns
 from skulens.data.loading import PreprocessedImages, collate_skip_bad
-from skulens.errors import SkulensError
 from skulens.engines import TorchEngine
+from skulens.errors import SkulensError
+from skulens.runs import load_run
 from skulens.runtime import prepare_model, resolve_device
 
 RULE = "max val (article_type top-1 + colour accuracy), then fewer views"
@@ -38,8 +38,12 @@ RULE = "max val (article_type top-1 + colour accuracy), then fewer views"
 
 def _head_probabilities(model, config, samples, device, size: int, batch_size: int):
     """{head: [probs without flip, probs with flip]} for every readable sample, and the kept indices."""
-    loader = DataLoader(PreprocessedImages(samples, config.preprocessing, size), batch_size=batch_size,
-                        num_workers=0, collate_fn=collate_skip_bad)
+    loader = DataLoader(
+        PreprocessedImages(samples, config.preprocessing, size),
+        batch_size=batch_size,
+        num_workers=0,
+        collate_fn=collate_skip_bad,
+    )
     out: dict[str, list[list[torch.Tensor]]] = {}
     kept = []
     for x, _, idx, _bad in tqdm(loader, desc=f"{size} px", unit="batch", leave=False):
@@ -61,8 +65,11 @@ def dump(args) -> None:
     dataset = load_dataset(args.data, csv_columns=recorded_columns(config.train_args))
     names = list(dataset.attributes)
     sizes = [int(s) for s in args.sizes.split(",")]
-    out: dict[str, np.ndarray] = {"sizes": np.array(sizes), "attributes": np.array(names),
-                                  "run": np.array(str(args.run))}
+    out: dict[str, np.ndarray] = {
+        "sizes": np.array(sizes),
+        "attributes": np.array(names),
+        "run": np.array(str(args.run)),
+    }
     for split in args.splits.split(","):
         samples = dataset.split(split)
         for size in sizes:
@@ -98,7 +105,9 @@ def score(args) -> None:
     dumps = [np.load(p, allow_pickle=False) for p in args.dumps]
     chooser = dumps[0]
     if "val_labels" not in chooser.files:
-        raise SystemExit(f"{args.dumps[0]} has no val probabilities: the first dump chooses (dump it with --splits val)")
+        raise SystemExit(
+            f"{args.dumps[0]} has no val probabilities: the first dump chooses (dump it with --splits val)"
+        )
     sizes = [int(s) for s in chooser["sizes"]]
     rows = []
     for k in range(1, len(sizes) + 1):
@@ -107,8 +116,9 @@ def score(args) -> None:
                 rows.append({"sizes": list(combo), "flip": flip, "val": _scores(chooser, "val", combo, flip)})
     for r in rows:
         print(r["sizes"], "flip" if r["flip"] else "    ", {k: round(v * 100, 2) for k, v in r["val"].items()})
-    best = max(rows, key=lambda r: (r["val"]["article_type"] + r["val"]["colour"],
-                                    -len(r["sizes"]) * (2 if r["flip"] else 1)))
+    best = max(
+        rows, key=lambda r: (r["val"]["article_type"] + r["val"]["colour"], -len(r["sizes"]) * (2 if r["flip"] else 1))
+    )
     print("chosen on val:", best["sizes"], "flip" if best["flip"] else "no flip")
     applied = []
     for path, d in zip(args.dumps, dumps):
@@ -118,16 +128,34 @@ def score(args) -> None:
         if not all(f"test_{s}_class_0" in d.files for s in combo):
             raise SystemExit(f"{path} has no test probabilities at {combo}")
         base = (int(d["sizes"][0]),)
-        entry = {"dump": path, "run": str(d["run"]), "test_chosen": _scores(d, "test", combo, best["flip"]),
-                 "test_first_size_no_flip": _scores(d, "test", base, False)}
+        entry = {
+            "dump": path,
+            "run": str(d["run"]),
+            "test_chosen": _scores(d, "test", combo, best["flip"]),
+            "test_first_size_no_flip": _scores(d, "test", base, False),
+        }
         applied.append(entry)
         print(path, "test, chosen:", {k: round(v * 100, 2) for k, v in entry["test_chosen"].items()})
-        print(path, f"test, {base[0]} px no flip:",
-              {k: round(v * 100, 2) for k, v in entry["test_first_size_no_flip"].items()})
+        print(
+            path,
+            f"test, {base[0]} px no flip:",
+            {k: round(v * 100, 2) for k, v in entry["test_first_size_no_flip"].items()},
+        )
     out = Path(__file__).resolve().parents[1] / "results" / f"{args.name}.json"
-    out.write_text(json.dumps({"date": date.today().isoformat(), "machine": "x86_64, 2 CPU cores",
-                               "rule": RULE, "chosen_on": args.dumps[0], "combinations": rows,
-                               "chosen": best, "applied": applied}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "date": date.today().isoformat(),
+                "machine": "x86_64, 2 CPU cores",
+                "rule": RULE,
+                "chosen_on": args.dumps[0],
+                "combinations": rows,
+                "chosen": best,
+                "applied": applied,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
 
 

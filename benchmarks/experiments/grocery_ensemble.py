@@ -43,27 +43,38 @@ def main() -> None:
         pre = engine.config.preprocessing
         val = {}
         for tta in (False, True):
-            val[tta], labels["val"], _, _ = dataset_probabilities(lambda x: engine.probabilities(x, tta),
-                                                                  dataset.split("val"), pre, desc=f"{run} val")
+            val[tta], labels["val"], _, _ = dataset_probabilities(
+                lambda x: engine.probabilities(x, tta), dataset.split("val"), pre, desc=f"{run} val"
+            )
         tta = bool(np.mean(val[True].argmax(1) == labels["val"]) > np.mean(val[False].argmax(1) == labels["val"]))
         chosen[run] = {"img_size": pre.img_size, "tta": tta}
         probs["val"][run] = val[tta]
         probs["test"][run], labels["test"], _, _ = dataset_probabilities(
-            lambda x: engine.probabilities(x, tta), dataset.split("test"), pre, desc=f"{run} test")
+            lambda x: engine.probabilities(x, tta), dataset.split("test"), pre, desc=f"{run} test"
+        )
     tree = load_engine(args.runs[0], "torch").config.tree
     results = {}
     for split in ("val", "test"):
         members = {**probs[split], "ensemble": np.mean(list(probs[split].values()), axis=0)}
         for name, pr in members.items():
             m = classification_metrics(pr, labels[split], dataset.classes, tree)
-            results.setdefault(name, {})[split] = {"top1": m["top1"], "top5": m["top5"],
-                                                   "levels": {lv["level"]: lv["accuracy"] for lv in m["levels"]}}
+            results.setdefault(name, {})[split] = {
+                "top1": m["top1"],
+                "top5": m["top5"],
+                "levels": {lv["level"]: lv["accuracy"] for lv in m["levels"]},
+            }
     for name, r in results.items():
         t = r["test"]
-        print(f"{name:28s} test top-1 {100 * t['top1']:.2f}%  levels " +
-              ", ".join(f"{k} {100 * v:.2f}%" for k, v in t["levels"].items()))
-    out = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-           "runs": chosen, "results": results}
+        print(
+            f"{name:28s} test top-1 {100 * t['top1']:.2f}%  levels "
+            + ", ".join(f"{k} {100 * v:.2f}%" for k, v in t["levels"].items())
+        )
+    out = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "runs": chosen,
+        "results": results,
+    }
     results_dir = Path(__file__).resolve().parents[1] / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / f"{args.name}.json").write_text(json.dumps(out, indent=2))

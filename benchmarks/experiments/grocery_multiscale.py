@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skulens.runs import load_run
 from skulens.data.datasets import load_dataset
 from skulens.engines import TorchEngine
 from skulens.evaluation.inference import dataset_probabilities
 from skulens.evaluation.metrics import tree_level_accuracy
+from skulens.runs import load_run
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "grocery-store"
 RULE = "max val fine top-1, then val coarse, then fewer sizes"
@@ -36,8 +36,9 @@ def main() -> None:
     probs = {}
     for split in ("val", "test"):
         for size in sizes:
-            p, labels, _, _ = dataset_probabilities(predict, dataset.split(split), config.preprocessing,
-                                                    img_size=size, progress=False)
+            p, labels, _, _ = dataset_probabilities(
+                predict, dataset.split(split), config.preprocessing, img_size=size, progress=False
+            )
             probs[split, size] = (p, labels)
             print(split, size, float((p.argmax(1) == labels).mean()), flush=True)
     rows = []
@@ -54,8 +55,19 @@ def main() -> None:
     best = max(rows, key=lambda r: (r["val"]["fine"], r["val"]["coarse"], -len(r["sizes"])))
     print("chosen on val:", best)
     out = Path(__file__).resolve().parents[1] / "results" / "grocery_multiscale.json"
-    out.write_text(json.dumps({"run": run, "date": date.today().isoformat(), "machine": "x86_64, 2 CPU cores",
-                               "rule": RULE, "combinations": rows, "chosen": best}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "run": run,
+                "date": date.today().isoformat(),
+                "machine": "x86_64, 2 CPU cores",
+                "rule": RULE,
+                "combinations": rows,
+                "chosen": best,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

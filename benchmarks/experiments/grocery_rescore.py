@@ -37,8 +37,16 @@ def main() -> None:
     val = {}
     for size in [int(s) for s in args.sizes.split(",")]:
         for tta in (False, True):
-            m = evaluate_run(run, dataset, "val", tta=tta, img_size=size, engine="torch", progress=False,
-                             out_dir=run / f"eval-val-{size}-tta{int(tta)}")
+            m = evaluate_run(
+                run,
+                dataset,
+                "val",
+                tta=tta,
+                img_size=size,
+                engine="torch",
+                progress=False,
+                out_dir=run / f"eval-val-{size}-tta{int(tta)}",
+            )
             val[f"{size}/{'flip' if tta else 'plain'}"] = m["top1"]
             print(f"val {size} px, flip {tta}: {m['top1']:.4f}", flush=True)
     # ties go to the cheaper setting: the smaller size, then no flip
@@ -47,10 +55,16 @@ def main() -> None:
     test = evaluate_run(run, dataset, "test", tta=tta, img_size=size, engine="torch", progress=False)
     config = json.loads((run / "config.json").read_text())
     summary = {
-        "benchmark": "grocery-store classification, scored here", "date": date.today().isoformat(),
-        "machine (scoring)": f"{platform.machine()}, {os.cpu_count()} CPU cores", "run_dir": str(run),
-        "train_args": config.get("train_args"), "val_top1": val, "chosen": {"img_size": size, "flip_tta": tta},
-        "test_top1": test["top1"], "test_top5": test["top5"], "test_macro_f1": test["macro_f1"],
+        "benchmark": "grocery-store classification, scored here",
+        "date": date.today().isoformat(),
+        "machine (scoring)": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "run_dir": str(run),
+        "train_args": config.get("train_args"),
+        "val_top1": val,
+        "chosen": {"img_size": size, "flip_tta": tta},
+        "test_top1": test["top1"],
+        "test_top5": test["top5"],
+        "test_macro_f1": test["macro_f1"],
         "test_level_accuracy": {lv["level"]: lv["accuracy"] for lv in test.get("levels", [])},
         "test_level_accuracy_summed": {lv["level"]: lv.get("accuracy_summed") for lv in test.get("levels", [])},
     }

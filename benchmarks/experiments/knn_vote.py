@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from skulens.runs import load_run
 from skulens.data.datasets import load_dataset, recorded_columns
 from skulens.data.loading import PreprocessedImages, collate_skip_bad
 from skulens.models.attributes import attribute_probabilities, heads_on_pooled
 from skulens.models.embedding import pooled_features
+from skulens.runs import load_run
 from skulens.runtime import autocast, prepare_model, resolve_device, to_device
 
 N_NEIGHBOURS = 50
@@ -38,8 +38,12 @@ N_NEIGHBOURS = 50
 
 @torch.no_grad()
 def _outputs(model, config, samples, device, batch_size: int, workers: int, flip: bool = True):
-    loader = DataLoader(PreprocessedImages(samples, config.preprocessing), batch_size=batch_size,
-                        num_workers=workers, collate_fn=collate_skip_bad)
+    loader = DataLoader(
+        PreprocessedImages(samples, config.preprocessing),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_skip_bad,
+    )
     feats, probs, attrs, kept = [], [], {}, []
     specs = config.model.attributes or {}
     for x, _, idx, _bad in loader:
@@ -73,8 +77,7 @@ def dump(args) -> None:
     attr_names = list(dataset.attributes)
     out: dict[str, np.ndarray] = {"classes": np.array(config.classes)}
     gallery = [s for split in args.gallery.split(",") for s in dataset.split(split)]
-    g_feat, _, _, g_kept = _outputs(model, config, gallery, device, args.batch_size, args.workers,
-                                      not args.no_flip)
+    g_feat, _, _, g_kept = _outputs(model, config, gallery, device, args.batch_size, args.workers, not args.no_flip)
     g_kept = g_kept.numpy()
     out["gallery_labels"] = np.array([gallery[i].label for i in g_kept])
     for j, name in enumerate(attr_names):
@@ -82,8 +85,9 @@ def dump(args) -> None:
     g_feat = g_feat.to(device)
     for split in args.queries.split(","):
         samples = dataset.split(split)
-        feat, probs, attrs, kept = _outputs(model, config, samples, device, args.batch_size, args.workers,
-                                              not args.no_flip)
+        feat, probs, attrs, kept = _outputs(
+            model, config, samples, device, args.batch_size, args.workers, not args.no_flip
+        )
         kept = kept.numpy()
         sims, idx = (feat.to(device) @ g_feat.T).topk(N_NEIGHBOURS, dim=1)
         out[f"{split}_labels"] = np.array([samples[i].label for i in kept])
@@ -93,7 +97,9 @@ def dump(args) -> None:
         for j, name in enumerate(attr_names):
             out[f"{split}_{name}"] = np.array([samples[i].attributes[j] for i in kept])
             out[f"{split}_{name}_probs"] = attrs[name].numpy().astype(np.float16)
-        print(f"{split}: {len(kept)} queries, classifier top-1 {np.mean(probs.numpy().argmax(1) == out[f'{split}_labels']):.4f}")
+        print(
+            f"{split}: {len(kept)} queries, classifier top-1 {np.mean(probs.numpy().argmax(1) == out[f'{split}_labels']):.4f}"
+        )
     out["attributes"] = np.array(attr_names)
     out["flip"] = np.array(not args.no_flip)
     np.savez_compressed(args.out, **out)
@@ -129,26 +135,41 @@ def blended_accuracy(d, split: str, target: str, setting: tuple[int, float, floa
 def score(args) -> None:
     dumps = [np.load(f, allow_pickle=False) for f in args.dumps]
     first = dumps[0]
-    grid = [(k, t, w) for k in (1, 3, 5, 10, 20, 50) for t in (0.02, 0.05, 0.1) for w in
-            (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)]
+    grid = [
+        (k, t, w)
+        for k in (1, 3, 5, 10, 20, 50)
+        for t in (0.02, 0.05, 0.1)
+        for w in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+    ]
     targets = ["class"] + [a for a in first["attributes"] if f"{args.choose_on}_{a}_probs" in first]
     chosen, results = {}, {}
     for target in targets:
         scored = [(blended_accuracy(first, args.choose_on, target, s), -s[2], s) for s in grid]
         best = max(scored)  # ties: the smaller blend weight
-        chosen[target] = {"k": best[2][0], "temperature": best[2][1], "weight": best[2][2],
-                          f"{args.choose_on}_accuracy": best[0],
-                          f"{args.choose_on}_classifier_only": blended_accuracy(first, args.choose_on, target, (1, 1, 0.0))}
+        chosen[target] = {
+            "k": best[2][0],
+            "temperature": best[2][1],
+            "weight": best[2][2],
+            f"{args.choose_on}_accuracy": best[0],
+            f"{args.choose_on}_classifier_only": blended_accuracy(first, args.choose_on, target, (1, 1, 0.0)),
+        }
     for path, d in zip(args.dumps, dumps):
         results[path] = {}
         for target in targets:
             s = chosen[target]
             setting = (s["k"], s["temperature"], s["weight"])
-            results[path][target] = {"classifier_only": blended_accuracy(d, args.score_on, target, (1, 1, 0.0)),
-                                     "with_vote": blended_accuracy(d, args.score_on, target, setting)}
-    summary = {"benchmark": "classifier + nearest-neighbour vote over the labelled gallery", "date": date.today().isoformat(),
-               "command": "python " + " ".join(sys.argv), "chosen_on": f"{args.choose_on} of {args.dumps[0]}",
-               "chosen": chosen, f"{args.score_on}": results}
+            results[path][target] = {
+                "classifier_only": blended_accuracy(d, args.score_on, target, (1, 1, 0.0)),
+                "with_vote": blended_accuracy(d, args.score_on, target, setting),
+            }
+    summary = {
+        "benchmark": "classifier + nearest-neighbour vote over the labelled gallery",
+        "date": date.today().isoformat(),
+        "command": "python " + " ".join(sys.argv),
+        "chosen_on": f"{args.choose_on} of {args.dumps[0]}",
+        "chosen": chosen,
+        f"{args.score_on}": results,
+    }
     results_dir = Path(__file__).resolve().parents[1] / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / f"{args.name}.json").write_text(json.dumps(summary, indent=2))

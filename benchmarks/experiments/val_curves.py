@@ -32,13 +32,23 @@ def main() -> None:
             print(f"{run}: has epochs 1-{len(rows)}, not the whole window {args.epochs}", file=sys.stderr)
             continue
         config = json.loads((Path(run) / "config.json").read_text())["train_args"]
-        out[Path(run).name] = {"mean_val_top1": sum(window) / len(window), "val_top1": window,
-                               "epochs_logged": len(rows), "seed": config.get("seed"),
-                               "hue_jitter": config.get("augment", {}).get("hue_jitter"),
-                               "tree_loss_weight": config.get("tree_loss_weight", 0.0)}
-        print(f"{Path(run).name}: mean val top-1 over epochs {args.epochs} = {100 * out[Path(run).name]['mean_val_top1']:.2f}%")
-    summary = {"date": date.today().isoformat(), "command": "python " + " ".join(sys.argv), "epochs": args.epochs,
-               "runs": out}
+        out[Path(run).name] = {
+            "mean_val_top1": sum(window) / len(window),
+            "val_top1": window,
+            "epochs_logged": len(rows),
+            "seed": config.get("seed"),
+            "hue_jitter": config.get("augment", {}).get("hue_jitter"),
+            "tree_loss_weight": config.get("tree_loss_weight", 0.0),
+        }
+        print(
+            f"{Path(run).name}: mean val top-1 over epochs {args.epochs} = {100 * out[Path(run).name]['mean_val_top1']:.2f}%"
+        )
+    summary = {
+        "date": date.today().isoformat(),
+        "command": "python " + " ".join(sys.argv),
+        "epochs": args.epochs,
+        "runs": out,
+    }
     results = Path(__file__).resolve().parents[1] / "results"
     results.mkdir(exist_ok=True)
     (results / f"{args.name}.json").write_text(json.dumps(summary, indent=2))

@@ -18,8 +18,17 @@ import numpy as np
 
 from skulens.errors import SkulensError
 
-__all__ = ["conv2d", "relu", "max_pool2d", "avg_pool2d", "dense", "softmax", "conv_output_size",
-           "load_seedcnn_weights", "seedcnn_forward"]
+__all__ = [
+    "conv2d",
+    "relu",
+    "max_pool2d",
+    "avg_pool2d",
+    "dense",
+    "softmax",
+    "conv_output_size",
+    "load_seedcnn_weights",
+    "seedcnn_forward",
+]
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -77,7 +86,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     # strided like the output, times weight[:, :, k, l] summed over input channels.
     for k in range(kh):
         for l in range(kw):
-            window = xp[:, :, k:k + sh * (oh - 1) + 1:sh, l:l + sw * (ow - 1) + 1:sw]
+            window = xp[:, :, k : k + sh * (oh - 1) + 1 : sh, l : l + sw * (ow - 1) + 1 : sw]
             out += np.einsum("nchw,oc->nohw", window, w[:, :, k, l])
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)
@@ -134,8 +143,18 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-SEEDCNN_TENSORS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "conv3.weight", "conv3.bias",
-                   "fc1.weight", "fc1.bias", "classifier.weight", "classifier.bias")
+SEEDCNN_TENSORS = (
+    "conv1.weight",
+    "conv1.bias",
+    "conv2.weight",
+    "conv2.bias",
+    "conv3.weight",
+    "conv3.bias",
+    "fc1.weight",
+    "fc1.bias",
+    "classifier.weight",
+    "classifier.bias",
+)
 
 
 def load_seedcnn_weights(run_dir: str | Path) -> dict[str, np.ndarray]:
@@ -172,8 +191,10 @@ def seedcnn_forward(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray
         xb = max_pool2d(relu(conv2d(xb, w[f"{layer}.weight"], w[f"{layer}.bias"])), 2)
     flat = xb.reshape(len(xb), -1)
     if flat.shape[1] != w["fc1.weight"].shape[1]:
-        raise SkulensError(f"the input size does not match the weights: {flat.shape[1]} features reach the "
-                           f"dense layer, which was trained on {w['fc1.weight'].shape[1]}")
+        raise SkulensError(
+            f"the input size does not match the weights: {flat.shape[1]} features reach the "
+            f"dense layer, which was trained on {w['fc1.weight'].shape[1]}"
+        )
     hidden = relu(dense(flat, w["fc1.weight"], w["fc1.bias"]))
     probs = softmax(dense(hidden, w["classifier.weight"], w["classifier.bias"]))
     return probs[0] if single else probs

@@ -20,8 +20,15 @@ def _finish(fig, out_png: Path) -> None:
     plt.close(fig)
 
 
-def bar_chart(labels: list[str], counts: list[int], out_png: Path, title: str, unit: str = "products",
-              colours: list[str] | None = None, max_bars: int = MAX_BARS) -> None:
+def bar_chart(
+    labels: list[str],
+    counts: list[int],
+    out_png: Path,
+    title: str,
+    unit: str = "products",
+    colours: list[str] | None = None,
+    max_bars: int = MAX_BARS,
+) -> None:
     """Horizontal bars, largest on top, each labelled with its count and share of the total."""
     total = sum(counts) or 1
     order = sorted(range(len(labels)), key=lambda i: (-counts[i], labels[i]))
@@ -32,8 +39,13 @@ def bar_chart(labels: list[str], counts: list[int], out_png: Path, title: str, u
     fig, ax = plt.subplots(figsize=(8, height))
     y = np.arange(len(shown))[::-1]
     values = [counts[i] for i in shown]
-    ax.barh(y, values, color=[colours[i] for i in shown] if colours else BAR_COLOUR,
-            edgecolor="0.6" if colours else None, linewidth=0.5)
+    ax.barh(
+        y,
+        values,
+        color=[colours[i] for i in shown] if colours else BAR_COLOUR,
+        edgecolor="0.6" if colours else None,
+        linewidth=0.5,
+    )
     ax.set_yticks(y, [_short(labels[i]) for i in shown], fontsize=9)
     for yi, v in zip(y, values):
         share = 100 * v / total
@@ -46,7 +58,7 @@ def bar_chart(labels: list[str], counts: list[int], out_png: Path, title: str, u
 
 
 def _short(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
 def imbalance_chart(counts: list[int], out_png: Path, title: str, few: int) -> None:
@@ -61,8 +73,11 @@ def imbalance_chart(counts: list[int], out_png: Path, title: str, few: int) -> N
     log_scale = bool(values) and values[-1] > 0 and values[0] / values[-1] >= 50
     if log_scale:
         ax.set_yscale("log")
-    ax.set(xlabel=f"classes, largest first ({len(values)})", ylabel="images" + (" (log scale)" if log_scale else ""),
-           title=title)
+    ax.set(
+        xlabel=f"classes, largest first ({len(values)})",
+        ylabel="images" + (" (log scale)" if log_scale else ""),
+        title=title,
+    )
     ax.set_xticks([])
     ax.legend(fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
@@ -85,8 +100,9 @@ def swatch_chart(hexes: list[str], shares: list[float], names: list[str], out_pn
     _finish(fig, out_png)
 
 
-def timeline_chart(periods: list[str], series: dict[str, list[int]], out_png: Path, title: str,
-                   period_name: str) -> None:
+def timeline_chart(
+    periods: list[str], series: dict[str, list[int]], out_png: Path, title: str, period_name: str
+) -> None:
     """Stacked bars per period, one colour per category, biggest category at the bottom."""
     fig, ax = plt.subplots(figsize=(max(6.0, min(14.0, 0.35 * len(periods) + 3)), 4.2))
     x = np.arange(len(periods))
@@ -97,8 +113,7 @@ def timeline_chart(periods: list[str], series: dict[str, list[int]], out_png: Pa
         ax.bar(x, values, bottom=bottom, label=name, color=colour, width=0.8)
         bottom += np.array(values, dtype=float)
     step = max(1, len(periods) // 12)
-    ax.set_xticks(x[::step], [periods[i] for i in range(0, len(periods), step)], rotation=45, ha="right",
-                  fontsize=8)
+    ax.set_xticks(x[::step], [periods[i] for i in range(0, len(periods), step)], rotation=45, ha="right", fontsize=8)
     ax.set(ylabel="photos", xlabel=period_name, title=title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.spines[["top", "right"]].set_visible(False)

@@ -19,9 +19,9 @@ from skulens.data.images import ImageSource, load_image
 
 # D65 reference white and the sRGB primaries (IEC 61966-2-1).
 _WHITE = np.array([0.95047, 1.0, 1.08883])
-_RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                        [0.2126729, 0.7151522, 0.0721750],
-                        [0.0193339, 0.1191920, 0.9503041]])
+_RGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+)
 _XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
 _EPS = (6 / 29) ** 3
 
@@ -34,11 +34,26 @@ MIN_FOREGROUND = 0.05  # below this share of non-backdrop pixels the product its
 
 # Plain names a merchandiser uses, each with a typical sRGB value; a colour takes the nearest name.
 NAMED_COLOURS: dict[str, tuple[int, int, int]] = {
-    "black": (30, 30, 30), "charcoal": (75, 75, 78), "grey": (128, 128, 128), "silver": (192, 192, 192),
-    "white": (250, 250, 250), "red": (210, 30, 35), "maroon": (120, 20, 35), "pink": (240, 150, 180),
-    "magenta": (200, 40, 140), "orange": (245, 130, 30), "yellow": (245, 215, 40), "beige": (225, 205, 165),
-    "brown": (120, 75, 40), "olive": (120, 120, 40), "green": (40, 150, 60), "teal": (0, 128, 128),
-    "light blue": (130, 185, 230), "blue": (30, 80, 200), "navy": (25, 35, 90), "purple": (120, 50, 150),
+    "black": (30, 30, 30),
+    "charcoal": (75, 75, 78),
+    "grey": (128, 128, 128),
+    "silver": (192, 192, 192),
+    "white": (250, 250, 250),
+    "red": (210, 30, 35),
+    "maroon": (120, 20, 35),
+    "pink": (240, 150, 180),
+    "magenta": (200, 40, 140),
+    "orange": (245, 130, 30),
+    "yellow": (245, 215, 40),
+    "beige": (225, 205, 165),
+    "brown": (120, 75, 40),
+    "olive": (120, 120, 40),
+    "green": (40, 150, 60),
+    "teal": (0, 128, 128),
+    "light blue": (130, 185, 230),
+    "blue": (30, 80, 200),
+    "navy": (25, 35, 90),
+    "purple": (120, 50, 150),
 }
 
 
@@ -56,7 +71,7 @@ def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
     lab = np.asarray(lab, dtype=np.float64)
     fy = (lab[..., 0] + 16) / 116
     f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], axis=-1)
-    t = np.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * _WHITE
+    t = np.where(f > 6 / 29, f**3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * _WHITE
     linear = np.clip(t @ _XYZ_TO_RGB.T, 0, 1)
     c = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
     return np.clip(np.round(c * 255), 0, 255).astype(np.uint8)
@@ -82,7 +97,7 @@ class Swatch:
 
     @property
     def hex(self) -> str:
-        return "#%02x%02x%02x" % self.rgb
+        return "#{:02x}{:02x}{:02x}".format(*self.rgb)
 
     @property
     def name(self) -> str:
@@ -114,8 +129,9 @@ def _threadpools():
     return ThreadpoolController()
 
 
-def cluster_colours(lab: np.ndarray, k: int, weights: np.ndarray | None = None, seed: int = 0,
-                    n_init: int = 1) -> list[Swatch]:
+def cluster_colours(
+    lab: np.ndarray, k: int, weights: np.ndarray | None = None, seed: int = 0, n_init: int = 1
+) -> list[Swatch]:
     """k-means on Lab points; swatches sorted by share, largest first."""
     from sklearn.cluster import KMeans  # seconds to import: only when colours are asked for
 
@@ -129,8 +145,11 @@ def cluster_colours(lab: np.ndarray, k: int, weights: np.ndarray | None = None, 
     with _threadpools().limit(limits=1):
         km = KMeans(n_clusters=k, n_init=n_init, max_iter=100, random_state=seed).fit(lab, sample_weight=weights)
     totals = np.bincount(km.labels_, weights=weights, minlength=k)
-    swatches = [Swatch(tuple(float(v) for v in km.cluster_centers_[i]), float(totals[i] / totals.sum()))
-                for i in range(k) if totals[i] > 0]
+    swatches = [
+        Swatch(tuple(float(v) for v in km.cluster_centers_[i]), float(totals[i] / totals.sum()))
+        for i in range(k)
+        if totals[i] > 0
+    ]
     return sorted(swatches, key=lambda s: -s.share)
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from skulens.data.datasets import ImageDataset
 from skulens.errors import DatasetError, SkulensError
@@ -42,7 +43,7 @@ class ProductRecord:
     image: Path | None = None
 
     @classmethod
-    def coerce(cls, item: "ProductRecord | dict") -> "ProductRecord":
+    def coerce(cls, item: ProductRecord | dict) -> ProductRecord:
         """Accept a record or a dict ``{"path": [...] or "A > B", "attributes": {...}, "image": ...}``."""
         if isinstance(item, cls):
             return item
@@ -70,7 +71,7 @@ class Recognition:
         return self.path[0] if self.path else self.label
 
     @classmethod
-    def coerce(cls, item: "Recognition | dict") -> "Recognition":
+    def coerce(cls, item: Recognition | dict) -> Recognition:
         if isinstance(item, cls):
             return item
         if not isinstance(item, dict):
@@ -87,9 +88,13 @@ class Recognition:
         if not label and not path:
             raise ValueError("no 'label' or 'path'")
         confidence = item.get("confidence")
-        return cls(time=when, label=str(label or path[-1]), path=path,
-                   confidence=float(confidence) if isinstance(confidence, (int, float)) else None,
-                   unknown=bool(item.get("unknown", False)))
+        return cls(
+            time=when,
+            label=str(label or path[-1]),
+            path=path,
+            confidence=float(confidence) if isinstance(confidence, (int, float)) else None,
+            unknown=bool(item.get("unknown", False)),
+        )
 
 
 @dataclass
@@ -114,9 +119,15 @@ def records_from_dataset(dataset: ImageDataset) -> Catalog:
     return Catalog(records, level_names, [], str(dataset.source or dataset.root))
 
 
-def records_from_csv(path: str | Path, *, label: str = "label", tree_columns: list[str] | None = None,
-                     image_column: str | None = "image", attributes: list[str] | None = None,
-                     skip_columns: Iterable[str] = ("split",)) -> Catalog:
+def records_from_csv(
+    path: str | Path,
+    *,
+    label: str = "label",
+    tree_columns: list[str] | None = None,
+    image_column: str | None = "image",
+    attributes: list[str] | None = None,
+    skip_columns: Iterable[str] = ("split",),
+) -> Catalog:
     """Products from a CSV: the tree is ``tree_columns`` then ``label`` (or, with no such column, the last
     tree column is the leaf); attributes are ``attributes``
     or, when None, every other column with few distinct values (colour, usage, gender...)."""
@@ -135,8 +146,10 @@ def records_from_csv(path: str | Path, *, label: str = "label", tree_columns: li
     tree = [c for c in (tree_columns or []) if c != label] + [label]
     missing = [c for c in tree + list(attributes or []) if c not in header]
     if missing:
-        raise DatasetError(f"{path}: column(s) {', '.join(missing)} not found (the CSV has: {', '.join(header)}); "
-                           f"choose the category columns with --label and --tree-columns")
+        raise DatasetError(
+            f"{path}: column(s) {', '.join(missing)} not found (the CSV has: {', '.join(header)}); "
+            f"choose the category columns with --label and --tree-columns"
+        )
     if not rows:
         raise DatasetError(f"{path}: no rows")
     use_images = bool(image_column) and image_column in header
@@ -181,6 +194,8 @@ def read_recognitions(path: str | Path) -> tuple[list[Recognition], list[str]]:
             problems.append(f"line {number}: {exc}")
     if not records:
         first = f" (first problem: {problems[0]})" if problems else ""
-        raise DatasetError(f"{path}: no usable recognitions; expected JSON lines like "
-                           f'{{"time": "2024-05-01T10:00:00", "label": ..., "path": [...], "confidence": ...}}{first}')
+        raise DatasetError(
+            f"{path}: no usable recognitions; expected JSON lines like "
+            f'{{"time": "2024-05-01T10:00:00", "label": ..., "path": [...], "confidence": ...}}{first}'
+        )
     return records, problems

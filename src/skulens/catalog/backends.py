@@ -18,11 +18,12 @@ import json
 import logging
 import os
 import re
-import uuid
-from contextlib import contextmanager
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 from sqlalchemy import func, select, update
@@ -32,7 +33,6 @@ from sqlalchemy.orm import Session
 from skulens.catalog.db import ImageRow, IndexLog, Meta, get_meta, last_log_seq, set_meta
 from skulens.catalog.index import IVF_THRESHOLD, IndexState, VectorIndex, build_kind, default_nlist, default_nprobe
 from skulens.errors import SkulensError
-
 
 log = logging.getLogger("skulens.catalog")
 BACKENDS = ("faiss", "milvus")
@@ -81,8 +81,7 @@ def stored_vectors(session: Session, dim: int) -> tuple[np.ndarray, np.ndarray]:
     rows = session.execute(select(ImageRow.id, ImageRow.vector).where(ImageRow.vector.is_not(None))).all()
     if not rows:
         return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
-    return (np.array([r[0] for r in rows], np.int64),
-            np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+    return (np.array([r[0] for r in rows], np.int64), np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
 
 
 def open_backend(name: str | None, catalog: IndexSource, milvus_uri: str | None = None) -> IndexBackend:
@@ -93,8 +92,10 @@ def open_backend(name: str | None, catalog: IndexSource, milvus_uri: str | None 
     if name == "milvus":
         uri = milvus_uri or os.environ.get("SKULENS_MILVUS_URI")
         if not uri:
-            raise SkulensError("the milvus index backend needs a Milvus URI: --milvus-uri http://host:19530 "
-                               "(or a local milvus-lite file ending in .db), or $SKULENS_MILVUS_URI")
+            raise SkulensError(
+                "the milvus index backend needs a Milvus URI: --milvus-uri http://host:19530 "
+                "(or a local milvus-lite file ending in .db), or $SKULENS_MILVUS_URI"
+            )
         return MilvusBackend(catalog, uri)
     raise SkulensError(f"index backend must be one of {', '.join(BACKENDS)}, not {name!r}")
 
@@ -116,8 +117,15 @@ class FaissBackend:
         with Session(self.source.engine) as session:
             seq = last_log_seq(session)
             ids, vectors = stored_vectors(session, info["dim"])
-        self._index = VectorIndex.build(ids, vectors, dim=info["dim"], model_id=info["id"],
-                                        kind=kind or self.source.index_kind, nprobe=nprobe, log_seq=seq)
+        self._index = VectorIndex.build(
+            ids,
+            vectors,
+            dim=info["dim"],
+            model_id=info["id"],
+            kind=kind or self.source.index_kind,
+            nprobe=nprobe,
+            log_seq=seq,
+        )
         self._index.save(self.source.index_dir)
         self._dirty_since = None
         return self._index
@@ -135,8 +143,11 @@ class FaissBackend:
                 return self.rebuild(self.source.index_kind, None)
             if seq != self._index.state.log_seq:
                 self._apply_log(session, self._index.state.log_seq, seq)
-        if (self.source.index_kind == "auto" and self._index.state.kind == "flat"
-                and self._index.state.ntotal >= IVF_THRESHOLD):
+        if (
+            self.source.index_kind == "auto"
+            and self._index.state.kind == "flat"
+            and self._index.state.ntotal >= IVF_THRESHOLD
+        ):
             log.info("the catalog outgrew exact search: building an IVF index")
             return self.rebuild(self.source.index_kind, None)
         return self._index
@@ -144,12 +155,18 @@ class FaissBackend:
     def _apply_log(self, session: Session, after: int, upto: int) -> None:
         """Replay ``index_log`` entries (after, upto]: idempotent, so a torn save is harmless."""
         touched = set(session.scalars(select(IndexLog.image_id).where(IndexLog.seq > after, IndexLog.seq <= upto)))
-        rows = session.execute(select(ImageRow.id, ImageRow.vector).where(
-            ImageRow.id.in_(touched), ImageRow.vector.is_not(None))).all() if touched else []
+        rows = (
+            session.execute(
+                select(ImageRow.id, ImageRow.vector).where(ImageRow.id.in_(touched), ImageRow.vector.is_not(None))
+            ).all()
+            if touched
+            else []
+        )
         self._index.remove(touched)
         if rows:
-            self._index.add(np.array([r[0] for r in rows], np.int64),
-                            np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+            self._index.add(
+                np.array([r[0] for r in rows], np.int64), np.stack([np.frombuffer(r[1], np.float32) for r in rows])
+            )
         self._index.state.log_seq = upto
         now = time.monotonic()
         if self._dirty_since is None:
@@ -182,7 +199,7 @@ def _short(exc: Exception) -> str:
 
 def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 class MilvusIndex:
@@ -193,8 +210,9 @@ class MilvusIndex:
         self.name = name
         self.state = state
 
-    def search(self, queries: np.ndarray, k: int, allowed_ids=None, nprobe: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed_ids=None, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.state.dim)
         k = max(1, min(k, max(1, self.state.ntotal), MILVUS_MAX_K))
         scores = np.full((len(queries), k), -np.inf, np.float32)
@@ -209,8 +227,9 @@ class MilvusIndex:
         if self.state.kind == "ivf":
             params["params"] = {"nprobe": nprobe or self.state.nprobe}
         try:
-            results = self.client.search(self.name, data=queries.tolist(), limit=k, filter=expr,
-                                         output_fields=["id"], search_params=params)
+            results = self.client.search(
+                self.name, data=queries.tolist(), limit=k, filter=expr, output_fields=["id"], search_params=params
+            )
         except Exception as exc:  # noqa: BLE001 - pymilvus raises several kinds
             raise SkulensError(f"Milvus search in {self.name} failed: {_short(exc)}") from None
         for row, hits in enumerate(results):
@@ -229,15 +248,15 @@ class MilvusBackend:
         self.uri = uri
         if "://" not in uri:  # milvus-lite, in this process: a local path ending in .db
             if not uri.endswith(".db"):
-                raise SkulensError(f"Milvus URI {uri!r}: use http://host:19530 for a server, or a local "
-                                   f"milvus-lite path ending in .db")
+                raise SkulensError(
+                    f"Milvus URI {uri!r}: use http://host:19530 for a server, or a local milvus-lite path ending in .db"
+                )
             parent = os.path.dirname(os.path.abspath(uri))
             if not os.path.isdir(parent):
                 raise SkulensError(f"{parent}: folder for the milvus-lite data does not exist")
         try:
             # The token (user:password or an API key) comes from the environment, never a command line.
-            self.client = pymilvus.MilvusClient(uri=uri, token=os.environ.get("SKULENS_MILVUS_TOKEN", ""),
-                                                timeout=30)
+            self.client = pymilvus.MilvusClient(uri=uri, token=os.environ.get("SKULENS_MILVUS_TOKEN", ""), timeout=30)
         except Exception as exc:  # noqa: BLE001
             raise SkulensError(f"cannot connect to Milvus at {uri}: {_short(exc)}") from None
         self._index: MilvusIndex | None = None
@@ -333,20 +352,30 @@ class MilvusBackend:
             with self._applied(name) as (session, holder):
                 record = holder["record"]
                 upto = last_log_seq(session)
-                fresh = (rebuild_kind is not None or record is None or not self._exists(name)
-                         or record["log_seq"] > upto)  # the database was reset under the collection
+                fresh = (
+                    rebuild_kind is not None or record is None or not self._exists(name) or record["log_seq"] > upto
+                )  # the database was reset under the collection
                 if fresh:
                     record = self._build(session, name, rebuild_kind or self.source.index_kind, nprobe, upto)
                 elif record["log_seq"] < upto:
                     self._apply_log(session, name, record["log_seq"], upto)
                     record["log_seq"] = upto
                 holder["record"] = record
-                state = IndexState(record["kind"], int(info["dim"]), str(info["id"]), upto, self._count(name),
-                                   record["nlist"], record["nprobe"])
+                state = IndexState(
+                    record["kind"],
+                    int(info["dim"]),
+                    str(info["id"]),
+                    upto,
+                    self._count(name),
+                    record["nlist"],
+                    record["nprobe"],
+                )
         except SkulensError:
             raise
         except Exception as exc:  # noqa: BLE001 - Milvus or database errors, one line for the user
-            raise SkulensError(f"cannot bring Milvus collection {name} up to date ({self.uri}): {_short(exc)}") from None
+            raise SkulensError(
+                f"cannot bring Milvus collection {name} up to date ({self.uri}): {_short(exc)}"
+            ) from None
         return MilvusIndex(self.client, name, state)
 
     def _build(self, session: Session, name: str, kind: str, nprobe: int | None, upto: int) -> dict:
@@ -359,7 +388,7 @@ class MilvusBackend:
         nlist = default_nlist(n) if kind == "ivf" else 0
         nprobe = (nprobe or default_nprobe(nlist)) if kind == "ivf" else 0
         log.info("building Milvus collection %s (%s, %d vectors)", name, kind, n)
-        prefix = name[:name.index("_", len("skulens_")) + 1]
+        prefix = name[: name.index("_", len("skulens_")) + 1]
         for old in self.client.list_collections():
             if old == name or old.startswith(prefix):  # this one, and this catalog's older models'
                 self.client.drop_collection(old)
@@ -367,11 +396,16 @@ class MilvusBackend:
         schema.add_field("id", pymilvus.DataType.INT64, is_primary=True)
         schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=dim)
         params = self.client.prepare_index_params()
-        params.add_index(field_name="vector", index_type="IVF_FLAT" if kind == "ivf" else "FLAT", metric_type="IP",
-                         params={"nlist": nlist} if kind == "ivf" else {})
+        params.add_index(
+            field_name="vector",
+            index_type="IVF_FLAT" if kind == "ivf" else "FLAT",
+            metric_type="IP",
+            params={"nlist": nlist} if kind == "ivf" else {},
+        )
         self.client.create_collection(name, schema=schema, index_params=params, consistency_level="Strong")
-        rows = session.execute(select(ImageRow.id, ImageRow.vector).where(ImageRow.vector.is_not(None))
-                               .execution_options(yield_per=CHUNK))
+        rows = session.execute(
+            select(ImageRow.id, ImageRow.vector).where(ImageRow.vector.is_not(None)).execution_options(yield_per=CHUNK)
+        )
         batch: list[dict] = []
         for image_id, blob in rows:
             batch.append({"id": int(image_id), "vector": np.frombuffer(blob, np.float32).tolist()})
@@ -384,12 +418,16 @@ class MilvusBackend:
         return {"log_seq": upto, "kind": kind, "nlist": nlist, "nprobe": nprobe}
 
     def _apply_log(self, session: Session, name: str, after: int, upto: int) -> None:
-        touched = sorted(set(session.scalars(select(IndexLog.image_id).where(IndexLog.seq > after,
-                                                                             IndexLog.seq <= upto))))
+        touched = sorted(
+            set(session.scalars(select(IndexLog.image_id).where(IndexLog.seq > after, IndexLog.seq <= upto)))
+        )
         present: dict[int, bytes] = {}
         for chunk in _chunks(touched):
-            present.update(session.execute(select(ImageRow.id, ImageRow.vector).where(
-                ImageRow.id.in_(chunk), ImageRow.vector.is_not(None))).all())
+            present.update(
+                session.execute(
+                    select(ImageRow.id, ImageRow.vector).where(ImageRow.id.in_(chunk), ImageRow.vector.is_not(None))
+                ).all()
+            )
         gone = [i for i in touched if i not in present]
         for chunk in _chunks(gone):
             self.client.delete(name, ids=chunk)

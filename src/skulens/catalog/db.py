@@ -13,7 +13,15 @@ import json
 from pathlib import Path
 
 from sqlalchemy import (
-    JSON, ForeignKey, Integer, LargeBinary, String, Text, create_engine, event, select,
+    JSON,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
@@ -44,8 +52,9 @@ class ProductRow(Base):
     attributes: Mapped[dict] = mapped_column(JSON, default=dict)
     description: Mapped[str] = mapped_column(Text, default="")
     content_hash: Mapped[str] = mapped_column(String(64))
-    images: Mapped[list["ImageRow"]] = relationship(back_populates="product", cascade="all, delete-orphan",
-                                                    order_by="ImageRow.position")
+    images: Mapped[list[ImageRow]] = relationship(
+        back_populates="product", cascade="all, delete-orphan", order_by="ImageRow.position"
+    )
 
 
 class ImageRow(Base):
@@ -79,7 +88,7 @@ def database_url(db: str | Path) -> str:
 def open_engine(db: str | Path) -> Engine:
     url = database_url(db)
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
+        path = Path(url[len("sqlite:///") :])
         if not path.parent.is_dir():
             raise SkulensError(f"{path.parent}: folder for the catalog database does not exist")
     try:
@@ -87,6 +96,7 @@ def open_engine(db: str | Path) -> Engine:
     except Exception as exc:  # noqa: BLE001 - a bad URL or a missing driver
         raise SkulensError(f"cannot open catalog database {url!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
+
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn, _record):  # noqa: ANN001
             cur = conn.cursor()
@@ -96,6 +106,7 @@ def open_engine(db: str | Path) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=10000")
             cur.close()
+
     try:
         Base.metadata.create_all(engine)
         with Session(engine) as session, session.begin():
@@ -103,8 +114,10 @@ def open_engine(db: str | Path) -> Engine:
             if row is None:
                 session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
             elif int(row.value) > SCHEMA_VERSION:
-                raise SkulensError(f"catalog schema version {row.value} is newer than this skulens "
-                                   f"understands ({SCHEMA_VERSION}); upgrade skulens")
+                raise SkulensError(
+                    f"catalog schema version {row.value} is newer than this skulens "
+                    f"understands ({SCHEMA_VERSION}); upgrade skulens"
+                )
     except SkulensError:
         raise
     except Exception as exc:  # noqa: BLE001

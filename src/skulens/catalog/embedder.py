@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -30,8 +30,15 @@ from skulens.runtime import prepare_model, resolve_device
 class Embedder:
     """``embed(images) -> float32 (n, dim)``, unit-length rows, from an engine's search vectors."""
 
-    def __init__(self, engine: Engine, model_id: str, description: str, source: dict | None = None,
-                 flip: bool = False, projection: str | Path | Projection | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        model_id: str,
+        description: str,
+        source: dict | None = None,
+        flip: bool = False,
+        projection: str | Path | Projection | None = None,
+    ):
         self.engine = engine
         self.preprocessing = engine.config.preprocessing
         self.source = source or {}  # how to load this embedder again: {"run": path} or {"pretrained": name}
@@ -61,15 +68,23 @@ class Embedder:
         if projection is None:
             return None
         if projection.fitted_for != model_id:
-            raise SkulensError(f"the projection {projection.path or ''} was fitted on the vectors of model "
-                               f"{projection.fitted_for}, not of this embedder ({model_id}: {description})")
+            raise SkulensError(
+                f"the projection {projection.path or ''} was fitted on the vectors of model "
+                f"{projection.fitted_for}, not of this embedder ({model_id}: {description})"
+            )
         if projection.path is None:
             raise SkulensError("save the projection to a file first: a catalog records where it lives")
         return projection
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto", engine: str = "torch", flip: bool = False,
-                 projection: str | Path | Projection | None = None) -> "Embedder":
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        device: str = "auto",
+        engine: str = "torch",
+        flip: bool = False,
+        projection: str | Path | Projection | None = None,
+    ) -> Embedder:
         """``engine``: ``torch``, ``onnx`` (the run's exported model, INT8 when present) or ``auto``
         (ONNX when an export with an embedding output exists and we are on a CPU). The engine is
         part of the model identity: INT8 vectors are close to, not equal to, PyTorch's."""
@@ -84,13 +99,24 @@ class Embedder:
         if loaded is None:
             loaded = load_engine(folder.path, "torch", device)
         suffix = "" if loaded.name == "torch" else f", {loaded.name}"
-        return cls(loaded, _digest(folder.weights_sha256(), config.preprocessing, loaded.name),
-                   f"run {folder.path.name} ({config.model.name}, {kind}{suffix})",
-                   {"run": str(folder.path.resolve()), "engine": loaded.name}, flip=flip, projection=projection)
+        return cls(
+            loaded,
+            _digest(folder.weights_sha256(), config.preprocessing, loaded.name),
+            f"run {folder.path.name} ({config.model.name}, {kind}{suffix})",
+            {"run": str(folder.path.resolve()), "engine": loaded.name},
+            flip=flip,
+            projection=projection,
+        )
 
     @classmethod
-    def pretrained(cls, name: str = "efficientnet_lite0", img_size: int | None = None, device: str = "auto",
-                   flip: bool = False, projection: str | Path | Projection | None = None) -> "Embedder":
+    def pretrained(
+        cls,
+        name: str = "efficientnet_lite0",
+        img_size: int | None = None,
+        device: str = "auto",
+        flip: bool = False,
+        projection: str | Path | Projection | None = None,
+    ) -> Embedder:
         """ImageNet features of a packaged backbone: useful before any training."""
         if not has_packaged_weights(name):
             raise SkulensError(f"no packaged ImageNet weights for {name}: use efficientnet_lite0/1/2 or a trained run")
@@ -101,8 +127,14 @@ class Embedder:
         dev = resolve_device(device)
         engine = TorchEngine(prepare_model(create_model(spec), dev), RunConfig(spec, [], pre), dev)
         digest = _digest(sha256_file(packaged_weights_path(name)), pre)
-        return cls(engine, digest, f"pretrained {name} (ImageNet features)",
-                   {"pretrained": name, "img_size": size}, flip=flip, projection=projection)
+        return cls(
+            engine,
+            digest,
+            f"pretrained {name} (ImageNet features)",
+            {"pretrained": name, "img_size": size},
+            flip=flip,
+            projection=projection,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -128,8 +160,9 @@ class Embedder:
             return np.zeros((0, self.dim), np.float32)
         return self.embed_tensors(torch.stack(tensors))
 
-    def embed_many(self, images: list[ImageSource], batch_size: int = 16, projected: bool = True,
-                   progress: bool = False) -> tuple[np.ndarray, list[str | None]]:
+    def embed_many(
+        self, images: list[ImageSource], batch_size: int = 16, projected: bool = True, progress: bool = False
+    ) -> tuple[np.ndarray, list[str | None]]:
         """Embeddings for a list, a bad image costing only itself: ``(vectors, errors)``; a row whose
         error is not None holds zeros. ``projected=False``: the vectors before the projection."""
         from tqdm import tqdm
@@ -168,8 +201,13 @@ def _digest(weights_sha256: str, pre: Preprocessing, engine: str = "torch") -> s
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def load_embedder(run: str | Path | None = None, device: str = "auto", engine: str = "torch",
-                  flip: bool = False, projection: str | Path | None = None) -> Embedder:
+def load_embedder(
+    run: str | Path | None = None,
+    device: str = "auto",
+    engine: str = "torch",
+    flip: bool = False,
+    projection: str | Path | None = None,
+) -> Embedder:
     """A run's embedder, or the pretrained EfficientNet-Lite0 features when no run is given."""
     if run:
         return Embedder.from_run(run, device, engine, flip, projection)
@@ -183,9 +221,20 @@ def embedder_from_source(source: dict, device: str = "auto") -> Embedder:
         raise SkulensError(f"the catalog's vectors were projected with {projection}, which is no longer there")
     if source.get("run"):
         if not Path(source["run"]).is_dir():
-            raise SkulensError(f"the catalog was embedded with run {source['run']}, which is no longer there: "
-                               "pass --run")
-        return Embedder.from_run(source["run"], device, source.get("engine", "torch").replace("onnx-int8", "onnx")
-                                 .replace("onnx-fp32", "onnx"), flip=bool(source.get("flip")), projection=projection)
-    return Embedder.pretrained(source.get("pretrained", "efficientnet_lite0"), source.get("img_size"), device,
-                               flip=bool(source.get("flip")), projection=projection)
+            raise SkulensError(
+                f"the catalog was embedded with run {source['run']}, which is no longer there: pass --run"
+            )
+        return Embedder.from_run(
+            source["run"],
+            device,
+            source.get("engine", "torch").replace("onnx-int8", "onnx").replace("onnx-fp32", "onnx"),
+            flip=bool(source.get("flip")),
+            projection=projection,
+        )
+    return Embedder.pretrained(
+        source.get("pretrained", "efficientnet_lite0"),
+        source.get("img_size"),
+        device,
+        flip=bool(source.get("flip")),
+        projection=projection,
+    )

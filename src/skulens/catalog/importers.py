@@ -30,9 +30,14 @@ class ImportReport:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged, "images": self.images,
-                "rejected": [{"row": r, "sku": s, "reason": why} for r, s, why in self.rejected],
-                "seconds": round(self.seconds, 2)}
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "images": self.images,
+            "rejected": [{"row": r, "sku": s, "reason": why} for r, s, why in self.rejected],
+            "seconds": round(self.seconds, 2),
+        }
 
 
 @dataclass
@@ -47,8 +52,15 @@ class CsvMapping:
     attributes: list[str] | None = None  # None: every column not used otherwise (except 'split')
 
 
-def import_products(catalog, rows: list[tuple[int, Product]], *, on_conflict: str = "error",
-                    progress: bool = True, desc: str = "importing", chunk_size: int = CHUNK) -> ImportReport:
+def import_products(
+    catalog,
+    rows: list[tuple[int, Product]],
+    *,
+    on_conflict: str = "error",
+    progress: bool = True,
+    desc: str = "importing",
+    chunk_size: int = CHUNK,
+) -> ImportReport:
     """``rows``: (row number for messages, product). Duplicate SKUs inside the input are checked here."""
     report = ImportReport()
     started = time.perf_counter()
@@ -59,13 +71,15 @@ def import_products(catalog, rows: list[tuple[int, Product]], *, on_conflict: st
         if product.sku in seen:
             first_row, first_sig = seen[product.sku]
             if first_sig != signature:
-                report.rejected.append((number, product.sku, f"duplicate SKU with different data (first on row {first_row})"))
+                report.rejected.append(
+                    (number, product.sku, f"duplicate SKU with different data (first on row {first_row})")
+                )
             continue
         seen[product.sku] = (number, signature)
         unique.append((number, product))
     with tqdm(total=len(unique), desc=desc, unit="product", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(unique), chunk_size):
-            chunk = unique[start:start + chunk_size]
+            chunk = unique[start : start + chunk_size]
             result = catalog.upsert([p for _, p in chunk], on_conflict=on_conflict)
             report.added += len(result.added)
             report.updated += len(result.updated)
@@ -80,8 +94,9 @@ def import_products(catalog, rows: list[tuple[int, Product]], *, on_conflict: st
     return report
 
 
-def read_products_csv(path: Path, mapping: CsvMapping, split: str | None = None
-                      ) -> tuple[list[tuple[int, Product]], list[tuple[int, str, str]]]:
+def read_products_csv(
+    path: Path, mapping: CsvMapping, split: str | None = None
+) -> tuple[list[tuple[int, Product]], list[tuple[int, str, str]]]:
     """Products from a CSV (image paths relative to the CSV's folder); bad rows come back separately."""
     try:
         handle = path.open(newline="", encoding="utf-8-sig")
@@ -89,55 +104,93 @@ def read_products_csv(path: Path, mapping: CsvMapping, split: str | None = None
         raise SkulensError(f"{path}: cannot read ({exc.strerror or exc})") from None
     with handle:
         reader = csv.DictReader(handle)
+        columns = _resolve_columns(path, _read_header(path, reader), mapping)
         try:
-            header = reader.fieldnames or []
-        except UnicodeDecodeError:  # binary junk, UTF-16, Latin-1: one clear line, not a traceback
-            raise SkulensError(f"{path}: not UTF-8 text (save the CSV as UTF-8)") from None
-        except csv.Error as exc:
-            raise SkulensError(f"{path}: malformed CSV header ({exc})") from None
-        sku_col = mapping.sku or next((c for c in ("sku", "id", "product_id") if c in header), None)
-        title_col = mapping.title or ("title" if "title" in header else None)
-        desc_col = mapping.description or ("description" if "description" in header else None)
-        needed = [c for c in [sku_col, mapping.image, *mapping.tree] if c]
-        missing = [c for c in needed if c not in header] + ([] if sku_col else ["sku"])
-        if missing:
-            raise SkulensError(f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(header)})")
-        used = {sku_col, mapping.image, title_col, desc_col, "split", *mapping.tree}
-        attrs = mapping.attributes if mapping.attributes is not None else [c for c in header if c not in used]
-        rows, bad = [], []
-        try:
-            for number, record in enumerate(reader, start=2):  # row 1 is the header
-                if None in record:
-                    bad.append((number, "", "more fields than the header"))
-                    continue
-                if split is not None and (record.get("split") or "").strip() != split:
-                    continue
-                sku = (record.get(sku_col) or "").strip()
-                image = (record.get(mapping.image) or "").strip()
-                if not sku:
-                    bad.append((number, "", "empty SKU"))
-                    continue
-                if not image:
-                    bad.append((number, sku, "no image"))
-                    continue
-                image_path = Path(image) if Path(image).is_absolute() else path.parent / image
-                if ".." in Path(image).parts:
-                    bad.append((number, sku, f"image path {image!r} leaves the CSV's folder"))
-                    continue
-                tree = [(record.get(c) or "").strip() for c in mapping.tree]
-                while tree and not tree[-1]:
-                    tree.pop()
-                rows.append((number, Product(
-                    sku=sku, title=(record.get(title_col) or "").strip() if title_col else "",
-                    category_path=tree,
-                    attributes={c: record[c].strip() for c in attrs if c in record and (record[c] or "").strip()},
-                    description=(record.get(desc_col) or "").strip() if desc_col else "",
-                    images=[str(image_path)])))
+            return _read_rows(path, reader, columns, split)
         except csv.Error as exc:
             raise SkulensError(f"{path}: malformed CSV near row {reader.line_num} ({exc})") from None
         except UnicodeDecodeError:
-            raise SkulensError(f"{path}: not UTF-8 text near row {reader.line_num + 1} (save the CSV as UTF-8)") from None
+            raise SkulensError(
+                f"{path}: not UTF-8 text near row {reader.line_num + 1} (save the CSV as UTF-8)"
+            ) from None
+
+
+@dataclass
+class _CsvColumns:
+    """The columns a CSV's products are read from, once the mapping's defaults are settled against its header."""
+
+    sku: str
+    image: str
+    title: str | None
+    description: str | None
+    tree: list[str]
+    attributes: list[str]
+
+
+def _read_header(path: Path, reader: csv.DictReader) -> list[str]:
+    try:
+        return reader.fieldnames or []
+    except UnicodeDecodeError:  # binary junk, UTF-16, Latin-1: one clear line, not a traceback
+        raise SkulensError(f"{path}: not UTF-8 text (save the CSV as UTF-8)") from None
+    except csv.Error as exc:
+        raise SkulensError(f"{path}: malformed CSV header ({exc})") from None
+
+
+def _resolve_columns(path: Path, header: list[str], mapping: CsvMapping) -> _CsvColumns:
+    """The mapping's columns, or the usual names where it gives none; missing required columns are an error."""
+    sku_col = mapping.sku or next((c for c in ("sku", "id", "product_id") if c in header), None)
+    title_col = mapping.title or ("title" if "title" in header else None)
+    desc_col = mapping.description or ("description" if "description" in header else None)
+    needed = [c for c in [sku_col, mapping.image, *mapping.tree] if c]
+    missing = [c for c in needed if c not in header] + ([] if sku_col else ["sku"])
+    if missing:
+        raise SkulensError(f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(header)})")
+    used = {sku_col, mapping.image, title_col, desc_col, "split", *mapping.tree}
+    attrs = mapping.attributes if mapping.attributes is not None else [c for c in header if c not in used]
+    return _CsvColumns(sku_col, mapping.image, title_col, desc_col, mapping.tree, attrs)
+
+
+def _read_rows(
+    path: Path, reader: csv.DictReader, columns: _CsvColumns, split: str | None
+) -> tuple[list[tuple[int, Product]], list[tuple[int, str, str]]]:
+    """(row number, product) for the good rows of ``split`` (None: all), (row number, sku, reason) for the bad."""
+    rows, bad = [], []
+    for number, record in enumerate(reader, start=2):  # row 1 is the header
+        if None in record:
+            bad.append((number, "", "more fields than the header"))
+            continue
+        if split is not None and (record.get("split") or "").strip() != split:
+            continue
+        product = _product_from_record(path, record, columns)
+        if isinstance(product, Product):
+            rows.append((number, product))
+        else:
+            bad.append((number, *product))
     return rows, bad
+
+
+def _product_from_record(path: Path, record: dict, columns: _CsvColumns) -> Product | tuple[str, str]:
+    """The row's product, or (sku, reason) when the row cannot become one."""
+    sku = (record.get(columns.sku) or "").strip()
+    image = (record.get(columns.image) or "").strip()
+    if not sku:
+        return "", "empty SKU"
+    if not image:
+        return sku, "no image"
+    image_path = Path(image) if Path(image).is_absolute() else path.parent / image
+    if ".." in Path(image).parts:
+        return sku, f"image path {image!r} leaves the CSV's folder"
+    tree = [(record.get(c) or "").strip() for c in columns.tree]
+    while tree and not tree[-1]:  # trailing empty levels: the product sits higher up the tree
+        tree.pop()
+    return Product(
+        sku=sku,
+        title=(record.get(columns.title) or "").strip() if columns.title else "",
+        category_path=tree,
+        attributes={c: record[c].strip() for c in columns.attributes if c in record and (record[c] or "").strip()},
+        description=(record.get(columns.description) or "").strip() if columns.description else "",
+        images=[str(image_path)],
+    )
 
 
 def products_from_dataset(dataset, gallery_split: str | None = None) -> list[tuple[int, Product]]:
@@ -161,9 +214,19 @@ def products_from_dataset(dataset, gallery_split: str | None = None) -> list[tup
             text = iconic.with_name(iconic.name.replace("_Iconic.jpg", "_Description.txt"))
             if text != iconic and text.is_file():
                 description = text.read_text(encoding="utf-8", errors="replace").strip()
-        rows.append((label + 1, Product(sku=name, title=name.replace("-", " "), category_path=path,
-                                        description=description, images=[str(iconic)] if iconic else [],
-                                        gallery_images=gallery.get(label, []))))
+        rows.append(
+            (
+                label + 1,
+                Product(
+                    sku=name,
+                    title=name.replace("-", " "),
+                    category_path=path,
+                    description=description,
+                    images=[str(iconic)] if iconic else [],
+                    gallery_images=gallery.get(label, []),
+                ),
+            )
+        )
     return rows
 
 
@@ -186,9 +249,17 @@ def read_source(source: str | Path, mapping=None, *, split: str | None = None, g
     return products_from_dataset(load_dataset(path), gallery_split), []
 
 
-def import_source(catalog, source: str | Path, *, mapping=None, split: str | None = None,
-                  gallery_split: str | None = None, on_conflict: str = "error", chunk_size: int = 64,
-                  progress: bool = True):
+def import_source(
+    catalog,
+    source: str | Path,
+    *,
+    mapping=None,
+    split: str | None = None,
+    gallery_split: str | None = None,
+    on_conflict: str = "error",
+    chunk_size: int = 64,
+    progress: bool = True,
+):
     """Import ``source`` into an open catalog in this process; the ImportReport lists bad rows too."""
     rows, bad = read_source(source, mapping, split=split, gallery_split=gallery_split)
     report = import_products(catalog, rows, on_conflict=on_conflict, chunk_size=max(1, chunk_size), progress=progress)
@@ -210,12 +281,27 @@ class _DatabaseOnly:
         pass
 
 
-def import_job(open_with_model, db, source: str | Path, *, run: str | Path | None = None, device: str = "auto", engine: str = "auto",
-               flip: bool = False, projection: str | Path | None = None, mapping=None, split: str | None = None,
-               gallery_split: str | None = None, on_conflict: str = "error", chunk_size: int = 64,
-               progress: bool = True, **open_kwargs):
+def import_job(
+    open_with_model,
+    db,
+    source: str | Path,
+    *,
+    run: str | Path | None = None,
+    device: str = "auto",
+    engine: str = "auto",
+    flip: bool = False,
+    projection: str | Path | None = None,
+    mapping=None,
+    split: str | None = None,
+    gallery_split: str | None = None,
+    on_conflict: str = "error",
+    chunk_size: int = 64,
+    progress: bool = True,
+    **open_kwargs,
+):
     """Open the catalog ``db`` with ``open_with_model`` (the caller's Catalog.open_with_model) and
-    ``run``'s embedder (None: the catalog's own, or pretrained Lite0), and import ``source``. Under torchrun each rank embeds and writes the products it owns (a hash of the
+    ``run``'s embedder (None: the catalog's own, or pretrained Lite0), and import ``source``. Under
+    torchrun each rank embeds and writes the products it owns (a hash of the
     SKU, so duplicates meet on one rank) and every rank gets the job's summed report. Imports are
     idempotent, so re-running after a crash embeds only what is missing."""
     from skulens.training.distributed import setup

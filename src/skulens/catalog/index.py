@@ -76,8 +76,19 @@ class VectorIndex:
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def build(cls, ids: np.ndarray, vectors: np.ndarray, *, dim: int, model_id: str, kind: str = "auto",
-              nlist: int | None = None, nprobe: int | None = None, log_seq: int = 0, seed: int = 0) -> "VectorIndex":
+    def build(
+        cls,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        *,
+        dim: int,
+        model_id: str,
+        kind: str = "auto",
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        log_seq: int = 0,
+        seed: int = 0,
+    ) -> VectorIndex:
         faiss = _faiss()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -102,8 +113,10 @@ class VectorIndex:
     # -- updates -----------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
-            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.state.dim),
-                                    np.ascontiguousarray(ids, dtype=np.int64))
+            self.index.add_with_ids(
+                np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.state.dim),
+                np.ascontiguousarray(ids, dtype=np.int64),
+            )
         self.state.ntotal = int(self.index.ntotal)
 
     def remove(self, ids) -> None:
@@ -113,7 +126,9 @@ class VectorIndex:
         self.state.ntotal = int(self.index.ntotal)
 
     # -- queries -----------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, allowed_ids=None, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed_ids=None, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, ids)`` of shape (n, k); missing neighbours have id -1. ``allowed_ids`` restricts
         the search to those ids (e.g. one category) inside FAISS, so the top k are all allowed."""
         faiss = _faiss()
@@ -150,7 +165,7 @@ class VectorIndex:
         os.replace(tmp_json, folder / "state.json")
 
     @classmethod
-    def load(cls, folder: Path) -> "VectorIndex | None":
+    def load(cls, folder: Path) -> VectorIndex | None:
         """The saved index, or None when it is missing, torn or unreadable (the caller rebuilds)."""
         faiss = _faiss()
         try:

@@ -31,9 +31,20 @@ def source_images(source: str | Path, split: str = "train", image_column: str = 
     return [str(s.path) for s in dataset.split(split)] + [str(p) for p in dataset.catalog_images.values()]
 
 
-def fit_projection(source: str | Path, out: str | Path, *, run: str | Path | None = None, device: str = "auto",
-                   engine: str = "torch", flip: bool = False, dims: int = 128, whiten: bool = False,
-                   split: str = "train", image_column: str = "image", progress: bool = True):
+def fit_projection(
+    source: str | Path,
+    out: str | Path,
+    *,
+    run: str | Path | None = None,
+    device: str = "auto",
+    engine: str = "torch",
+    flip: bool = False,
+    dims: int = 128,
+    whiten: bool = False,
+    split: str = "train",
+    image_column: str = "image",
+    progress: bool = True,
+):
     """Fit a PCA projection of ``run``'s vectors (None: pretrained Lite0) on ``source``'s images and save
     it to ``out`` (for a catalog's ``projection``); returns ``(projection, embedder)``."""
     from skulens.catalog.embedder import load_embedder
@@ -41,8 +52,9 @@ def fit_projection(source: str | Path, out: str | Path, *, run: str | Path | Non
 
     images = source_images(source, split, image_column)
     embedder = load_embedder(run, device, engine, flip)
-    projection = fit_on_images(embedder, images, dims, whiten, source=f"{source} ({len(images)} images)",
-                               progress=progress)
+    projection = fit_on_images(
+        embedder, images, dims, whiten, source=f"{source} ({len(images)} images)", progress=progress
+    )
     projection.save(out)
     return projection, embedder
 
@@ -57,8 +69,10 @@ def search_queries(source: str | Path, mapping=None, split: str = "test") -> lis
         from skulens.catalog.importers import CsvMapping, read_products_csv
 
         rows, _ = read_products_csv(path, mapping or CsvMapping(), split=split)
-        return [Query(p.images[0], category_leaf=p.category_path[-1] if p.category_path else None,
-                      attributes=p.attributes) for _, p in rows]
+        return [
+            Query(p.images[0], category_leaf=p.category_path[-1] if p.category_path else None, attributes=p.attributes)
+            for _, p in rows
+        ]
     from skulens.data.datasets import load_dataset
 
     return queries_from_dataset(load_dataset(path), split)

@@ -41,8 +41,7 @@ class Projection:
         return int(self.components.shape[1])
 
     @classmethod
-    def fit(cls, vectors: np.ndarray, dims: int, fitted_for: str, whiten: bool = False,
-            source: str = "") -> "Projection":
+    def fit(cls, vectors: np.ndarray, dims: int, fitted_for: str, whiten: bool = False, source: str = "") -> Projection:
         from sklearn.decomposition import PCA
 
         vectors = np.asarray(vectors, np.float32)
@@ -50,14 +49,21 @@ class Projection:
             raise SkulensError("a projection needs at least 2 vectors to fit on")
         limit = min(vectors.shape)
         if not 1 <= dims <= limit:
-            raise SkulensError(f"a projection to {dims} dimensions needs 1 <= dims <= {limit} "
-                               f"({len(vectors)} vectors of dimension {vectors.shape[1]})")
+            raise SkulensError(
+                f"a projection to {dims} dimensions needs 1 <= dims <= {limit} "
+                f"({len(vectors)} vectors of dimension {vectors.shape[1]})"
+            )
         pca = PCA(n_components=dims, whiten=whiten, svd_solver="full").fit(vectors)
         components = pca.components_.T.astype(np.float32)
         if whiten:
             components = components / np.sqrt(pca.explained_variance_).astype(np.float32)[None, :]
-        info = {"dims": dims, "whiten": whiten, "vectors": len(vectors), "source": source,
-                "explained_variance": round(float(pca.explained_variance_ratio_.sum()), 4)}
+        info = {
+            "dims": dims,
+            "whiten": whiten,
+            "vectors": len(vectors),
+            "source": source,
+            "explained_variance": round(float(pca.explained_variance_ratio_.sum()), 4),
+        }
         return cls(pca.mean_.astype(np.float32), components, fitted_for, info)
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
@@ -84,7 +90,7 @@ class Projection:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Projection":
+    def load(cls, path: str | Path) -> Projection:
         from safetensors import safe_open
 
         path = Path(path)
@@ -98,12 +104,24 @@ class Projection:
             raise SkulensError(f"{path}: not a projection file ({exc})") from None
         if mean.ndim != 1 or components.ndim != 2 or components.shape[0] != mean.shape[0] or "fitted_for" not in meta:
             raise SkulensError(f"{path}: not a projection file (expected mean (d,), components (d, k), fitted_for)")
-        return cls(mean.astype(np.float32), components.astype(np.float32), meta["fitted_for"],
-                   json.loads(meta.get("info", "{}")), str(path.resolve()))
+        return cls(
+            mean.astype(np.float32),
+            components.astype(np.float32),
+            meta["fitted_for"],
+            json.loads(meta.get("info", "{}")),
+            str(path.resolve()),
+        )
 
 
-def fit_on_images(embedder, images: list, dims: int, whiten: bool = False, source: str = "",
-                  batch_size: int = 16, progress: bool = True) -> Projection:
+def fit_on_images(
+    embedder,
+    images: list,
+    dims: int,
+    whiten: bool = False,
+    source: str = "",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Projection:
     """Embed ``images`` with ``embedder`` (before any projection it has) and fit a projection on them.
     Unreadable images are skipped; their number is in ``info["skipped"]``."""
     vectors, errors = embedder.embed_many(images, batch_size, projected=False, progress=progress)

@@ -31,8 +31,15 @@ def average_precision(ranked_relevance: list[bool], n_relevant: int) -> float:
     return total / n_relevant
 
 
-def evaluate_search(catalog: Catalog, queries: list[Query], *, ks: tuple[int, ...] = (1, 5, 10),
-                    match_attributes: tuple[str, ...] = (), batch_size: int = 16, progress: bool = True) -> dict:
+def evaluate_search(
+    catalog: Catalog,
+    queries: list[Query],
+    *,
+    ks: tuple[int, ...] = (1, 5, 10),
+    match_attributes: tuple[str, ...] = (),
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
     """Embeds the queries with the catalog's embedder and ranks products for each.
 
     With SKUs: ``recall@k`` (the right product among the first k) and ``mAP`` (one relevant product
@@ -48,7 +55,7 @@ def evaluate_search(catalog: Catalog, queries: list[Query], *, ks: tuple[int, ..
     n_sku, unreadable = 0, 0
     bar = tqdm(total=len(queries), desc="searching", unit="query", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(queries), batch_size):
-        chunk = queries[start:start + batch_size]
+        chunk = queries[start : start + batch_size]
         vectors, errors = embedder.embed_many([q.image for q in chunk], batch_size=batch_size)
         for query, vector, error in zip(chunk, vectors, errors):
             bar.update(1)
@@ -68,8 +75,10 @@ def evaluate_search(catalog: Catalog, queries: list[Query], *, ks: tuple[int, ..
                     same_cat = [bool(h.category_path) and h.category_path[-1] == query.category_leaf for h in top]
                     prec_cat[k].append(float(np.mean(same_cat)) if top else 0.0)
                     if match_attributes:
-                        same = [c and all(h.attributes.get(a) == query.attributes.get(a) for a in match_attributes)
-                                for c, h in zip(same_cat, top)]
+                        same = [
+                            c and all(h.attributes.get(a) == query.attributes.get(a) for a in match_attributes)
+                            for c, h in zip(same_cat, top)
+                        ]
                         prec_attr[k].append(float(np.mean(same)) if top else 0.0)
     bar.close()
     out: dict = {"queries": len(queries), "unreadable": unreadable, "catalog_products": len(catalog)}

@@ -1,9 +1,9 @@
 """``Catalog``: products in a database, their image vectors in a FAISS index, kept in agreement.
 
-    catalog = Catalog.open("shop.db", embedder=load_embedder("runs/search"))
-    catalog.upsert([Product(sku="A1", title="Granny Smith", category_path=["Fruit", "Apple"], images=["a1.jpg"])])
-    catalog.search("photo.jpg", top_k=10)
-    catalog.similar("A1")
+catalog = Catalog.open("shop.db", embedder=load_embedder("runs/search"))
+catalog.upsert([Product(sku="A1", title="Granny Smith", category_path=["Fruit", "Apple"], images=["a1.jpg"])])
+catalog.search("photo.jpg", top_k=10)
+catalog.similar("A1")
 """
 
 from __future__ import annotations
@@ -11,17 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from skulens.catalog.db import (
-    ImageRow, IndexLog, ProductRow, database_url, get_meta, last_log_seq, open_engine, set_meta,
-)
 from skulens.catalog.backends import SearchIndex, open_backend
+from skulens.catalog.db import (
+    ImageRow,
+    IndexLog,
+    ProductRow,
+    database_url,
+    get_meta,
+    last_log_seq,
+    open_engine,
+    set_meta,
+)
 from skulens.catalog.embedder import Embedder
 from skulens.catalog.index import choose_kind
 from skulens.catalog.products import Product, SearchHit, UpsertResult
@@ -47,16 +54,26 @@ def category_key(path: Iterable[str]) -> str:
 
 
 def _content_hash(p: Product, image_hashes: list[str], gallery_hashes: list[str]) -> str:
-    payload = json.dumps({"title": p.title, "path": list(p.category_path), "attributes": p.attributes,
-                          "description": p.description, "images": image_hashes, "gallery": gallery_hashes},
-                         sort_keys=True, ensure_ascii=False)
+    payload = json.dumps(
+        {
+            "title": p.title,
+            "path": list(p.category_path),
+            "attributes": p.attributes,
+            "description": p.description,
+            "images": image_hashes,
+            "gallery": gallery_hashes,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _hit(product: ProductRow, score: float) -> SearchHit:
     first = next((img.uri for img in product.images if img.role == "catalog"), None)
-    return SearchHit(product.sku, product.title, float(score), list(product.category_path), dict(product.attributes),
-                     first)
+    return SearchHit(
+        product.sku, product.title, float(score), list(product.category_path), dict(product.attributes), first
+    )
 
 
 def parse_attribute_filter(pairs: Iterable[str]) -> dict[str, str]:
@@ -74,8 +91,16 @@ def parse_attribute_filter(pairs: Iterable[str]) -> dict[str, str]:
 class Catalog:
     """Products + vectors. Every public method leaves the database and the index in agreement."""
 
-    def __init__(self, db: str | Path, embedder: Embedder | None = None, *, index_dir: str | Path | None = None,
-                 index_kind: str = "auto", index_backend: str | None = None, milvus_uri: str | None = None):
+    def __init__(
+        self,
+        db: str | Path,
+        embedder: Embedder | None = None,
+        *,
+        index_dir: str | Path | None = None,
+        index_kind: str = "auto",
+        index_backend: str | None = None,
+        milvus_uri: str | None = None,
+    ):
         self.url = database_url(db)
         self.engine = open_engine(db)
         self.embedder = embedder
@@ -85,25 +110,43 @@ class Catalog:
             stored = get_meta(session, "embedding_model")
             if embedder is not None:
                 if stored is None:
-                    set_meta(session, "embedding_model", {"id": embedder.model_id, "dim": embedder.dim,
-                                                          "description": embedder.description,
-                                                          "source": embedder.source})
+                    set_meta(
+                        session,
+                        "embedding_model",
+                        {
+                            "id": embedder.model_id,
+                            "dim": embedder.dim,
+                            "description": embedder.description,
+                            "source": embedder.source,
+                        },
+                    )
                 elif stored["id"] != embedder.model_id:
                     raise SkulensError(
                         f"this catalog was indexed with {stored['description']} (model {stored['id']}); "
                         f"{embedder.description} (model {embedder.model_id}) cannot search it: use the same "
-                        f"model, or re-embed with `skulens catalog reindex`")
-        self.model_info = stored or ({"id": embedder.model_id, "dim": embedder.dim, "description": embedder.description}
-                                     if embedder else None)
+                        f"model, or re-embed with `skulens catalog reindex`"
+                    )
+        self.model_info = stored or (
+            {"id": embedder.model_id, "dim": embedder.dim, "description": embedder.description} if embedder else None
+        )
         # FAISS beside this process or a Milvus shared by every server (default: $SKULENS_INDEX_BACKEND,
         # else faiss), so `skulens serve` and every command switch by configuration; see backends.py.
         # The backend sees the catalog as an IndexSource: its database, model, index folder and kind.
         self.backend = open_backend(index_backend, self, milvus_uri)
 
     @classmethod
-    def open(cls, db: str | Path, run: str | Path | Embedder | None = None, *, embedder: Embedder | None = None,
-             device: str = "auto", engine: str = "auto", flip: bool = False, projection: str | Path | None = None,
-             **kwargs) -> "Catalog":
+    def open(
+        cls,
+        db: str | Path,
+        run: str | Path | Embedder | None = None,
+        *,
+        embedder: Embedder | None = None,
+        device: str = "auto",
+        engine: str = "auto",
+        flip: bool = False,
+        projection: str | Path | None = None,
+        **kwargs,
+    ) -> Catalog:
         """Open (or create) the catalog ``db``, a SQLite file or a SQLAlchemy URL. ``run``: a trained run
         folder whose embedding indexes it (as :meth:`open_with_model`), or an Embedder; None: no model,
         for reading, listing and removing (:meth:`open_with_model` with no run searches with the model
@@ -115,9 +158,16 @@ class Catalog:
         return cls(db, embedder, **kwargs)
 
     @classmethod
-    def open_with_model(cls, db: str | Path, run: str | Path | None = None, device: str = "auto",
-                        engine: str = "auto", flip: bool = False, projection: str | Path | None = None,
-                        **kwargs) -> "Catalog":
+    def open_with_model(
+        cls,
+        db: str | Path,
+        run: str | Path | None = None,
+        device: str = "auto",
+        engine: str = "auto",
+        flip: bool = False,
+        projection: str | Path | None = None,
+        **kwargs,
+    ) -> Catalog:
         """Open with ``run``'s embedder, or with the model the catalog recorded (pretrained Lite0 for a
         new catalog without a run). A catalog keeps the engine (PyTorch / ONNX) and the flip averaging
         (``flip``: vectors averaged with the mirror image's) and projection (``projection``: a file from
@@ -132,15 +182,32 @@ class Catalog:
             return cls(db, embedder_from_source(source, device), **kwargs)
         return cls(db, load_embedder(run, device, engine, flip, projection), **kwargs)
 
-    def import_(self, source: str | Path, *, mapping=None, split: str | None = None, gallery_split: str | None = None,
-                on_conflict: str = "error", chunk_size: int = 64, progress: bool = True):
+    def import_(
+        self,
+        source: str | Path,
+        *,
+        mapping=None,
+        split: str | None = None,
+        gallery_split: str | None = None,
+        on_conflict: str = "error",
+        chunk_size: int = 64,
+        progress: bool = True,
+    ):
         """Import a products CSV (``mapping``: a CsvMapping of its columns; ``split``: only the rows whose
         'split' column says so) or a dataset (its catalog images; ``gallery_split``: that split's photos
         as extra search examples), in this process. Idempotent; bad rows are listed in the ImportReport."""
         from skulens.catalog.importers import import_source
 
-        return import_source(self, source, mapping=mapping, split=split, gallery_split=gallery_split,
-                             on_conflict=on_conflict, chunk_size=chunk_size, progress=progress)
+        return import_source(
+            self,
+            source,
+            mapping=mapping,
+            split=split,
+            gallery_split=gallery_split,
+            on_conflict=on_conflict,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
 
     @classmethod
     def import_job(cls, db: str | Path, source: str | Path, *, run: str | Path | None = None, **options):
@@ -156,11 +223,24 @@ class Catalog:
             n_images = int(session.scalar(select(func.count(ImageRow.id))))
             seq = last_log_seq(session)
         state = self.index().state if self.model_info else None
-        return {"database": self.url, "products": len(self), "images": n_images, "log_seq": seq,
-                "embedding_model": self.model_info, "index_backend": self.backend.name,
-                "index_dir": str(self.index_dir) if self.backend.name == "faiss" else None,
-                "index": {"kind": state.kind, "vectors": state.ntotal, "dim": state.dim, "nlist": state.nlist,
-                          "nprobe": state.nprobe} if state else None}
+        return {
+            "database": self.url,
+            "products": len(self),
+            "images": n_images,
+            "log_seq": seq,
+            "embedding_model": self.model_info,
+            "index_backend": self.backend.name,
+            "index_dir": str(self.index_dir) if self.backend.name == "faiss" else None,
+            "index": {
+                "kind": state.kind,
+                "vectors": state.ntotal,
+                "dim": state.dim,
+                "nlist": state.nlist,
+                "nprobe": state.nprobe,
+            }
+            if state
+            else None,
+        }
 
     def reindex(self, embedder: Embedder, batch_size: int = 32, progress: bool = True) -> int:
         """Re-embed every image with another model (e.g. a newly trained run), then rebuild the index."""
@@ -170,7 +250,7 @@ class Catalog:
             images = session.execute(select(ImageRow.id, ImageRow.uri)).all()
         updated = 0
         for start in tqdm(range(0, len(images), batch_size), desc="re-embedding", disable=not progress):
-            chunk = images[start:start + batch_size]
+            chunk = images[start : start + batch_size]
             vectors, errors = embedder.embed_many([uri for _, uri in chunk])
             with Session(self.engine) as session, session.begin():
                 for (image_id, _), vec, err in zip(chunk, vectors, errors):
@@ -178,17 +258,29 @@ class Catalog:
                     row.vector = None if err else vec.astype(np.float32).tobytes()
                     updated += err is None
         with Session(self.engine) as session, session.begin():
-            set_meta(session, "embedding_model", {"id": embedder.model_id, "dim": embedder.dim,
-                                                  "description": embedder.description, "source": embedder.source})
+            set_meta(
+                session,
+                "embedding_model",
+                {
+                    "id": embedder.model_id,
+                    "dim": embedder.dim,
+                    "description": embedder.description,
+                    "source": embedder.source,
+                },
+            )
         self.embedder = embedder
-        self.model_info = {"id": embedder.model_id, "dim": embedder.dim, "description": embedder.description,
-                           "source": embedder.source}
+        self.model_info = {
+            "id": embedder.model_id,
+            "dim": embedder.dim,
+            "description": embedder.description,
+            "source": embedder.source,
+        }
         self.rebuild_index()
         return updated
 
     def _default_index_dir(self) -> Path:
         if self.url.startswith("sqlite:///"):
-            return Path(self.url[len("sqlite:///"):] + ".index")
+            return Path(self.url[len("sqlite:///") :] + ".index")
         digest = hashlib.sha256(self.url.encode()).hexdigest()[:12]
         return Path.home() / ".cache" / "skulens" / f"index-{digest}"
 
@@ -197,7 +289,7 @@ class Catalog:
         self.backend.close()
         self.engine.dispose()
 
-    def __enter__(self) -> "Catalog":
+    def __enter__(self) -> Catalog:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -206,8 +298,9 @@ class Catalog:
     # -- the index: a cache of the database ----------------------------------------------------
     def _require_embedder(self) -> Embedder:
         if self.embedder is None:
-            raise SkulensError("this operation embeds images: open the catalog with a model (--run, or the "
-                               "pretrained default)")
+            raise SkulensError(
+                "this operation embeds images: open the catalog with a model (--run, or the pretrained default)"
+            )
         return self.embedder
 
     def rebuild_index(self, kind: str | None = None, nprobe: int | None = None) -> SearchIndex:
@@ -270,8 +363,16 @@ class Catalog:
         """The items to write: new SKUs, and changed ones when ``on_conflict`` allows."""
         with Session(self.engine) as session:
             skus = [item[1] for item in prepared]
-            existing = {row.sku: row.content_hash for row in session.execute(
-                select(ProductRow.sku, ProductRow.content_hash).where(ProductRow.sku.in_(skus)))} if skus else {}
+            existing = (
+                {
+                    row.sku: row.content_hash
+                    for row in session.execute(
+                        select(ProductRow.sku, ProductRow.content_hash).where(ProductRow.sku.in_(skus))
+                    )
+                }
+                if skus
+                else {}
+            )
         todo = []
         for item in prepared:
             pos, sku, product, hashes, gallery, digest = item
@@ -287,8 +388,9 @@ class Catalog:
                 result.rejected.append((pos, sku, "SKU already in the catalog with different data"))
         return todo
 
-    def _embed_products(self, todo: list[tuple],
-                        result: UpsertResult) -> tuple[list[tuple], dict[int, list[np.ndarray]]]:
+    def _embed_products(
+        self, todo: list[tuple], result: UpsertResult
+    ) -> tuple[list[tuple], dict[int, list[np.ndarray]]]:
         """The items whose images all embedded, and their vectors by position; a product with an
         image that failed goes to ``result.rejected``."""
         vectors: dict[int, list[np.ndarray]] = {}
@@ -301,11 +403,11 @@ class Catalog:
         kept = []
         for item in todo:
             n = len(item[2].images) + len(item[2].gallery_images)
-            errs = [e for e in errors[cursor:cursor + n] if e]
+            errs = [e for e in errors[cursor : cursor + n] if e]
             if errs:
                 result.rejected.append((item[0], item[1], errs[0]))
             else:
-                vectors[item[0]] = list(vecs[cursor:cursor + n])
+                vectors[item[0]] = list(vecs[cursor : cursor + n])
                 kept.append(item)
             cursor += n
         return kept, vectors
@@ -314,9 +416,14 @@ class Catalog:
         """One transaction: the product rows, their images, and the index log entries that bring the
         vector index up to date."""
         with Session(self.engine) as session, session.begin():
-            rows = {row.sku: row for row in session.scalars(
-                select(ProductRow).options(selectinload(ProductRow.images)).where(
-                    ProductRow.sku.in_([item[1] for item in todo])))}
+            rows = {
+                row.sku: row
+                for row in session.scalars(
+                    select(ProductRow)
+                    .options(selectinload(ProductRow.images))
+                    .where(ProductRow.sku.in_([item[1] for item in todo]))
+                )
+            }
             new_images: list[ImageRow] = []
             for pos, sku, product, hashes, gallery, digest in todo:
                 row = rows.get(sku)
@@ -335,8 +442,9 @@ class Catalog:
                 session.add(IndexLog(image_id=image.id, op="add"))
 
     @staticmethod
-    def _fill_product_row(row: ProductRow, product: Product, hashes: list[str], gallery: list[str], digest: str,
-                          vectors: list[np.ndarray]) -> list[ImageRow]:
+    def _fill_product_row(
+        row: ProductRow, product: Product, hashes: list[str], gallery: list[str], digest: str, vectors: list[np.ndarray]
+    ) -> list[ImageRow]:
         """Set a product row's fields and images (catalog photos first, then gallery); the new image rows."""
         row.title, row.description = product.title, product.description
         row.category_path, row.category_key = list(product.category_path), category_key(product.category_path)
@@ -345,8 +453,13 @@ class Catalog:
         uris += [(p, h, "gallery") for p, h in zip(product.gallery_images, gallery)]
         new_images = []
         for position, ((uri, sha, role), vec) in enumerate(zip(uris, vectors)):
-            image = ImageRow(position=position, uri=str(Path(uri).resolve()), sha256=sha, role=role,
-                             vector=np.asarray(vec, np.float32).tobytes())
+            image = ImageRow(
+                position=position,
+                uri=str(Path(uri).resolve()),
+                sha256=sha,
+                role=role,
+                vector=np.asarray(vec, np.float32).tobytes(),
+            )
             row.images.append(image)
             new_images.append(image)
         return new_images
@@ -368,12 +481,20 @@ class Catalog:
     # -- reads ----------------------------------------------------------------------------------
     def get(self, sku: str) -> Product | None:
         with Session(self.engine) as session:
-            row = session.scalar(select(ProductRow).options(selectinload(ProductRow.images)).where(ProductRow.sku == sku))
+            row = session.scalar(
+                select(ProductRow).options(selectinload(ProductRow.images)).where(ProductRow.sku == sku)
+            )
             if row is None:
                 return None
-            return Product(row.sku, row.title, list(row.category_path), dict(row.attributes), row.description,
-                           [i.uri for i in row.images if i.role == "catalog"],
-                           [i.uri for i in row.images if i.role == "gallery"])
+            return Product(
+                row.sku,
+                row.title,
+                list(row.category_path),
+                dict(row.attributes),
+                row.description,
+                [i.uri for i in row.images if i.role == "catalog"],
+                [i.uri for i in row.images if i.role == "gallery"],
+            )
 
     def __len__(self) -> int:
         with Session(self.engine) as session:
@@ -405,14 +526,19 @@ class Catalog:
 
     def stored_vectors(self, sku: str) -> np.ndarray:
         with Session(self.engine) as session:
-            blobs = session.scalars(select(ImageRow.vector).join(ProductRow).where(
-                ProductRow.sku == sku, ImageRow.vector.is_not(None)).order_by(ImageRow.position)).all()
+            blobs = session.scalars(
+                select(ImageRow.vector)
+                .join(ProductRow)
+                .where(ProductRow.sku == sku, ImageRow.vector.is_not(None))
+                .order_by(ImageRow.position)
+            ).all()
         if not blobs:
             raise SkulensError(f"unknown SKU {sku!r}")
         return np.stack([np.frombuffer(b, np.float32) for b in blobs])
 
-    def _allowed_ids(self, category: Iterable[str] | None,
-                     attributes: Mapping[str, str] | None = None) -> list[int] | None:
+    def _allowed_ids(
+        self, category: Iterable[str] | None, attributes: Mapping[str, str] | None = None
+    ) -> list[int] | None:
         """Image ids the filters let through (None: no filter). Attribute values match exactly, in the
         database (JSON lookups in SQLite and PostgreSQL alike), so a filter costs one indexed query."""
         if not category and not attributes:
@@ -425,14 +551,18 @@ class Catalog:
         with Session(self.engine) as session:
             return list(session.scalars(query))
 
-    def _rank(self, scores: np.ndarray, ids: np.ndarray, top_k: int, exclude: set[int] = frozenset()) -> list[SearchHit]:
+    def _rank(
+        self, scores: np.ndarray, ids: np.ndarray, top_k: int, exclude: set[int] = frozenset()
+    ) -> list[SearchHit]:
         """Image hits -> products, each scored by its best image."""
         best: dict[int, float] = {}
         image_ids = [int(i) for i in ids if i >= 0]
         if not image_ids:
             return []
         with Session(self.engine) as session:
-            owner = dict(session.execute(select(ImageRow.id, ImageRow.product_id).where(ImageRow.id.in_(image_ids))).all())
+            owner = dict(
+                session.execute(select(ImageRow.id, ImageRow.product_id).where(ImageRow.id.in_(image_ids))).all()
+            )
             for score, image_id in zip(scores, ids):
                 pid = owner.get(int(image_id))
                 if pid is None or pid in exclude:
@@ -440,13 +570,25 @@ class Catalog:
                 if score > best.get(pid, -np.inf):
                     best[pid] = float(score)
             chosen = sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
-            rows = {r.id: r for r in session.scalars(select(ProductRow).options(selectinload(ProductRow.images))
-                                                     .where(ProductRow.id.in_([c[0] for c in chosen])))}
+            rows = {
+                r.id: r
+                for r in session.scalars(
+                    select(ProductRow)
+                    .options(selectinload(ProductRow.images))
+                    .where(ProductRow.id.in_([c[0] for c in chosen]))
+                )
+            }
             return [_hit(rows[pid], score) for pid, score in chosen if pid in rows]
 
-    def search_vectors(self, queries: np.ndarray, top_k: int = 10, category: Iterable[str] | None = None,
-                       exclude: set[int] = frozenset(), fetch: int | None = None,
-                       attributes: Mapping[str, str] | None = None) -> list[SearchHit]:
+    def search_vectors(
+        self,
+        queries: np.ndarray,
+        top_k: int = 10,
+        category: Iterable[str] | None = None,
+        exclude: set[int] = frozenset(),
+        fetch: int | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> list[SearchHit]:
         """Products nearest to one or more query vectors (several vectors: best score over them),
         optionally only those under ``category`` and with every ``attributes`` value (e.g. colour=Blue)."""
         index = self.index()
@@ -456,22 +598,30 @@ class Catalog:
         scores, ids = index.search(np.atleast_2d(queries), k, allowed)
         return self._rank(scores.ravel(), ids.ravel(), top_k, exclude)
 
-    def search(self, image: ImageSource, top_k: int = 10, category: Iterable[str] | None = None,
-               attributes: Mapping[str, str] | None = None) -> list[SearchHit]:
+    def search(
+        self,
+        image: ImageSource,
+        top_k: int = 10,
+        category: Iterable[str] | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> list[SearchHit]:
         """Products that look like ``image`` (a path, bytes, file object or PIL image); ``category`` and
         ``attributes`` filter as in :meth:`search_vectors`."""
         vector = self._require_embedder().embed([image])
         return self.search_vectors(vector, top_k, category, attributes=attributes)
 
-    def similar(self, sku: str, top_k: int = 10, same_category: bool = False, duplicate_threshold: float = 0.995) -> list[SearchHit]:
+    def similar(
+        self, sku: str, top_k: int = 10, same_category: bool = False, duplicate_threshold: float = 0.995
+    ) -> list[SearchHit]:
         """Products like ``sku``, without the product itself and without near-identical copies
         (cosine >= ``duplicate_threshold`` to the product or to a product already listed)."""
         vectors = self.stored_vectors(sku)
         with Session(self.engine) as session:
             row = session.scalar(select(ProductRow).where(ProductRow.sku == sku))
             pid, path = row.id, list(row.category_path)
-        candidates = self.search_vectors(vectors, top_k=top_k * 3 + 10, category=path if same_category else None,
-                                         exclude={pid})
+        candidates = self.search_vectors(
+            vectors, top_k=top_k * 3 + 10, category=path if same_category else None, exclude={pid}
+        )
         kept: list[SearchHit] = []
         kept_vectors: list[np.ndarray] = [vectors]
         for hit in candidates:

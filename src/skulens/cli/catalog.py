@@ -13,25 +13,45 @@ RUN_HELP = "trained run whose embedding indexes the catalog (default: the catalo
 
 
 def _db_args(p) -> None:
-    p.add_argument("--db", required=True, help="catalog database: a SQLite file path or a SQLAlchemy URL "
-                                                "(postgresql://...)")
+    p.add_argument(
+        "--db", required=True, help="catalog database: a SQLite file path or a SQLAlchemy URL (postgresql://...)"
+    )
     p.add_argument("--run", default=None, help=RUN_HELP)
     p.add_argument("--index-dir", default=None, help="where the vector index lives (default: beside a SQLite file)")
-    p.add_argument("--index-kind", default="auto", choices=["auto", "flat", "ivf"],
-                   help="exact (flat) or approximate (ivf) search; auto switches to ivf for large catalogs")
-    p.add_argument("--index-backend", default=None, choices=["faiss", "milvus"],
-                   help="faiss: an index file beside this process; milvus: a Milvus shared by every server "
-                        "(--milvus-uri). Default: $SKULENS_INDEX_BACKEND, else faiss")
-    p.add_argument("--milvus-uri", default=None, help="Milvus server or cluster (http://host:19530), or a local "
-                                                      "milvus-lite path ending in .db; default: $SKULENS_MILVUS_URI. "
-                                                      "A token is read from $SKULENS_MILVUS_TOKEN")
+    p.add_argument(
+        "--index-kind",
+        default="auto",
+        choices=["auto", "flat", "ivf"],
+        help="exact (flat) or approximate (ivf) search; auto switches to ivf for large catalogs",
+    )
+    p.add_argument(
+        "--index-backend",
+        default=None,
+        choices=["faiss", "milvus"],
+        help="faiss: an index file beside this process; milvus: a Milvus shared by every server "
+        "(--milvus-uri). Default: $SKULENS_INDEX_BACKEND, else faiss",
+    )
+    p.add_argument(
+        "--milvus-uri",
+        default=None,
+        help="Milvus server or cluster (http://host:19530), or a local "
+        "milvus-lite path ending in .db; default: $SKULENS_MILVUS_URI. "
+        "A token is read from $SKULENS_MILVUS_TOKEN",
+    )
     add_device(p)
     add_engine(p, help="embedding engine for a new catalog: auto uses the run's ONNX export on a CPU when present")
-    p.add_argument("--flip", action="store_true",
-                   help="new catalog: average each vector with its mirror image's (twice the embedding time, "
-                        "steadier vectors; BENCHMARKS.md)")
-    p.add_argument("--projection", default=None, metavar="FILE",
-                   help="new catalog: project every vector with this file (`skulens catalog fit-projection`)")
+    p.add_argument(
+        "--flip",
+        action="store_true",
+        help="new catalog: average each vector with its mirror image's (twice the embedding time, "
+        "steadier vectors; BENCHMARKS.md)",
+    )
+    p.add_argument(
+        "--projection",
+        default=None,
+        metavar="FILE",
+        help="new catalog: project every vector with this file (`skulens catalog fit-projection`)",
+    )
 
 
 def _csv_args(p) -> None:
@@ -40,10 +60,16 @@ def _csv_args(p) -> None:
     g.add_argument("--image-column", default="image", help="(default: image)")
     g.add_argument("--title-column", default=None, help="default: title")
     g.add_argument("--description-column", default=None, help="default: description")
-    g.add_argument("--tree-columns", default="", help="category columns from the top down, e.g. "
-                                                      "master_category,sub_category,article_type")
-    g.add_argument("--attribute-columns", default=None,
-                   help="comma-separated attribute columns (default: every other column except split)")
+    g.add_argument(
+        "--tree-columns",
+        default="",
+        help="category columns from the top down, e.g. master_category,sub_category,article_type",
+    )
+    g.add_argument(
+        "--attribute-columns",
+        default=None,
+        help="comma-separated attribute columns (default: every other column except split)",
+    )
     g.add_argument("--split", default=None, help="only rows whose 'split' column has this value")
 
 
@@ -57,15 +83,25 @@ def add_parsers(sub) -> None:
 
 
 def _import_parser(csub) -> None:
-    imp = csub.add_parser("import", help="import products from a CSV or a dataset folder (idempotent; several "
-                                         "processes: torchrun --nproc_per_node=N -m skulens catalog import ...)")
+    imp = csub.add_parser(
+        "import",
+        help="import products from a CSV or a dataset folder (idempotent; several "
+        "processes: torchrun --nproc_per_node=N -m skulens catalog import ...)",
+    )
     imp.add_argument("source", help="products CSV, or a dataset (Grocery Store: its catalog of iconic images)")
     _db_args(imp)
     _csv_args(imp)
-    imp.add_argument("--gallery-split", default=None,
-                     help="dataset sources: also index this split's labelled photos as search examples")
-    imp.add_argument("--on-conflict", default="error", choices=["error", "update", "skip"],
-                     help="a SKU already in the catalog with different data: reject the row (default), update, skip")
+    imp.add_argument(
+        "--gallery-split",
+        default=None,
+        help="dataset sources: also index this split's labelled photos as search examples",
+    )
+    imp.add_argument(
+        "--on-conflict",
+        default="error",
+        choices=["error", "update", "skip"],
+        help="a SKU already in the catalog with different data: reject the row (default), update, skip",
+    )
     imp.add_argument("--chunk-size", type=int, default=64, help="products per transaction (default 64)")
     add_json(imp, "print the import report as JSON")
     add_no_progress(imp)
@@ -73,9 +109,12 @@ def _import_parser(csub) -> None:
 
 
 def _fit_projection_parser(csub) -> None:
-    fp = csub.add_parser("fit-projection", help="fit a PCA projection of the run's vectors on labelled images, "
-                                                "for --projection (smaller index; BENCHMARKS.md for what it does "
-                                                "to recall)")
+    fp = csub.add_parser(
+        "fit-projection",
+        help="fit a PCA projection of the run's vectors on labelled images, "
+        "for --projection (smaller index; BENCHMARKS.md for what it does "
+        "to recall)",
+    )
     fp.add_argument("source", help="a dataset (its --split photos and catalog images) or a products CSV (its images)")
     fp.add_argument("--run", default=None, help="trained run (default: pretrained Lite0 features)")
     add_device(fp)
@@ -83,8 +122,11 @@ def _fit_projection_parser(csub) -> None:
     fp.add_argument("--flip", action="store_true", help="fit on flip-averaged vectors (for a --flip catalog)")
     fp.add_argument("--dims", type=int, default=128, help="output dimension (default 128)")
     fp.add_argument("--whiten", action="store_true", help="scale every axis to unit variance")
-    fp.add_argument("--split", default="train", help="the split to fit on (default train; a CSV without a split "
-                                                      "column is used whole)")
+    fp.add_argument(
+        "--split",
+        default="train",
+        help="the split to fit on (default train; a CSV without a split column is used whole)",
+    )
     fp.add_argument("--image-column", default="image", help="CSV sources: the image column")
     fp.add_argument("--out", required=True, help="the projection file to write (.safetensors)")
     add_no_progress(fp)
@@ -119,8 +161,13 @@ def _search_parsers(sub) -> None:
     _db_args(se)
     se.add_argument("--top-k", type=int, default=10, help="(default: 10)")
     se.add_argument("--category", default=None, help="only products under this category path, e.g. 'Fruit > Apple'")
-    se.add_argument("--attribute", action="append", default=[], metavar="NAME=VALUE",
-                    help="only products with this attribute value, e.g. colour=Blue (repeatable: all must match)")
+    se.add_argument(
+        "--attribute",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="only products with this attribute value, e.g. colour=Blue (repeatable: all must match)",
+    )
     add_json(se)
     se.set_defaults(handler=cmd_search)
     si = sub.add_parser("similar", help="products similar to a product (itself and near-duplicates left out)")
@@ -135,8 +182,11 @@ def _search_parsers(sub) -> None:
     _db_args(ev)
     _csv_args(ev)
     ev.add_argument("--query-split", default="test", help="(default: test)")
-    ev.add_argument("--match-attributes", default="", help="CSV sources: also report precision@k for category + "
-                                                           "these attributes, e.g. colour")
+    ev.add_argument(
+        "--match-attributes",
+        default="",
+        help="CSV sources: also report precision@k for category + these attributes, e.g. colour",
+    )
     ev.add_argument("--out", default=None, help="write the metrics JSON here")
     add_no_progress(ev)
     ev.set_defaults(handler=cmd_evaluate_search)
@@ -156,8 +206,12 @@ def _category(text: str | None) -> list[str] | None:
 
 
 def _index_options(args) -> dict:
-    return {"index_dir": args.index_dir, "index_kind": args.index_kind, "index_backend": args.index_backend,
-            "milvus_uri": args.milvus_uri}
+    return {
+        "index_dir": args.index_dir,
+        "index_kind": args.index_kind,
+        "index_backend": args.index_backend,
+        "milvus_uri": args.milvus_uri,
+    }
 
 
 def _open(args, model: bool = True):
@@ -167,18 +221,24 @@ def _open(args, model: bool = True):
 
     if not model:
         return Catalog.open(args.db, **_index_options(args))
-    return Catalog.open_with_model(args.db, args.run, args.device, args.engine, args.flip,
-                                   projection=args.projection, **_index_options(args))
+    return Catalog.open_with_model(
+        args.db, args.run, args.device, args.engine, args.flip, projection=args.projection, **_index_options(args)
+    )
 
 
 def _mapping(args):
     from skulens.catalog import CsvMapping
 
-    return CsvMapping(sku=args.sku_column, image=args.image_column, title=args.title_column,
-                      description=args.description_column,
-                      tree=[c.strip() for c in args.tree_columns.split(",") if c.strip()],
-                      attributes=[c.strip() for c in args.attribute_columns.split(",") if c.strip()]
-                      if args.attribute_columns is not None else None)
+    return CsvMapping(
+        sku=args.sku_column,
+        image=args.image_column,
+        title=args.title_column,
+        description=args.description_column,
+        tree=[c.strip() for c in args.tree_columns.split(",") if c.strip()],
+        attributes=[c.strip() for c in args.attribute_columns.split(",") if c.strip()]
+        if args.attribute_columns is not None
+        else None,
+    )
 
 
 def _print_hits(hits, header: str | None = None) -> None:
@@ -195,10 +255,22 @@ def cmd_catalog_import(args) -> int:
     from skulens.catalog import Catalog
     from skulens.training.distributed import is_main
 
-    report = Catalog.import_job(args.db, args.source, run=args.run, device=args.device, engine=args.engine,
-                                flip=args.flip, projection=args.projection, mapping=_mapping(args), split=args.split,
-                                gallery_split=args.gallery_split, on_conflict=args.on_conflict,
-                                chunk_size=args.chunk_size, progress=not args.no_progress, **_index_options(args))
+    report = Catalog.import_job(
+        args.db,
+        args.source,
+        run=args.run,
+        device=args.device,
+        engine=args.engine,
+        flip=args.flip,
+        projection=args.projection,
+        mapping=_mapping(args),
+        split=args.split,
+        gallery_split=args.gallery_split,
+        on_conflict=args.on_conflict,
+        chunk_size=args.chunk_size,
+        progress=not args.no_progress,
+        **_index_options(args),
+    )
     code = EXIT_PARTIAL if report.rejected else EXIT_OK
     if not is_main():  # under torchrun, rank 0 reports for the job
         return code
@@ -207,22 +279,35 @@ def cmd_catalog_import(args) -> int:
         return code
     for row, sku, why in report.rejected:
         print(f"skulens: row {row}{f' ({sku})' if sku else ''}: {why}", file=sys.stderr)
-    print(f"imported {report.added} new, {report.updated} updated, {report.unchanged} unchanged "
-          f"product(s) ({report.images} images) in {report.seconds:.1f} s; {len(report.rejected)} rejected")
+    print(
+        f"imported {report.added} new, {report.updated} updated, {report.unchanged} unchanged "
+        f"product(s) ({report.images} images) in {report.seconds:.1f} s; {len(report.rejected)} rejected"
+    )
     return code
 
 
 def cmd_catalog_fit_projection(args) -> int:
     from skulens.catalog.operations import fit_projection
 
-    projection, embedder = fit_projection(args.source, args.out, run=args.run, device=args.device,
-                                          engine=args.engine, flip=args.flip, dims=args.dims, whiten=args.whiten,
-                                          split=args.split, image_column=args.image_column,
-                                          progress=not args.no_progress)
+    projection, embedder = fit_projection(
+        args.source,
+        args.out,
+        run=args.run,
+        device=args.device,
+        engine=args.engine,
+        flip=args.flip,
+        dims=args.dims,
+        whiten=args.whiten,
+        split=args.split,
+        image_column=args.image_column,
+        progress=not args.no_progress,
+    )
     info = projection.info
-    print(f"projection {embedder.dim} -> {projection.dim} dimensions fitted on {info['vectors']} vectors of "
-          f"{embedder.description} ({info['skipped']} unreadable skipped; {info['explained_variance']:.1%} of the "
-          f"variance kept): {args.out}")
+    print(
+        f"projection {embedder.dim} -> {projection.dim} dimensions fitted on {info['vectors']} vectors of "
+        f"{embedder.description} ({info['skipped']} unreadable skipped; {info['explained_variance']:.1%} of the "
+        f"variance kept): {args.out}"
+    )
     return EXIT_OK
 
 

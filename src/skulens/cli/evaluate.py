@@ -6,8 +6,18 @@ import sys
 from pathlib import Path
 
 from skulens.cli.options import (
-    EXIT_OK, EXIT_PARTIAL, add_csv_columns, add_device, add_engine, add_json, add_no_progress, add_seed, comma_ints,
-    error, print_json, run_dataset,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    add_csv_columns,
+    add_device,
+    add_engine,
+    add_json,
+    add_no_progress,
+    add_seed,
+    comma_ints,
+    error,
+    print_json,
+    run_dataset,
 )
 from skulens.errors import SkulensError
 
@@ -31,10 +41,18 @@ def _evaluate_parser(sub) -> None:
     ev.add_argument("--split", default="test", help="the split to score (default: test)")
     ev.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     ev.add_argument("--img-size", type=int, default=None, help="input size (default: the run's)")
-    ev.add_argument("--choose-sizes", type=comma_ints, default=None, metavar="A,B",
-                    help="choose the input size among these on the val split, then score --split once")
-    ev.add_argument("--choose-flip", action="store_true",
-                    help="choose on the val split whether flip TTA helps, then score --split once")
+    ev.add_argument(
+        "--choose-sizes",
+        type=comma_ints,
+        default=None,
+        metavar="A,B",
+        help="choose the input size among these on the val split, then score --split once",
+    )
+    ev.add_argument(
+        "--choose-flip",
+        action="store_true",
+        help="choose on the val split whether flip TTA helps, then score --split once",
+    )
     add_device(ev)
     add_engine(ev)
     ev.add_argument("--out", default=None, help="report folder (default: RUN/eval-SPLIT)")
@@ -62,8 +80,13 @@ def _explain_parser(sub) -> None:
     xp.add_argument("image", help="the photo to explain")
     xp.add_argument("--out", default=None, help="write the Grad-CAM heat map over the photo here (.png/.jpg)")
     xp.add_argument("--feature-maps", default=None, metavar="FILE", help="write the first layers' feature maps here")
-    xp.add_argument("--class", dest="class_name", default=None, metavar="CLASS",
-                    help="explain this class (label or index) instead of the top prediction")
+    xp.add_argument(
+        "--class",
+        dest="class_name",
+        default=None,
+        metavar="CLASS",
+        help="explain this class (label or index) instead of the top prediction",
+    )
     xp.add_argument("--layers", type=int, default=2, help="how many first layers --feature-maps shows (default: 2)")
     add_device(xp, default="cpu")
     add_json(xp, "print the answer as JSON")
@@ -75,12 +98,20 @@ def _export_parser(sub) -> None:
     ex.add_argument("run", help=RUN_HELP)
     ex.add_argument("--format", default="onnx", choices=["onnx"], help="(default: onnx)")
     ex.add_argument("--int8", action="store_true", help="also write a static-quantized INT8 model")
-    ex.add_argument("--calibration", metavar="DATASET", default=None,
-                    help="dataset for calibration (train split) and checks (val split); default: the run's own")
+    ex.add_argument(
+        "--calibration",
+        metavar="DATASET",
+        default=None,
+        help="dataset for calibration (train split) and checks (val split); default: the run's own",
+    )
     ex.add_argument("--calibration-images", type=int, default=300, help="(default: 300)")
     ex.add_argument("--check-images", type=int, default=500, help="(default: 500)")
-    ex.add_argument("--calibration-method", default="minmax", choices=["minmax", "percentile", "entropy"],
-                    help="how INT8 activation ranges are set (percentile clips rare outliers; default: minmax)")
+    ex.add_argument(
+        "--calibration-method",
+        default="minmax",
+        choices=["minmax", "percentile", "entropy"],
+        help="how INT8 activation ranges are set (percentile clips rare outliers; default: minmax)",
+    )
     ex.add_argument("--max-top1-drop", type=float, default=1.0, help="INT8 tolerance in top-1 points (default: 1.0)")
     add_json(ex)
     _run_dataset_options(ex)
@@ -92,11 +123,19 @@ def _calibrate_parser(sub) -> None:
     ca.add_argument("run", help=RUN_HELP)
     ca.add_argument("dataset", nargs="?", default=None, help="default: the dataset the run was trained on")
     ca.add_argument("--split", default="val", help="held-out split to calibrate on (default: val)")
-    ca.add_argument("--target-precision", type=float, default=0.95,
-                    help="share of the answers at each tree level that must be right (default: 0.95)")
-    ca.add_argument("--unknown-reject-rate", type=float, default=None,
-                    help="set the 'unknown' threshold so this share of validation photos gets it (e.g. 0.02) "
-                         "instead of from the target precision")
+    ca.add_argument(
+        "--target-precision",
+        type=float,
+        default=0.95,
+        help="share of the answers at each tree level that must be right (default: 0.95)",
+    )
+    ca.add_argument(
+        "--unknown-reject-rate",
+        type=float,
+        default=None,
+        help="set the 'unknown' threshold so this share of validation photos gets it (e.g. 0.02) "
+        "instead of from the target precision",
+    )
     ca.add_argument("--tta", action="store_true", help="calibrate with flip test-time augmentation")
     add_device(ca)
     add_engine(ca)
@@ -110,10 +149,18 @@ def cmd_evaluate(args) -> int:
     from skulens.api import Run
 
     run = Run(args.run)
-    m = run.evaluate(run_dataset(run, args, args.dataset), args.split, tta=args.tta, img_size=args.img_size,
-                     engine=args.engine, device=args.device, out=args.out,
-                     progress=not args.no_progress and not args.json, choose_sizes=args.choose_sizes,
-                     choose_flip=args.choose_flip)
+    m = run.evaluate(
+        run_dataset(run, args, args.dataset),
+        args.split,
+        tta=args.tta,
+        img_size=args.img_size,
+        engine=args.engine,
+        device=args.device,
+        out=args.out,
+        progress=not args.no_progress and not args.json,
+        choose_sizes=args.choose_sizes,
+        choose_flip=args.choose_flip,
+    )
     if args.json:
         print_json({k: v for k, v in m.items() if k != "confusion_matrix"})
     else:
@@ -122,12 +169,16 @@ def cmd_evaluate(args) -> int:
 
 
 def _print_metrics(m: dict, split: str) -> None:
-    print(f"{split} ({m['engine']}): {m['n_images']} images, top-1 {100 * m['top1']:.2f}%, "
-          f"top-5 {100 * m['top5']:.2f}%, macro F1 {100 * m['macro_f1']:.2f}%")
+    print(
+        f"{split} ({m['engine']}): {m['n_images']} images, top-1 {100 * m['top1']:.2f}%, "
+        f"top-5 {100 * m['top5']:.2f}%, macro F1 {100 * m['macro_f1']:.2f}%"
+    )
     if m.get("chosen_on_val"):
         chosen = m["chosen_on_val"]
-        print(f"  chosen on the val split ({chosen['n_val_images']} images): {chosen['img_size']} px, "
-              f"{'flip TTA' if chosen['tta_hflip'] else 'no flip TTA'}")
+        print(
+            f"  chosen on the val split ({chosen['n_val_images']} images): {chosen['img_size']} px, "
+            f"{'flip TTA' if chosen['tta_hflip'] else 'no flip TTA'}"
+        )
     for level in m.get("levels", []):
         print(f"  {level['level']}: {100 * level['accuracy']:.2f}% ({level['n_nodes']} nodes)")
     for name, a in m.get("attributes", {}).items():
@@ -142,8 +193,9 @@ def cmd_predict(args) -> int:
     from skulens.api import Run
 
     answered, failed, records = 0, False, []
-    for path, pred, problem in Run(args.run).predict_files(args.images, top_k=args.top_k, engine=args.engine,
-                                                            device=args.device, tta=args.tta):
+    for path, pred, problem in Run(args.run).predict_files(
+        args.images, top_k=args.top_k, engine=args.engine, device=args.device, tta=args.tta
+    ):
         if problem:
             failed = True
             error(problem)
@@ -170,8 +222,14 @@ def cmd_explain(args) -> int:
 
     if not args.out and not args.feature_maps:
         raise SkulensError("nothing to write: pass --out HEAT.png (Grad-CAM) and/or --feature-maps MAPS.png")
-    record = Run(args.run).explain(args.image, out=args.out, feature_maps=args.feature_maps,
-                                   class_name=args.class_name, layers=args.layers, device=args.device)
+    record = Run(args.run).explain(
+        args.image,
+        out=args.out,
+        feature_maps=args.feature_maps,
+        class_name=args.class_name,
+        layers=args.layers,
+        device=args.device,
+    )
     if args.json:
         print_json(record)
         return EXIT_OK
@@ -188,19 +246,28 @@ def cmd_export(args) -> int:
 
     run = Run(args.run)
     dataset = run_dataset(run, args, args.calibration, required=False)
-    report = run.export(args.int8, dataset, calibration_images=args.calibration_images,
-                        check_images=args.check_images, max_top1_drop=args.max_top1_drop,
-                        calibration_method=args.calibration_method)
+    report = run.export(
+        args.int8,
+        dataset,
+        calibration_images=args.calibration_images,
+        check_images=args.check_images,
+        max_top1_drop=args.max_top1_drop,
+        calibration_method=args.calibration_method,
+    )
     if args.json:
         print_json(report.to_dict())
         return EXIT_OK
     for check in report.checks:
         accuracy = ""
         if check.torch_top1 is not None:
-            accuracy = (f", top-1 {100 * check.onnx_top1:.2f}% vs PyTorch {100 * check.torch_top1:.2f}% "
-                        f"({check.top1_change_points:+.2f} points)")
-        print(f"{Path(args.run) / check.file}: {check.size_bytes / 1e6:.1f} MB, top-1 agreement with PyTorch "
-              f"{100 * check.top1_agreement:.1f}% on {check.n_images} images{accuracy}")
+            accuracy = (
+                f", top-1 {100 * check.onnx_top1:.2f}% vs PyTorch {100 * check.torch_top1:.2f}% "
+                f"({check.top1_change_points:+.2f} points)"
+            )
+        print(
+            f"{Path(args.run) / check.file}: {check.size_bytes / 1e6:.1f} MB, top-1 agreement with PyTorch "
+            f"{100 * check.top1_agreement:.1f}% on {check.n_images} images{accuracy}"
+        )
     if dataset is None:
         print("checked on random inputs only: pass --calibration DATASET to check on real images")
     return EXIT_OK
@@ -210,9 +277,16 @@ def cmd_calibrate(args) -> int:
     from skulens.api import Run
 
     run = Run(args.run)
-    record = run.calibrate(run_dataset(run, args, args.dataset), args.split, target_precision=args.target_precision,
-                           unknown_reject_rate=args.unknown_reject_rate, tta=args.tta, engine=args.engine,
-                           device=args.device, progress=not args.no_progress and not args.json)
+    record = run.calibrate(
+        run_dataset(run, args, args.dataset),
+        args.split,
+        target_precision=args.target_precision,
+        unknown_reject_rate=args.unknown_reject_rate,
+        tta=args.tta,
+        engine=args.engine,
+        device=args.device,
+        progress=not args.no_progress and not args.json,
+    )
     if args.json:
         print_json(record)
     else:
@@ -221,17 +295,24 @@ def cmd_calibrate(args) -> int:
 
 
 def _print_calibration(record: dict, split: str, target: float) -> None:
-    print(f"calibrated on {record['n_images']} {split} images for {100 * target:g}% precision "
-          f"per level: {record['path']}")
+    print(
+        f"calibrated on {record['n_images']} {split} images for {100 * target:g}% precision per level: {record['path']}"
+    )
     for level in record["levels"]:
         if level["threshold"] is None:
             print(f"  {level['level']}: never answered ({100 * target:g}% not reached)")
             continue
         right = "-" if level["precision"] is None else f"{100 * level['precision']:.1f}%"
-        print(f"  {level['level']}: answered at confidence >= {level['threshold']:.3f}; "
-              f"{100 * level['answered']:.1f}% of photos answered here, {right} of them right")
-    print(f"  unknown: {100 * record['unknown']['rate']:.1f}% of photos; overall {100 * record['coverage']:.1f}% "
-          f"answered, {100 * record['accuracy']:.1f}% right")
+        print(
+            f"  {level['level']}: answered at confidence >= {level['threshold']:.3f}; "
+            f"{100 * level['answered']:.1f}% of photos answered here, {right} of them right"
+        )
+    print(
+        f"  unknown: {100 * record['unknown']['rate']:.1f}% of photos; overall {100 * record['coverage']:.1f}% "
+        f"answered, {100 * record['accuracy']:.1f}% right"
+    )
     if record["n_images"] < 200:
-        print(f"note: thresholds from {record['n_images']} images are rough; a larger {split} split "
-              "gives steadier ones", file=sys.stderr)
+        print(
+            f"note: thresholds from {record['n_images']} images are rough; a larger {split} split gives steadier ones",
+            file=sys.stderr,
+        )

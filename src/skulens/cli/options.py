@@ -15,8 +15,14 @@ ENGINES = ("auto", "torch", "onnx")
 ENGINE_HELP = "auto: ONNX Runtime on a CPU when the run has an up-to-date export, else PyTorch"
 # The [data] keys' flags; --attribute-columns and --tag-columns keep dest names of their own, so they
 # never mix with `skulens report`'s --attribute-columns.
-COLUMN_DESTS = {"image_column": "image_column", "label": "label", "split_column": "split_column",
-                "tree_columns": "tree_columns", "attribute_columns": "head_attributes", "tag_columns": "head_tags"}
+COLUMN_DESTS = {
+    "image_column": "image_column",
+    "label": "label",
+    "split_column": "split_column",
+    "tree_columns": "tree_columns",
+    "attribute_columns": "head_attributes",
+    "tag_columns": "head_tags",
+}
 HEADS = ("attribute_columns", "tag_columns")
 
 
@@ -94,8 +100,13 @@ def add_csv_columns(p, *, heads: bool = False, defaults: str = "values") -> None
         elif defaults == "recipe":
             shown = f"recipe: {setting.key}; {shown}"
         kind = {"type": comma_list, "metavar": "A,B"} if setting.kind == "list[str]" else {"metavar": "NAME"}
-        g.add_argument("--" + setting.name.replace("_", "-"), dest=COLUMN_DESTS[setting.name], default=default,
-                       help=f"{setting.help} ({shown})", **kind)
+        g.add_argument(
+            "--" + setting.name.replace("_", "-"),
+            dest=COLUMN_DESTS[setting.name],
+            default=default,
+            help=f"{setting.help} ({shown})",
+            **kind,
+        )
 
 
 def columns_given(args) -> dict:

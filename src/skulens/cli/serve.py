@@ -12,17 +12,28 @@ from skulens.errors import SkulensError
 
 
 def add_parsers(sub) -> None:
-    sv = sub.add_parser("serve", help="HTTP API + web page (FastAPI + uvicorn); without RUN, the built-in demo",
-                        description="Serve a run over HTTP: POST /v1/recognize, the web page at /, docs at /docs. "
-                                    "Without arguments: the demo model and the demo product catalog.")
-    sv.add_argument("run", nargs="?", default=None, help="run folder to serve (default: the demo model shipped with skulens)")
-    sv.add_argument("--catalog", default=None, metavar="DB",
-                    help="product catalog to search (a SQLite file or a SQLAlchemy URL; made empty when it does not "
-                         "exist); searched with the model it was indexed with. Default without RUN: the demo catalog")
+    sv = sub.add_parser(
+        "serve",
+        help="HTTP API + web page (FastAPI + uvicorn); without RUN, the built-in demo",
+        description="Serve a run over HTTP: POST /v1/recognize, the web page at /, docs at /docs. "
+        "Without arguments: the demo model and the demo product catalog.",
+    )
+    sv.add_argument(
+        "run", nargs="?", default=None, help="run folder to serve (default: the demo model shipped with skulens)"
+    )
+    sv.add_argument(
+        "--catalog",
+        default=None,
+        metavar="DB",
+        help="product catalog to search (a SQLite file or a SQLAlchemy URL; made empty when it does not "
+        "exist); searched with the model it was indexed with. Default without RUN: the demo catalog",
+    )
     sv.add_argument("--no-catalog", action="store_true", help="no product catalog, not even the demo one")
-    sv.add_argument("--media-dir", default=None,
-                    help="where photos of products added through the API are stored (default: DB.media/ beside a "
-                         "SQLite catalog)")
+    sv.add_argument(
+        "--media-dir",
+        default=None,
+        help="where photos of products added through the API are stored (default: DB.media/ beside a SQLite catalog)",
+    )
     sv.add_argument("--products-k", type=int, default=12, help="products per answer (default 12)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="(default: 8000)")
@@ -42,17 +53,31 @@ def add_parsers(sub) -> None:
 def _limit_args(sv) -> None:
     sv.add_argument("--top-k", type=int, default=5, help="classes per answer (default 5)")
     sv.add_argument("--max-batch-size", type=int, default=16, help="most photos per model call (default 16)")
-    sv.add_argument("--max-wait-ms", type=float, default=5.0,
-                    help="longest a photo waits for others to share its model call (default 5)")
+    sv.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="longest a photo waits for others to share its model call (default 5)",
+    )
     sv.add_argument("--timeout", type=float, default=30.0, help="per-request time limit in seconds (default 30)")
     sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest photo accepted (default 10 MB)")
     sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest photo in pixels (default 40M)")
-    sv.add_argument("--api-keys-file", default=None,
-                    help="file of key hashes from `skulens keys new`; write endpoints need one of these keys")
+    sv.add_argument(
+        "--api-keys-file",
+        default=None,
+        help="file of key hashes from `skulens keys new`; write endpoints need one of these keys",
+    )
     sv.add_argument("--protect-reads", action="store_true", help="read endpoints need a key too")
-    sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                    help="let web pages from ORIGIN call the API (repeatable), e.g. https://shop.example")
-    sv.add_argument("--log-client-ips", action="store_true", help="put client addresses in the access log (off by default)")
+    sv.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN call the API (repeatable), e.g. https://shop.example",
+    )
+    sv.add_argument(
+        "--log-client-ips", action="store_true", help="put client addresses in the access log (off by default)"
+    )
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -73,18 +98,32 @@ def config_from_args(args: argparse.Namespace):
     _check(args)
     run = Path(args.run) if args.run else serving_config.demo_run_dir()
     if run is None:
-        raise SkulensError("no run folder given, and this install has no built-in demo model: "
-                           "pass one, e.g. `skulens demo` then `skulens serve runs/demo`")
+        raise SkulensError(
+            "no run folder given, and this install has no built-in demo model: "
+            "pass one, e.g. `skulens demo` then `skulens serve runs/demo`"
+        )
     if not args.run:
         print(f"serving the built-in demo model ({run})", file=sys.stderr)
     config = ServeConfig(
-        run_dir=run, engine=args.engine, device=args.device, top_k=args.top_k, products_k=args.products_k,
-        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, request_timeout_s=args.timeout,
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
+        run_dir=run,
+        engine=args.engine,
+        device=args.device,
+        top_k=args.top_k,
+        products_k=args.products_k,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        request_timeout_s=args.timeout,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
         api_key_hashes=load_key_hashes(args.api_keys_file) if args.api_keys_file else frozenset(),
-        protect_reads=args.protect_reads, cors_origins=tuple(args.cors_origin), log_client_ips=args.log_client_ips,
-        catalog_db=args.catalog, catalog_run=run if args.catalog else None,
-        media_dir=Path(args.media_dir) if args.media_dir else None, **serve_storage_settings(args))
+        protect_reads=args.protect_reads,
+        cors_origins=tuple(args.cors_origin),
+        log_client_ips=args.log_client_ips,
+        catalog_db=args.catalog,
+        catalog_run=run if args.catalog else None,
+        media_dir=Path(args.media_dir) if args.media_dir else None,
+        **serve_storage_settings(args),
+    )
     if config.upload_store is not None:
         print(config.upload_store.describe(), file=sys.stderr)
     demo_products = serving_config.demo_catalog_dir()
@@ -111,7 +150,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     # stdout: the key, then the line for the keys file (easy to script); advice goes to stderr.
     print(key)
     print(key_file_line(key, args.name))
-    print("Give the key (first line) to the client; it is not stored anywhere and cannot be shown again.\n"
-          "Add the hash line (second line) to the file you pass to `skulens serve --api-keys-file`.",
-          file=sys.stderr)
+    print(
+        "Give the key (first line) to the client; it is not stored anywhere and cannot be shown again.\n"
+        "Add the hash line (second line) to the file you pass to `skulens serve --api-keys-file`.",
+        file=sys.stderr,
+    )
     return EXIT_OK

@@ -27,15 +27,25 @@ def check_dataset(dataset: ImageDataset, *, small_side: int = SMALL_SIDE, progre
         try:
             data = Path(sample.path).read_bytes()
         except OSError as exc:
-            unreadable.append({"path": str(sample.path), "split": sample.split,
-                               "error": f"{sample.path}: cannot read file ({exc.strerror or exc})"})
+            unreadable.append(
+                {
+                    "path": str(sample.path),
+                    "split": sample.split,
+                    "error": f"{sample.path}: cannot read file ({exc.strerror or exc})",
+                }
+            )
             continue
         by_hash[hashlib.sha256(data).hexdigest()].append((str(sample.path), sample.split))
         try:
             img = load_image(data)
         except ImageError as exc:
-            unreadable.append({"path": str(sample.path), "split": sample.split,
-                               "error": f"{sample.path}: {str(exc).removeprefix('image: ')}"})
+            unreadable.append(
+                {
+                    "path": str(sample.path),
+                    "split": sample.split,
+                    "error": f"{sample.path}: {str(exc).removeprefix('image: ')}",
+                }
+            )
             continue
         if min(img.size) < small_side:
             small.append({"path": str(sample.path), "split": sample.split, "size": list(img.size)})
@@ -58,7 +68,9 @@ def check_dataset(dataset: ImageDataset, *, small_side: int = SMALL_SIDE, progre
         "cross_split_duplicates": cross_split,
         "small_images": small,
         "imbalance_ratio": imbalance,
-        "classes_missing_in_train": [c for c, n in train_counts.items() if n == 0] if train_counts else list(dataset.classes),
+        "classes_missing_in_train": [c for c, n in train_counts.items() if n == 0]
+        if train_counts
+        else list(dataset.classes),
         "classes_with_few_train_images": [c for c, n in train_counts.items() if 0 < n < FEW_IMAGES],
     }
 
@@ -74,8 +86,9 @@ def render_report(report: dict) -> None:
 
     console = Console()
     splits = list(report["counts"])
-    table = Table(title=f"{report['dataset']} ({report['layout']}): {report['n_images']} images, "
-                        f"{report['n_classes']} classes")
+    table = Table(
+        title=f"{report['dataset']} ({report['layout']}): {report['n_images']} images, {report['n_classes']} classes"
+    )
     table.add_column("class")
     for split in splits:
         table.add_column(split, justify="right")
@@ -95,13 +108,17 @@ def render_report(report: dict) -> None:
     summary.add_row(f"images under {SMALL_SIDE} px", str(len(report["small_images"])))
     summary.add_row("class imbalance (largest / smallest train class)", f"{ratio:.1f}x" if ratio else "-")
     summary.add_row("classes with no training image", _flag(len(report["classes_missing_in_train"])))
-    summary.add_row(f"classes with under {FEW_IMAGES} training images", str(len(report["classes_with_few_train_images"])))
+    summary.add_row(
+        f"classes with under {FEW_IMAGES} training images", str(len(report["classes_with_few_train_images"]))
+    )
     console.print(summary)
     for item in report["unreadable"][:20]:
         console.print(f"[red]unreadable[/red] {item['error']}", markup=True, highlight=False)
     for group in report["cross_split_duplicates"][:20]:
-        console.print("[yellow]same file in several splits:[/yellow] " + ", ".join(
-            f"{d['path']} ({d['split']})" for d in group), highlight=False)
+        console.print(
+            "[yellow]same file in several splits:[/yellow] " + ", ".join(f"{d['path']} ({d['split']})" for d in group),
+            highlight=False,
+        )
 
 
 def _flag(n: int) -> str:

@@ -24,8 +24,15 @@ from skulens.data.taxonomy import CategoryTree
 from skulens.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                  "validation": "val", "test": "test", "testing": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,7 @@ def load_dataset(
 
 # --- layout 1: folder per class -------------------------------------------------------------
 
+
 def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -151,8 +159,9 @@ def _load_folders(root: Path, *, seed: int, val_fraction: float, test_fraction: 
     return ImageDataset(root=root, layout="folders", classes=class_names, samples=samples)
 
 
-def stratified_split(per_class: dict[int, list[Path]], seed: int, val_fraction: float,
-                      test_fraction: float) -> list[Sample]:
+def stratified_split(
+    per_class: dict[int, list[Path]], seed: int, val_fraction: float, test_fraction: float
+) -> list[Sample]:
     """Split each class on its own so every split keeps the class balance; seeded, so repeatable.
 
     A class with very few images keeps at least one in train (it could not be learnt otherwise).
@@ -174,6 +183,7 @@ def stratified_split(per_class: dict[int, list[Path]], seed: int, val_fraction: 
 
 
 # --- layout 2: CSV manifest -----------------------------------------------------------------
+
 
 def _load_csv(path: Path, cols: CsvColumns) -> ImageDataset:
     try:
@@ -208,14 +218,17 @@ def _load_csv(path: Path, cols: CsvColumns) -> ImageDataset:
         if use_split:
             split = _SPLIT_ALIASES.get((row.get(cols.split) or "").strip().lower())
             if split is None:
-                raise DatasetError(f"{path}: row {row_number}: unknown split {row.get(cols.split)!r} (use train/val/test)")
+                raise DatasetError(
+                    f"{path}: row {row_number}: unknown split {row.get(cols.split)!r} (use train/val/test)"
+                )
             samples.append(Sample(image_path, label, split, targets))
         else:
             unsplit[label].append(image_path)
             unsplit_attributes[image_path] = targets
     if unsplit:
-        samples.extend(replace(s, attributes=unsplit_attributes[s.path])
-                       for s in stratified_split(unsplit, 0, 0.15, 0.15))
+        samples.extend(
+            replace(s, attributes=unsplit_attributes[s.path]) for s in stratified_split(unsplit, 0, 0.15, 0.15)
+        )
     tree = None
     if cols.tree:
         tree_columns = list(cols.tree)
@@ -227,8 +240,7 @@ def _load_csv(path: Path, cols: CsvColumns) -> ImageDataset:
             leaf_path = tuple((row[c] or "").strip() or "(none)" for c in tree_columns)
             leaf_paths.setdefault(leaf, leaf_path)
         tree = CategoryTree(level_names=tree_columns, paths=[leaf_paths[c] for c in class_names])
-    return ImageDataset(root=base, layout="csv", classes=class_names, samples=samples, tree=tree,
-                        attributes=attributes)
+    return ImageDataset(root=base, layout="csv", classes=class_names, samples=samples, tree=tree, attributes=attributes)
 
 
 TAG_SEPARATOR = "|"
@@ -271,6 +283,7 @@ def attribute_targets(row: dict, specs: dict[str, dict], value_index: dict[str, 
 
 
 # --- layout 3: Grocery Store ----------------------------------------------------------------
+
 
 def _grocery_root(root: Path) -> Path | None:
     for candidate in (root, root / "dataset"):
@@ -326,5 +339,11 @@ def _load_grocery(root: Path) -> ImageDataset:
     if missing:
         raise DatasetError(f"{root}: class(es) with no image in any split: {', '.join(missing[:5])}")
     tree = CategoryTree(level_names=["department", "coarse", "fine"], paths=[paths[i] for i in ids])
-    return ImageDataset(root=root, layout="grocery-store", classes=classes, samples=samples, tree=tree,
-                        catalog_images={position[k]: v for k, v in iconic.items() if v.is_file()})
+    return ImageDataset(
+        root=root,
+        layout="grocery-store",
+        classes=classes,
+        samples=samples,
+        tree=tree,
+        catalog_images={position[k]: v for k, v in iconic.items() if v.is_file()},
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -30,7 +30,7 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 # become 224x4.5M pixels (4.7 GB). No product photo is 50 times longer than it is wide.
 MAX_ASPECT_RATIO = 50
 
-ImageSource = Union[str, Path, bytes, BinaryIO, Image.Image]
+ImageSource = str | Path | bytes | BinaryIO | Image.Image
 
 
 def is_image_file(path: Path) -> bool:
@@ -101,8 +101,10 @@ def _upright(img: Image.Image) -> Image.Image:
 
 def _check_aspect(width: int, height: int, name: str) -> None:
     if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
-        raise ImageError(f"{name}: image is {width}x{height} pixels, more than {MAX_ASPECT_RATIO} times longer "
-                         "than it is wide (not a photo)")
+        raise ImageError(
+            f"{name}: image is {width}x{height} pixels, more than {MAX_ASPECT_RATIO} times longer "
+            "than it is wide (not a photo)"
+        )
 
 
 def _read_bytes(source: ImageSource, name: str, max_bytes: int) -> bytes:

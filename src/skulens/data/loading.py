@@ -16,8 +16,13 @@ from tqdm import tqdm
 
 from skulens.data.datasets import Sample
 from skulens.data.images import load_image
-from skulens.data.transforms import (Preprocessing, image_to_input, pad_to_square, pil_to_uint8_tensor,
-                                    resize_shorter_side)
+from skulens.data.transforms import (
+    Preprocessing,
+    image_to_input,
+    pad_to_square,
+    pil_to_uint8_tensor,
+    resize_shorter_side,
+)
 from skulens.errors import ImageError
 
 log = logging.getLogger(__name__)
@@ -32,9 +37,17 @@ class SkippedImage:
 class DecodedImages(Dataset):
     """Images decoded once into uint8 tensors; ``transform`` runs per access (augmentation)."""
 
-    def __init__(self, samples: list[Sample], cache_side: int, in_chans: int, transform=None,
-                 desc: str = "decoding images", progress: bool = True, attributes: dict[str, dict] | None = None,
-                 pad_square: bool = False):
+    def __init__(
+        self,
+        samples: list[Sample],
+        cache_side: int,
+        in_chans: int,
+        transform=None,
+        desc: str = "decoding images",
+        progress: bool = True,
+        attributes: dict[str, dict] | None = None,
+        pad_square: bool = False,
+    ):
         self.transform = transform
         self.images: list[torch.Tensor] = []
         self.labels: list[int] = []

@@ -55,5 +55,5 @@ class CategoryTree:
         return {"level_names": list(self.level_names), "paths": [list(p) for p in self.paths]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CategoryTree":
+    def from_dict(cls, data: dict) -> CategoryTree:
         return cls(level_names=list(data["level_names"]), paths=[tuple(p) for p in data["paths"]])

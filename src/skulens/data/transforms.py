@@ -35,7 +35,7 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Preprocessing":
+    def from_dict(cls, data: dict) -> Preprocessing:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -137,8 +137,12 @@ def build_train_transform(pre: Preprocessing, aug: AugmentConfig) -> v2.Compose:
     if aug.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(aug.hflip))
     if aug.affine_prob > 0 and (aug.shear_degrees > 0 or aug.zoom > 0):
-        steps.append(v2.RandomApply([v2.RandomAffine(
-            degrees=0, shear=aug.shear_degrees, scale=(1 - aug.zoom, 1 + aug.zoom), fill=127)], p=aug.affine_prob))
+        steps.append(
+            v2.RandomApply(
+                [v2.RandomAffine(degrees=0, shear=aug.shear_degrees, scale=(1 - aug.zoom, 1 + aug.zoom), fill=127)],
+                p=aug.affine_prob,
+            )
+        )
     if aug.color_jitter > 0 and pre.in_chans == 3:
         j = aug.color_jitter
         hue = min(0.05, j / 6) if aug.hue_jitter is None else aug.hue_jitter

@@ -115,8 +115,10 @@ class OnnxEngine(Engine):
 
     def _outputs(self, x: torch.Tensor, attributes: bool) -> Outputs:
         if attributes and not self.has_attributes:
-            raise SkulensError(f"the {self.name} engine of this run has no attribute outputs; use --engine torch "
-                               "(or re-export the run)")
+            raise SkulensError(
+                f"the {self.name} engine of this run has no attribute outputs; use --engine torch "
+                "(or re-export the run)"
+            )
         logits, *attrs = self.session.run(self._output_names if attributes else self._output_names[:1], self._feed(x))
         specs = self.attribute_specs
         attr_probs = attribute_probabilities({n: torch.from_numpy(a) for n, a in zip(specs, attrs)}, specs)

@@ -85,8 +85,11 @@ class ExportReport:
     calibration_images: int = 0
 
     def to_dict(self) -> dict:
-        return {"run_dir": self.run_dir, "calibration_images": self.calibration_images,
-                "checks": [{**asdict(c), "top1_change_points": c.top1_change_points} for c in self.checks]}
+        return {
+            "run_dir": self.run_dir,
+            "calibration_images": self.calibration_images,
+            "checks": [{**asdict(c), "top1_change_points": c.top1_change_points} for c in self.checks],
+        }
 
 
 def _load_batch(samples: list[Sample], pre, size: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -115,7 +118,7 @@ class _CalibrationReader:
         # Equal-sized chunks only: the histogram calibrators (percentile, entropy) stack them.
         batch_size = max(1, min(batch_size, len(batch)))
         usable = len(batch) - len(batch) % batch_size
-        self.chunks = [batch[i:i + batch_size].numpy() for i in range(0, usable, batch_size)]
+        self.chunks = [batch[i : i + batch_size].numpy() for i in range(0, usable, batch_size)]
         self.input_name = input_name
         self.i = 0
 
@@ -129,9 +132,18 @@ class _CalibrationReader:
         self.i = 0
 
 
-def export_onnx(run_dir: str | Path, *, int8: bool = False, dataset: ImageDataset | None = None,
-                calibration_images: int = 300, check_images: int = 500, min_agreement_fp32: float = 0.99,
-                max_top1_drop_int8: float = 1.0, opset: int = 17, calibration_method: str = "minmax") -> ExportReport:
+def export_onnx(
+    run_dir: str | Path,
+    *,
+    int8: bool = False,
+    dataset: ImageDataset | None = None,
+    calibration_images: int = 300,
+    check_images: int = 500,
+    min_agreement_fp32: float = 0.99,
+    max_top1_drop_int8: float = 1.0,
+    opset: int = 17,
+    calibration_method: str = "minmax",
+) -> ExportReport:
     """Export ``run_dir`` to ONNX (and INT8); refuse models that disagree with PyTorch.
 
     ``calibration_method``: how INT8 activation ranges are set from the calibration images:
@@ -159,8 +171,9 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, dataset: ImageDatase
         report.checks.append(check(files[ONNX_FP32]))
         _refuse_if_fp32_disagrees(report.checks[-1], min_agreement_fp32)
         if int8:
-            files[ONNX_INT8] = _export_int8(model, dataset, config, files[ONNX_FP32], tmp_dir, calibration_images,
-                                            calibration_method, report)
+            files[ONNX_INT8] = _export_int8(
+                model, dataset, config, files[ONNX_FP32], tmp_dir, calibration_images, calibration_method, report
+            )
             report.checks.append(check(files[ONNX_INT8]))
             _refuse_if_int8_drops(report.checks[-1], max_top1_drop_int8)
         for name, path in files.items():
@@ -193,12 +206,12 @@ def _check_batch(dataset: ImageDataset | None, config, n: int) -> tuple[torch.Te
 def _torch_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
     """PyTorch's probabilities, and embeddings when the model has them: what the ONNX models must match."""
     with torch.no_grad():
-        probs = torch.cat([model(x[i:i + 32]).softmax(-1) for i in range(0, len(x), 32)]).numpy()
+        probs = torch.cat([model(x[i : i + 32]).softmax(-1) for i in range(0, len(x), 32)]).numpy()
     if not _has_embedding(model):
         return probs, None
     wrapped = _LogitsAndEmbedding(model).eval()
     with torch.no_grad():
-        emb = torch.cat([wrapped(x[i:i + 32])[1] for i in range(0, len(x), 32)]).numpy()
+        emb = torch.cat([wrapped(x[i : i + 32])[1] for i in range(0, len(x), 32)]).numpy()
     return probs, emb
 
 
@@ -215,16 +228,29 @@ def _export_fp32(model: torch.nn.Module, config, path: Path, opset: int) -> Path
             from skulens.models.attributes import ONNX_OUTPUT_PREFIX
 
             outputs += [ONNX_OUTPUT_PREFIX + name for name in config.model.attributes]
-        torch.onnx.export(_LogitsAndEmbedding(model).eval() if with_embedding else model,
-                          torch.zeros(1, pre.in_chans, size, size), str(path),
-                          input_names=["input"], output_names=outputs,
-                          dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
-                          opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            _LogitsAndEmbedding(model).eval() if with_embedding else model,
+            torch.zeros(1, pre.in_chans, size, size),
+            str(path),
+            input_names=["input"],
+            output_names=outputs,
+            dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+            opset_version=opset,
+            dynamo=False,
+        )
     return path
 
 
-def _export_int8(model: torch.nn.Module, dataset: ImageDataset, config, fp32_path: Path, tmp_dir: Path,
-                 calibration_images: int, calibration_method: str, report: ExportReport) -> Path:
+def _export_int8(
+    model: torch.nn.Module,
+    dataset: ImageDataset,
+    config,
+    fp32_path: Path,
+    tmp_dir: Path,
+    calibration_images: int,
+    calibration_method: str,
+    report: ExportReport,
+) -> Path:
     """The INT8 model, calibrated on training images (their count goes into ``report``)."""
     pre = config.preprocessing
     int8_path = tmp_dir / ONNX_INT8
@@ -239,16 +265,20 @@ def _export_int8(model: torch.nn.Module, dataset: ImageDataset, config, fp32_pat
 
 def _refuse_if_fp32_disagrees(fp32_check: ModelCheck, min_agreement_fp32: float) -> None:
     if fp32_check.top1_agreement < min_agreement_fp32:
-        raise SkulensError(f"refused: the ONNX model agrees with PyTorch on only "
-                           f"{100 * fp32_check.top1_agreement:.1f}% of top-1 answers (need "
-                           f"{100 * min_agreement_fp32:.0f}%); nothing written")
+        raise SkulensError(
+            f"refused: the ONNX model agrees with PyTorch on only "
+            f"{100 * fp32_check.top1_agreement:.1f}% of top-1 answers (need "
+            f"{100 * min_agreement_fp32:.0f}%); nothing written"
+        )
 
 
 def _refuse_if_int8_drops(int8_check: ModelCheck, max_top1_drop_int8: float) -> None:
     drop = -(int8_check.top1_change_points or 0.0)
     if drop > max_top1_drop_int8:
-        raise SkulensError(f"refused: INT8 top-1 is {drop:.2f} points below PyTorch on the validation images "
-                           f"(tolerance {max_top1_drop_int8}); nothing written")
+        raise SkulensError(
+            f"refused: INT8 top-1 is {drop:.2f} points below PyTorch on the validation images "
+            f"(tolerance {max_top1_drop_int8}); nothing written"
+        )
 
 
 def _record_export(run_dir: Path, files: dict[str, Path], size: int, opset: int, report: ExportReport) -> None:
@@ -256,20 +286,32 @@ def _record_export(run_dir: Path, files: dict[str, Path], size: int, opset: int,
     stale = [n for n in (ONNX_FP32, ONNX_INT8) if n not in files and (run_dir / n).exists()]
     for name in stale:
         (run_dir / name).unlink()  # an older INT8 file would not match the new weights
-    RunFolder(run_dir).write_json(EXPORT_FILE, {
-        "weights_sha256": RunFolder(run_dir).weights_sha256(), "img_size": size, "opset": opset,
-        "files": {name: sha256_file(run_dir / name) for name in files}, **report.to_dict()})
+    RunFolder(run_dir).write_json(
+        EXPORT_FILE,
+        {
+            "weights_sha256": RunFolder(run_dir).weights_sha256(),
+            "img_size": size,
+            "opset": opset,
+            "files": {name: sha256_file(run_dir / name) for name in files},
+            **report.to_dict(),
+        },
+    )
 
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
-def _quantize(fp32_path: Path, int8_path: Path, calib_x: torch.Tensor, tmp_dir: Path, method: str = "minmax",
-              quantize_neck: bool = False) -> None:
+def _quantize(
+    fp32_path: Path,
+    int8_path: Path,
+    calib_x: torch.Tensor,
+    tmp_dir: Path,
+    method: str = "minmax",
+    quantize_neck: bool = False,
+) -> None:
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    import onnx
 
     prepared = tmp_dir / "prepared.onnx"
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
@@ -278,7 +320,7 @@ def _quantize(fp32_path: Path, int8_path: Path, calib_x: torch.Tensor, tmp_dir: 
     # (30), so 8-bit rounding there flips answers. ONNX graphs are topologically sorted.
     nodes = onnx.load(str(prepared)).graph.node
     pools = [i for i, n in enumerate(nodes) if n.op_type in ("GlobalAveragePool", "ReduceMean", "Flatten")]
-    tail = list(nodes[pools[-1] + 1:]) if pools else []
+    tail = list(nodes[pools[-1] + 1 :]) if pools else []
     if quantize_neck:
         # ...except the embedding neck's linear layer: 1280x512 weights are 2.6 MB in FP32,
         # a third of the INT8 file; quantized, Grocery test top-1 moved 80.89% -> 80.93% (BENCHMARKS.md).
@@ -288,31 +330,51 @@ def _quantize(fp32_path: Path, int8_path: Path, calib_x: torch.Tensor, tmp_dir: 
     # So do the first and the last convolution (the usual mixed-precision recipe): the stem sees the
     # raw image, the last conv writes the features every answer is read from; together they are
     # under a tenth of the compute.
-    convs = [i for i, n in enumerate(nodes[:pools[-1] if pools else len(nodes)]) if n.op_type == "Conv"]
+    convs = [i for i, n in enumerate(nodes[: pools[-1] if pools else len(nodes)]) if n.op_type == "Conv"]
     head += [nodes[i].name for i in {convs[0], convs[-1]}] if convs else []
-    quantize_static(str(prepared), str(int8_path), _CalibrationReader(calib_x, "input"),
-                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, nodes_to_exclude=head,
-                    # 7-bit weights: x86 CPUs without VNNI multiply u8 x s8 pairs into int16 with
-                    # saturation; full-range weights cost 2-3 top-1 points on Grocery Store here.
-                    reduce_range=True,
-                    calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                                      "entropy": CalibrationMethod.Entropy}[method],
-                    extra_options={"CalibPercentile": 99.99})
+    quantize_static(
+        str(prepared),
+        str(int8_path),
+        _CalibrationReader(calib_x, "input"),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=head,
+        # 7-bit weights: x86 CPUs without VNNI multiply u8 x s8 pairs into int16 with
+        # saturation; full-range weights cost 2-3 top-1 points on Grocery Store here.
+        reduce_range=True,
+        calibrate_method={
+            "minmax": CalibrationMethod.MinMax,
+            "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy,
+        }[method],
+        extra_options={"CalibPercentile": 99.99},
+    )
 
 
-def _check(path: Path, config, x: torch.Tensor, labels: np.ndarray | None, torch_probs: np.ndarray,
-           torch_emb: np.ndarray | None = None) -> ModelCheck:
+def _check(
+    path: Path,
+    config,
+    x: torch.Tensor,
+    labels: np.ndarray | None,
+    torch_probs: np.ndarray,
+    torch_emb: np.ndarray | None = None,
+) -> ModelCheck:
     engine = OnnxEngine(path, config)
-    onnx_probs = torch.cat([engine.probabilities(x[i:i + 32]) for i in range(0, len(x), 32)]).numpy()
+    onnx_probs = torch.cat([engine.probabilities(x[i : i + 32]) for i in range(0, len(x), 32)]).numpy()
     cosine = None
     if torch_emb is not None and engine.has_embedding:
-        onnx_emb = np.concatenate([engine.embeddings(x[i:i + 32]) for i in range(0, len(x), 32)])
+        onnx_emb = np.concatenate([engine.embeddings(x[i : i + 32]) for i in range(0, len(x), 32)])
         cosine = float(np.mean(np.sum(onnx_emb * torch_emb, axis=1)))
     agreement = float(np.mean(onnx_probs.argmax(1) == torch_probs.argmax(1)))
     return ModelCheck(
-        file=path.name, n_images=len(x), top1_agreement=agreement,
+        file=path.name,
+        n_images=len(x),
+        top1_agreement=agreement,
         max_abs_prob_diff=float(np.abs(onnx_probs - torch_probs).max()),
         torch_top1=float(np.mean(torch_probs.argmax(1) == labels)) if labels is not None else None,
         onnx_top1=float(np.mean(onnx_probs.argmax(1) == labels)) if labels is not None else None,
-        size_bytes=path.stat().st_size, embedding_cosine=cosine)
+        size_bytes=path.stat().st_size,
+        embedding_cosine=cosine,
+    )

@@ -35,7 +35,9 @@ def current_export(run_dir: str | Path, verify: bool = True) -> dict | None:
         for name, digest in record.get("files", {}).items():
             path = folder / name
             if not path.is_file() or sha256_file(path) != digest:
-                raise CheckpointError(f"{path}: missing or does not match its recorded checksum; re-run `skulens export`")
+                raise CheckpointError(
+                    f"{path}: missing or does not match its recorded checksum; re-run `skulens export`"
+                )
     return record
 
 
@@ -55,8 +57,10 @@ def load_engine(run_dir: str | Path, engine: str = "auto", device: str = "auto",
             log.warning("%s: the ONNX export has no attribute outputs; using PyTorch", folder.path)
         elif engine == "onnx":
             what = "an INT8 " if int8 else "an "
-            raise SkulensError(f"{folder.path}: no up-to-date {what}ONNX export; run `skulens export {folder.path} "
-                               "--format onnx`" + ("" if _onnxruntime_available() else " (and pip install onnxruntime)"))
+            raise SkulensError(
+                f"{folder.path}: no up-to-date {what}ONNX export; run `skulens export {folder.path} "
+                "--format onnx`" + ("" if _onnxruntime_available() else " (and pip install onnxruntime)")
+            )
     elif engine == "onnx":
         raise SkulensError("--engine onnx runs on the CPU; use --device cpu or --engine torch")
     model, config = folder.load_model(dev)

@@ -144,17 +144,23 @@ class Backoff:
         depths = answer_depths(paths.confidences, self.thresholds)
         out = []
         for nodes, confs, depth in zip(paths.nodes, paths.confidences, depths):
-            levels = [LevelConfidence(self.index.level_names[lv], self.index.node_paths[lv][node][-1], float(confs[lv]))
-                      for lv, node in enumerate(nodes)]
+            levels = [
+                LevelConfidence(self.index.level_names[lv], self.index.node_paths[lv][node][-1], float(confs[lv]))
+                for lv, node in enumerate(nodes)
+            ]
             if depth < 0:
                 out.append(Answer([], float(confs[0]), -1, True, levels))
             else:
-                out.append(Answer(list(self.index.node_paths[depth][nodes[depth]]), float(confs[depth]), int(depth),
-                                  False, levels))
+                out.append(
+                    Answer(
+                        list(self.index.node_paths[depth][nodes[depth]]), float(confs[depth]), int(depth), False, levels
+                    )
+                )
         return out
 
 
 # --- calibration ------------------------------------------------------------------------------
+
 
 def precision_threshold(confidences: np.ndarray, correct: np.ndarray, target: float) -> float | None:
     """The lowest confidence threshold whose answered set (confidence >= it) is at least ``target`` correct.
@@ -202,8 +208,12 @@ class Calibration:
     def to_dict(self) -> dict:
         return {
             "target_precision": self.target_precision,
-            "unknown": {"method": self.unknown_method, "threshold": self.thresholds[0],
-                        "reject_rate_target": self.unknown_reject_rate_target, "rate": self.unknown_rate},
+            "unknown": {
+                "method": self.unknown_method,
+                "threshold": self.thresholds[0],
+                "reject_rate_target": self.unknown_reject_rate_target,
+                "rate": self.unknown_rate,
+            },
             "levels": self.levels,
             "n_images": self.n_images,
             "accuracy": self.accuracy,
@@ -211,8 +221,14 @@ class Calibration:
         }
 
 
-def calibrate_thresholds(probs: np.ndarray, labels: np.ndarray, tree: CategoryTree, *,
-                         target_precision: float = 0.95, unknown_reject_rate: float | None = None) -> Calibration:
+def calibrate_thresholds(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    tree: CategoryTree,
+    *,
+    target_precision: float = 0.95,
+    unknown_reject_rate: float | None = None,
+) -> Calibration:
     """Pick per-level thresholds on held-out probabilities so each answered level meets ``target_precision``.
 
     Calibrated bottom-up, on exactly the images each level would answer: the finest level first on
@@ -221,61 +237,98 @@ def calibrate_thresholds(probs: np.ndarray, labels: np.ndarray, tree: CategoryTr
     level's threshold is the "unknown" threshold; with ``unknown_reject_rate`` it is instead set
     so that this share of the calibration images is answered "unknown".
     """
-    if not 0 < target_precision <= 1:
-        raise SkulensError(f"target precision must be in (0, 1], got {target_precision}")
-    if unknown_reject_rate is not None and not 0 <= unknown_reject_rate < 1:
-        raise SkulensError(f"unknown reject rate must be in [0, 1), got {unknown_reject_rate}")
+    _check_targets(target_precision, unknown_reject_rate)
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         raise SkulensError("no images to calibrate on")
     index = TreeIndex(tree)
     paths = consistent_paths(probs, index)
     correct = correct_nodes(paths, labels, index)
-    n, depth = paths.confidences.shape
-    thresholds: list[float | None] = [None] * depth
-    remaining = np.ones(n, dtype=bool)
-    for level in range(depth - 1, -1, -1):
-        conf = paths.confidences[remaining, level]
-        if level == 0 and unknown_reject_rate is not None:
-            thresholds[0] = reject_rate_threshold(conf, int(math.floor(unknown_reject_rate * n + 1e-9)))
-        else:
-            thresholds[level] = precision_threshold(conf, correct[remaining, level], target_precision)
-        if thresholds[level] is not None:
-            remaining &= ~(paths.confidences[:, level] >= thresholds[level])
+    n = paths.confidences.shape[0]
+    thresholds = _bottom_up_thresholds(paths.confidences, correct, target_precision, unknown_reject_rate)
     depths = answer_depths(paths.confidences, thresholds)
     answered = depths >= 0
     right = np.zeros(n, dtype=bool)
     right[answered] = correct[np.flatnonzero(answered), depths[answered]]
-    levels = []
-    for level in range(depth):
-        at_level = depths == level
-        levels.append({"level": index.level_names[level], "depth": level, "threshold": thresholds[level],
-                       "answered": float(at_level.mean()),
-                       "precision": float(right[at_level].mean()) if at_level.any() else None})
     return Calibration(
-        level_names=index.level_names, thresholds=thresholds, target_precision=target_precision,
+        level_names=index.level_names,
+        thresholds=thresholds,
+        target_precision=target_precision,
         unknown_method="precision" if unknown_reject_rate is None else "reject_rate",
-        unknown_reject_rate_target=unknown_reject_rate, n_images=n, levels=levels,
-        unknown_rate=float((~answered).mean()), accuracy=float(right[answered].mean()) if answered.any() else 0.0,
-        coverage=float(answered.mean()))
+        unknown_reject_rate_target=unknown_reject_rate,
+        n_images=n,
+        levels=_level_results(index.level_names, thresholds, depths, right),
+        unknown_rate=float((~answered).mean()),
+        accuracy=float(right[answered].mean()) if answered.any() else 0.0,
+        coverage=float(answered.mean()),
+    )
+
+
+def _check_targets(target_precision: float, unknown_reject_rate: float | None) -> None:
+    if not 0 < target_precision <= 1:
+        raise SkulensError(f"target precision must be in (0, 1], got {target_precision}")
+    if unknown_reject_rate is not None and not 0 <= unknown_reject_rate < 1:
+        raise SkulensError(f"unknown reject rate must be in [0, 1), got {unknown_reject_rate}")
+
+
+def _bottom_up_thresholds(
+    confidences: np.ndarray, correct: np.ndarray, target_precision: float, unknown_reject_rate: float | None
+) -> list[float | None]:
+    """Each level's threshold, finest first, each on the images the finer levels left unanswered."""
+    n, depth = confidences.shape
+    thresholds: list[float | None] = [None] * depth
+    remaining = np.ones(n, dtype=bool)
+    for level in range(depth - 1, -1, -1):
+        conf = confidences[remaining, level]
+        if level == 0 and unknown_reject_rate is not None:
+            # The share is of all calibration images, not of those the levels below left over.
+            thresholds[0] = reject_rate_threshold(conf, int(math.floor(unknown_reject_rate * n + 1e-9)))
+        else:
+            thresholds[level] = precision_threshold(conf, correct[remaining, level], target_precision)
+        if thresholds[level] is not None:
+            remaining &= ~(confidences[:, level] >= thresholds[level])
+    return thresholds
+
+
+def _level_results(
+    level_names: list[str], thresholds: list[float | None], depths: np.ndarray, right: np.ndarray
+) -> list[dict]:
+    """Per level: its threshold, the share of images answered there, and how many of those were right."""
+    levels = []
+    for level in range(len(thresholds)):
+        at_level = depths == level
+        levels.append(
+            {
+                "level": level_names[level],
+                "depth": level,
+                "threshold": thresholds[level],
+                "answered": float(at_level.mean()),
+                "precision": float(right[at_level].mean()) if at_level.any() else None,
+            }
+        )
+    return levels
 
 
 # --- evaluation -------------------------------------------------------------------------------
+
 
 def operating_point(paths: ConsistentPaths, correct: np.ndarray, thresholds: list[float | None]) -> dict:
     """Coverage and accuracy of the answers the given thresholds produce."""
     depths = answer_depths(paths.confidences, thresholds)
     answered = depths >= 0
     right = correct[np.flatnonzero(answered), depths[answered]]
-    return {"coverage": float(answered.mean()),
-            "accuracy": float(right.mean()) if right.size else None,
-            "finest_level_share": float((depths == paths.confidences.shape[1] - 1).mean()),
-            "level_shares": [float((depths == lv).mean()) for lv in range(paths.confidences.shape[1])],
-            "unknown_rate": float((~answered).mean())}
+    return {
+        "coverage": float(answered.mean()),
+        "accuracy": float(right.mean()) if right.size else None,
+        "finest_level_share": float((depths == paths.confidences.shape[1] - 1).mean()),
+        "level_shares": [float((depths == lv).mean()) for lv in range(paths.confidences.shape[1])],
+        "unknown_rate": float((~answered).mean()),
+    }
 
 
-def coverage_curve(probs: np.ndarray, labels: np.ndarray, tree: CategoryTree,
-                   grid: np.ndarray | None = None) -> list[dict]:
+def coverage_curve(
+    probs: np.ndarray, labels: np.ndarray, tree: CategoryTree, grid: np.ndarray | None = None
+) -> list[dict]:
     """Back-off with one threshold for every level, swept over ``grid``: how accuracy trades against coverage."""
     index = TreeIndex(tree)
     paths = consistent_paths(probs, index)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,42 +16,75 @@ import numpy as np
 from skulens.data.datasets import ImageDataset
 from skulens.engines import load_engine
 from skulens.errors import DatasetError, SkulensError
+from skulens.evaluation.backoff import (
+    TreeIndex,
+    calibrate_thresholds,
+    consistent_paths,
+    correct_nodes,
+    coverage_curve,
+    operating_point,
+    tree_or_flat,
+)
 from skulens.evaluation.inference import dataset_probabilities, split_samples
 from skulens.runs import THRESHOLDS_FILE, RunConfig, RunFolder
-from skulens.evaluation.backoff import (
-    TreeIndex, calibrate_thresholds, consistent_paths, correct_nodes, coverage_curve, operating_point, tree_or_flat,
-)
 
 log = logging.getLogger(__name__)
 
 
-def split_probabilities(runner, dataset: ImageDataset, split: str, *, tta: bool = False, batch_size: int = 16,
-                        progress: bool = True, desc: str = "calibrating") -> tuple[np.ndarray, np.ndarray]:
+def split_probabilities(
+    runner,
+    dataset: ImageDataset,
+    split: str,
+    *,
+    tta: bool = False,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "calibrating",
+) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and labels (in the run's class order) for one split of a dataset."""
     config = runner.config
     samples = split_samples(dataset, split, config.classes)
-    probs, labels, _, _ = dataset_probabilities(lambda x: runner.probabilities(x, tta), samples,
-                                                config.preprocessing, batch_size=batch_size, progress=progress,
-                                                desc=desc)
+    probs, labels, _, _ = dataset_probabilities(
+        lambda x: runner.probabilities(x, tta),
+        samples,
+        config.preprocessing,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
     if len(labels) == 0:
         raise DatasetError(f"none of the {len(samples)} images in split {split!r} could be read")
     return probs, labels
 
 
-def calibrate_run(run_dir: str | Path, dataset: ImageDataset, split: str = "val", *, target_precision: float = 0.95,
-                  unknown_reject_rate: float | None = None, tta: bool = False, engine: str = "auto",
-                  device: str = "auto", batch_size: int = 16, progress: bool = True) -> dict:
+def calibrate_run(
+    run_dir: str | Path,
+    dataset: ImageDataset,
+    split: str = "val",
+    *,
+    target_precision: float = 0.95,
+    unknown_reject_rate: float | None = None,
+    tta: bool = False,
+    engine: str = "auto",
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
     """Calibrate the run's back-off thresholds on ``split`` and write ``RUN/thresholds.json``; returns the record."""
     run_dir = Path(run_dir)
     runner = load_engine(run_dir, engine, device)
     config = runner.config
     probs, labels = split_probabilities(runner, dataset, split, tta=tta, batch_size=batch_size, progress=progress)
     tree = tree_or_flat(config.tree, config.classes)
-    cal = calibrate_thresholds(probs, labels, tree, target_precision=target_precision,
-                               unknown_reject_rate=unknown_reject_rate)
+    cal = calibrate_thresholds(
+        probs, labels, tree, target_precision=target_precision, unknown_reject_rate=unknown_reject_rate
+    )
     record = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "split": split, "dataset": str(dataset.root), "engine": runner.name, "tta_hflip": tta,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "split": split,
+        "dataset": str(dataset.root),
+        "engine": runner.name,
+        "tta_hflip": tta,
         "weights_sha256": RunFolder(run_dir).weights_sha256(),
         "level_names": list(tree.level_names),
         **cal.to_dict(),
@@ -77,15 +110,23 @@ def load_thresholds(run_dir: str | Path, config: RunConfig) -> list[float | None
         raise SkulensError(f"{path}: thresholds must be numbers or null; re-run `skulens calibrate {run_dir}`")
     tree = tree_or_flat(config.tree, config.classes)
     if names != list(tree.level_names) or record.get("weights_sha256") != RunFolder(run_dir).weights_sha256():
-        log.warning("%s: calibrated for other weights; answers do not back off until you re-run "
-                    "`skulens calibrate %s`", path, run_dir)
+        log.warning(
+            "%s: calibrated for other weights; answers do not back off until you re-run `skulens calibrate %s`",
+            path,
+            run_dir,
+        )
         return None
     return thresholds
 
 
-def backoff_evaluation(probs: np.ndarray, labels: np.ndarray, config: RunConfig,
-                       thresholds: list[float | None] | None, out_png: Path | None = None,
-                       title: str = "Back-off") -> dict:
+def backoff_evaluation(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    config: RunConfig,
+    thresholds: list[float | None] | None,
+    out_png: Path | None = None,
+    title: str = "Back-off",
+) -> dict:
     """Accuracy/coverage curve of the back-off (one threshold for all levels) and the calibrated point."""
     tree = tree_or_flat(config.tree, config.classes)
     curve = coverage_curve(probs, labels, tree)
@@ -93,16 +134,23 @@ def backoff_evaluation(probs: np.ndarray, labels: np.ndarray, config: RunConfig,
     if thresholds is not None:
         index = TreeIndex(tree)
         paths = consistent_paths(probs, index)
-        calibrated = {"thresholds": thresholds,
-                      **operating_point(paths, correct_nodes(paths, np.asarray(labels), index), thresholds)}
+        calibrated = {
+            "thresholds": thresholds,
+            **operating_point(paths, correct_nodes(paths, np.asarray(labels), index), thresholds),
+        }
     if out_png is not None:
         plot_coverage_curve(curve, calibrated, Path(out_png), title, tree.level_names[-1])
-    return {"level_names": list(tree.level_names), "curve": curve, "calibrated": calibrated,
-            "plot": Path(out_png).name if out_png is not None else None}
+    return {
+        "level_names": list(tree.level_names),
+        "curve": curve,
+        "calibrated": calibrated,
+        "plot": Path(out_png).name if out_png is not None else None,
+    }
 
 
-def plot_coverage_curve(curve: list[dict], calibrated: dict | None, out_png: Path, title: str,
-                        finest_level: str) -> None:
+def plot_coverage_curve(
+    curve: list[dict], calibrated: dict | None, out_png: Path, title: str, finest_level: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,12 +164,26 @@ def plot_coverage_curve(curve: list[dict], calibrated: dict | None, out_png: Pat
     ax.plot(t, pct("finest_level_share"), label=f"answered down to {finest_level}")
     if calibrated is not None:
         acc = calibrated["accuracy"]
-        note = (f"calibrated thresholds: {100 * calibrated['coverage']:.1f}% answered, "
-                f"{100 * acc:.1f}% right" if acc is not None else "calibrated thresholds: nothing answered")
-        ax.text(0.02, 0.04, note, transform=ax.transAxes, fontsize=9,
-                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
-    ax.set(xlabel="confidence threshold (same for every level)", ylabel="% of photos / of answers",
-           title=title, ylim=(0, 102), xlim=(0, 1))
+        note = (
+            f"calibrated thresholds: {100 * calibrated['coverage']:.1f}% answered, {100 * acc:.1f}% right"
+            if acc is not None
+            else "calibrated thresholds: nothing answered"
+        )
+        ax.text(
+            0.02,
+            0.04,
+            note,
+            transform=ax.transAxes,
+            fontsize=9,
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"},
+        )
+    ax.set(
+        xlabel="confidence threshold (same for every level)",
+        ylabel="% of photos / of answers",
+        title=title,
+        ylim=(0, 102),
+        xlim=(0, 1),
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", bbox_to_anchor=(0, 0.12), fontsize=9)
     fig.tight_layout()

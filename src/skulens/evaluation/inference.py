@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -56,12 +56,24 @@ class OutputCollector:
 
 
 @torch.no_grad()
-def dataset_probabilities(predict: ProbabilityFn, samples: list[Sample], pre: Preprocessing,
-                          *, img_size: int | None = None, batch_size: int = 16, progress: bool = True,
-                          desc: str = "evaluating"):
+def dataset_probabilities(
+    predict: ProbabilityFn,
+    samples: list[Sample],
+    pre: Preprocessing,
+    *,
+    img_size: int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "evaluating",
+):
     """Probabilities for every readable sample: ``(probs [n, C], labels [n], kept_indices, failures)``."""
-    loader = DataLoader(PreprocessedImages(samples, pre, img_size), batch_size=batch_size, shuffle=False,
-                        num_workers=0, collate_fn=collate_skip_bad)
+    loader = DataLoader(
+        PreprocessedImages(samples, pre, img_size),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=0,
+        collate_fn=collate_skip_bad,
+    )
     probs, labels, kept, failures = [], [], [], []
     for x, y, idx, bad in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         failures.extend((samples[i].path, reason) for i, reason in bad)

@@ -16,12 +16,14 @@ def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str],
-                           tree: CategoryTree | None = None) -> dict:
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, classes: list[str], tree: CategoryTree | None = None
+) -> dict:
     preds = probs.argmax(axis=1)
     n_classes = len(classes)
     precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=list(range(n_classes)), zero_division=0)
+        labels, preds, labels=list(range(n_classes)), zero_division=0
+    )
     present = support > 0  # macro averages over the classes this split actually has
     result = {
         "n_images": int(len(labels)),
@@ -31,8 +33,13 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
         "macro_recall": float(recall[present].mean()) if present.any() else float("nan"),
         "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
         "per_class": [
-            {"class": classes[i], "support": int(support[i]), "precision": float(precision[i]),
-             "recall": float(recall[i]), "f1": float(f1[i])}
+            {
+                "class": classes[i],
+                "support": int(support[i]),
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+            }
             for i in range(n_classes)
         ],
         "confusion_matrix": confusion_matrix(labels, preds, labels=list(range(n_classes))).tolist(),
@@ -54,7 +61,13 @@ def tree_level_accuracy(probs: np.ndarray, labels: np.ndarray, tree: CategoryTre
         mapping = tree.ancestor_map(level)
         true = mapping[labels]
         summed = tree.level_probabilities(probs, level).argmax(axis=1)
-        out.append({"level": name, "depth": level, "n_nodes": int(mapping.max() + 1),
-                    "accuracy": float(np.mean(mapping[leaf_pred] == true)),
-                    "accuracy_summed": float(np.mean(summed == true))})
+        out.append(
+            {
+                "level": name,
+                "depth": level,
+                "n_nodes": int(mapping.max() + 1),
+                "accuracy": float(np.mean(mapping[leaf_pred] == true)),
+                "accuracy_summed": float(np.mean(summed == true)),
+            }
+        )
     return out

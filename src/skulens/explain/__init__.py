@@ -18,5 +18,15 @@ from skulens.explain.gradcam import (
     overlay_heatmap,
 )
 
-__all__ = ["Explanation", "explain_image", "feature_map_grid", "feature_map_image", "feature_maps",
-           "feature_split", "gradcam", "gradcam_overlay", "gradcam_with_scores", "overlay_heatmap"]
+__all__ = [
+    "Explanation",
+    "explain_image",
+    "feature_map_grid",
+    "feature_map_image",
+    "feature_maps",
+    "feature_split",
+    "gradcam",
+    "gradcam_overlay",
+    "gradcam_with_scores",
+    "overlay_heatmap",
+]

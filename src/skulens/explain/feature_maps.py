@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from skulens.errors import SkulensError
-from skulens.explain.gradcam import _EvalMode, _as_batch, colorize, load_explainable
+from skulens.explain.gradcam import _as_batch, _EvalMode, colorize, load_explainable
 
 
 def _seedcnn_maps(model, x: torch.Tensor, layers: int) -> list[tuple[str, torch.Tensor]]:
@@ -37,8 +37,7 @@ def _hooked_conv_maps(model, x: torch.Tensor, layers: int) -> list[tuple[str, to
     if not convs:
         raise SkulensError(f"{type(model).__name__} has no convolution layers to show")
     seen: dict[str, torch.Tensor] = {}
-    handles = [m.register_forward_hook(lambda _m, _i, out, name=name: seen.setdefault(name, out))
-               for name, m in convs]
+    handles = [m.register_forward_hook(lambda _m, _i, out, name=name: seen.setdefault(name, out)) for name, m in convs]
     try:
         model(x)
     finally:
@@ -69,8 +68,9 @@ def feature_maps(model: nn.Module, input_tensor: torch.Tensor, layers: int = 2) 
             maps = None
             if callable(getattr(model, "forward_intermediates", None)):
                 try:
-                    outs = model.forward_intermediates(x, indices=list(range(layers)), intermediates_only=True,
-                                                       stop_early=True)
+                    outs = model.forward_intermediates(
+                        x, indices=list(range(layers)), intermediates_only=True, stop_early=True
+                    )
                     maps = [(_stage_name(model, i), t) for i, t in enumerate(outs)]
                 except (TypeError, ValueError, AssertionError, RuntimeError, IndexError):
                     maps = None  # not every timm model takes a list of stage indices
@@ -86,8 +86,14 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def feature_map_grid(maps: list[tuple[str, np.ndarray]], input_image: Image.Image | None = None, *,
-                     max_channels: int = 16, columns: int = 8, tile: int = 72) -> Image.Image:
+def feature_map_grid(
+    maps: list[tuple[str, np.ndarray]],
+    input_image: Image.Image | None = None,
+    *,
+    max_channels: int = 16,
+    columns: int = 8,
+    tile: int = 72,
+) -> Image.Image:
     """One block per layer, each showing its ``max_channels`` most active channels (each scaled to
     its own range, viridis colours), under the model's input when ``input_image`` is given."""
     if not maps:
@@ -139,7 +145,9 @@ def feature_map_grid(maps: list[tuple[str, np.ndarray]], input_image: Image.Imag
 def model_input_image(x: torch.Tensor, mean: list[float], std: list[float]) -> Image.Image:
     """Undo the normalisation: the centre crop exactly as the model saw it."""
     arr = x.detach().float().cpu().numpy()
-    arr = arr * np.asarray(std, dtype=np.float32).reshape(-1, 1, 1) + np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+    arr = arr * np.asarray(std, dtype=np.float32).reshape(-1, 1, 1) + np.asarray(mean, dtype=np.float32).reshape(
+        -1, 1, 1
+    )
     arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
     return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB")
 
@@ -151,5 +159,6 @@ def feature_map_image(source, image, *, layers: int = 2, max_channels: int = 16,
     model, config = load_explainable(source, device)
     pre = config.preprocessing
     x = image_to_input(image, pre)
-    return feature_map_grid(feature_maps(model, x, layers), model_input_image(x, pre.mean, pre.std),
-                            max_channels=max_channels)
+    return feature_map_grid(
+        feature_maps(model, x, layers), model_input_image(x, pre.mean, pre.std), max_channels=max_channels
+    )

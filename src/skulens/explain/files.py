@@ -1,6 +1,6 @@
 """Explanations written to image files: what `skulens explain` and ``Run.explain`` do.
 
-    explain_to_files("runs/grocery", "photo.jpg", out="heat.png", feature_maps="maps.png")
+explain_to_files("runs/grocery", "photo.jpg", out="heat.png", feature_maps="maps.png")
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ def check_output(out: str | Path, image) -> Path:
     path = Path(out)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise SkulensError(f"{out}: write a .png, .jpg or .webp file")
-    if isinstance(image, (str, Path)) and Path(image).exists() and path.exists() \
-            and path.resolve() == Path(image).resolve():
+    if (
+        isinstance(image, (str, Path))
+        and Path(image).exists()
+        and path.exists()
+        and path.resolve() == Path(image).resolve()
+    ):
         raise SkulensError(f"{out}: that is the photo being explained; choose another file")
     return path
 
@@ -31,8 +35,16 @@ def _save(img, path: Path) -> None:
         raise SkulensError(f"{path}: cannot write the image ({exc.strerror or exc})") from None
 
 
-def explain_to_files(run, image, *, out: str | Path | None = None, feature_maps: str | Path | None = None,
-                     class_name: str | int | None = None, layers: int = 2, device: str = "cpu") -> dict:
+def explain_to_files(
+    run,
+    image,
+    *,
+    out: str | Path | None = None,
+    feature_maps: str | Path | None = None,
+    class_name: str | int | None = None,
+    layers: int = 2,
+    device: str = "cpu",
+) -> dict:
     """Grad-CAM for ``image`` through ``run`` (a run folder, Recognizer or (model, config)); the heat
     map over the photo written to ``out`` and the first ``layers`` layers' feature maps to
     ``feature_maps`` when given. Returns the record: the image, the explained and the predicted class

@@ -14,9 +14,9 @@ taken with respect to exactly the tensor the head reads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -69,21 +69,23 @@ def feature_split(model: nn.Module) -> FeatureSplit:
         # 'valid' convolutions shrink the map from the borders: e.g. its 6 cells on a 40 px input are
         # centred on pixels 8.5 ... 28.5, not spread over 0 ... 39.
         geometry = chain_geometry([(3, 1, 0), (2, 2, 0), (3, 1, 0), (2, 2, 0), (3, 1, 0)])
-        return FeatureSplit(features, lambda a: model.forward_head(model.pool(a)), "conv3 + ReLU",
-                            geometry=geometry)
+        return FeatureSplit(features, lambda a: model.forward_head(model.pool(a)), "conv3 + ReLU", geometry=geometry)
     if callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None)):
         # timm: forward_features ends with the last conv stage (EfficientNet: conv_head + bn2 + act).
         return FeatureSplit(model.forward_features, model.forward_head, "forward_features")
-    raise SkulensError(f"cannot find the last convolutional stage of {type(model).__name__}: "
-                       "Grad-CAM supports seedcnn and timm models")
+    raise SkulensError(
+        f"cannot find the last convolutional stage of {type(model).__name__}: Grad-CAM supports seedcnn and timm models"
+    )
 
 
 def _feature_map(model: nn.Module, split: FeatureSplit, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     with torch.no_grad():
         a = split.features(x)
     if a.ndim != 4:
-        raise SkulensError(f"{type(model).__name__} has no 2-D feature map to explain (its features are "
-                           f"{a.ndim}-D, e.g. a vision transformer); Grad-CAM needs a convolutional model")
+        raise SkulensError(
+            f"{type(model).__name__} has no 2-D feature map to explain (its features are "
+            f"{a.ndim}-D, e.g. a vision transformer); Grad-CAM needs a convolutional model"
+        )
     channels = getattr(model, "num_features", None)
     nhwc = split.channels_last or (channels is not None and a.shape[1] != channels and a.shape[-1] == channels)
     return a, nhwc
@@ -94,8 +96,9 @@ def _as_batch(input_tensor: torch.Tensor) -> torch.Tensor:
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[0] != 1:
-        raise SkulensError(f"Grad-CAM explains one image: expected a (C, H, W) or (1, C, H, W) tensor, "
-                           f"got {tuple(x.shape)}")
+        raise SkulensError(
+            f"Grad-CAM explains one image: expected a (C, H, W) or (1, C, H, W) tensor, got {tuple(x.shape)}"
+        )
     return x.float()
 
 
@@ -112,8 +115,9 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def gradcam_with_scores(model: nn.Module, input_tensor: torch.Tensor, class_index: int | None = None,
-                        *, upsample: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+def gradcam_with_scores(
+    model: nn.Module, input_tensor: torch.Tensor, class_index: int | None = None, *, upsample: bool = True
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Grad-CAM map, class probabilities and the explained class index, from one forward pass.
 
     ``upsample=False`` returns the map at the feature map's own resolution.
@@ -178,6 +182,7 @@ def gradcam(model: nn.Module, input_tensor: torch.Tensor, class_index: int | Non
 
 # --- From a run or a Recognizer to a picture -------------------------------------------------
 
+
 def load_explainable(source, device: str = "cpu"):
     """``(model, config)`` from a run folder, a :class:`~skulens.recognition.recognizer.Recognizer`
     or an already loaded ``(model, config)`` pair.
@@ -229,8 +234,15 @@ def colorize(heat: np.ndarray, cmap: str = "jet") -> np.ndarray:
     return (colormaps[cmap](np.clip(heat, 0, 1))[..., :3] * 255).round().astype(np.uint8)
 
 
-def overlay_heatmap(photo: Image.Image, heat: np.ndarray, img_size: int, *, alpha: float = 0.5,
-                    max_side: int | None = DISPLAY_SIDE, min_side: int = 256) -> Image.Image:
+def overlay_heatmap(
+    photo: Image.Image,
+    heat: np.ndarray,
+    img_size: int,
+    *,
+    alpha: float = 0.5,
+    max_side: int | None = DISPLAY_SIDE,
+    min_side: int = 256,
+) -> Image.Image:
     """Blend ``heat`` (over the model's centre crop) onto ``photo``; what the model never saw is dimmed.
 
     The result is scaled to at most ``max_side`` and, for tiny photos, at least ``min_side`` pixels.
@@ -245,15 +257,15 @@ def overlay_heatmap(photo: Image.Image, heat: np.ndarray, img_size: int, *, alph
         if max_side:
             factor = min(factor, max_side / max(photo.size))
     if abs(factor - 1.0) > 1e-9:
-        photo = photo.resize((max(1, round(photo.width * factor)), max(1, round(photo.height * factor))),
-                             Image.BILINEAR)
+        photo = photo.resize(
+            (max(1, round(photo.width * factor)), max(1, round(photo.height * factor))), Image.BILINEAR
+        )
         box = tuple(v * factor for v in box)
     left, top, right, bottom = (round(v) for v in box)
     right, bottom = min(max(right, left + 1), photo.width), min(max(bottom, top + 1), photo.height)
     base = np.asarray(photo, dtype=np.float32)
     out = base * 0.35 + 255 * 0.65 * 0.25  # dimmed, slightly washed out: outside the model's view
-    heat_img = Image.fromarray(np.asarray(heat, dtype=np.float32)).resize(
-        (right - left, bottom - top), Image.BILINEAR)
+    heat_img = Image.fromarray(np.asarray(heat, dtype=np.float32)).resize((right - left, bottom - top), Image.BILINEAR)
     colours = colorize(np.asarray(heat_img)).astype(np.float32)
     out[top:bottom, left:right] = (1 - alpha) * base[top:bottom, left:right] + alpha * colours
     return Image.fromarray(np.clip(out, 0, 255).round().astype(np.uint8))
@@ -277,9 +289,14 @@ class Explanation:
         return overlay_heatmap(self.photo, self.heatmap, self.img_size, alpha=alpha, max_side=max_side)
 
     def to_dict(self) -> dict:
-        return {"class_index": self.class_index, "label": self.label, "probability": self.probability,
-                "predicted_index": self.predicted_index, "predicted_label": self.predicted_label,
-                "predicted_probability": self.predicted_probability}
+        return {
+            "class_index": self.class_index,
+            "label": self.label,
+            "probability": self.probability,
+            "predicted_index": self.predicted_index,
+            "predicted_label": self.predicted_label,
+            "predicted_probability": self.predicted_probability,
+        }
 
 
 def explain_image(source, image, class_index: int | str | None = None, *, device: str = "cpu") -> Explanation:
@@ -301,12 +318,27 @@ def explain_image(source, image, class_index: int | str | None = None, *, device
         photo = pad_to_square(photo)
     heat, probs, index = gradcam_with_scores(model, x, resolve_class(config, class_index))
     top = int(np.argmax(probs))
-    return Explanation(class_index=index, label=config.classes[index], probability=float(probs[index]),
-                       predicted_index=top, predicted_label=config.classes[top],
-                       predicted_probability=float(probs[top]), heatmap=heat, photo=photo, img_size=pre.img_size)
+    return Explanation(
+        class_index=index,
+        label=config.classes[index],
+        probability=float(probs[index]),
+        predicted_index=top,
+        predicted_label=config.classes[top],
+        predicted_probability=float(probs[top]),
+        heatmap=heat,
+        photo=photo,
+        img_size=pre.img_size,
+    )
 
 
-def gradcam_overlay(source, image, class_index: int | str | None = None, *, alpha: float = 0.5,
-                    max_side: int | None = DISPLAY_SIDE, device: str = "cpu") -> Image.Image:
+def gradcam_overlay(
+    source,
+    image,
+    class_index: int | str | None = None,
+    *,
+    alpha: float = 0.5,
+    max_side: int | None = DISPLAY_SIDE,
+    device: str = "cpu",
+) -> Image.Image:
     """The Grad-CAM heat map blended over the photo, as a PIL image (for the CLI and the web page)."""
     return explain_image(source, image, class_index, device=device).overlay(alpha=alpha, max_side=max_side)

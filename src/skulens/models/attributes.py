@@ -14,7 +14,6 @@ nothing about the product, so learning it as a value of its own would teach the 
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -57,8 +56,10 @@ def _classifier(model: nn.Module) -> nn.Module:
 
 def attach_attribute_heads(model: nn.Module, specs: dict[str, dict]) -> nn.Module:
     if not (hasattr(model, "forward_features") and hasattr(model, "forward_head") and _classifier(model) is not None):
-        raise SkulensError(f"attribute heads need a backbone with pooled features (EfficientNet, seedcnn, most timm "
-                           f"models), not {type(model).__name__}")
+        raise SkulensError(
+            f"attribute heads need a backbone with pooled features (EfficientNet, seedcnn, most timm "
+            f"models), not {type(model).__name__}"
+        )
     model.attribute_heads = AttributeHeads(model.num_features, specs)
     return model
 
@@ -67,8 +68,9 @@ def has_attribute_heads(model: nn.Module) -> bool:
     return isinstance(getattr(model, "attribute_heads", None), AttributeHeads)
 
 
-def forward_all(model: nn.Module, x: torch.Tensor,
-                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def forward_all(
+    model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(class logits, {attribute: logits})`` from one backbone pass.
 
     ``labels`` switch on the ArcFace margin of an embedding head while training, as ``model_logits`` does.
@@ -78,8 +80,9 @@ def forward_all(model: nn.Module, x: torch.Tensor,
     return heads_on_pooled(model, pooled_features(model, x), labels)
 
 
-def heads_on_pooled(model: nn.Module, pooled: torch.Tensor,
-                    labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def heads_on_pooled(
+    model: nn.Module, pooled: torch.Tensor, labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``forward_all`` from pooled features already computed (e.g. kept as search vectors too)."""
     from skulens.models.embedding import has_embedding_head
 
@@ -94,12 +97,18 @@ def attribute_logits(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
 
 
 def attribute_probabilities(logits: dict[str, torch.Tensor], specs: dict[str, dict]) -> dict[str, torch.Tensor]:
-    return {name: (v.float().softmax(-1) if specs[name]["kind"] == "softmax" else v.float().sigmoid())
-            for name, v in logits.items()}
+    return {
+        name: (v.float().softmax(-1) if specs[name]["kind"] == "softmax" else v.float().sigmoid())
+        for name, v in logits.items()
+    }
 
 
-def attribute_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], specs: dict[str, dict],
-                   label_smoothing: float = 0.0) -> torch.Tensor:
+def attribute_loss(
+    logits: dict[str, torch.Tensor],
+    targets: dict[str, torch.Tensor],
+    specs: dict[str, dict],
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Sum over attributes of the mean loss over the known targets (a batch with none adds 0)."""
     total = None
     for name, spec in specs.items():
@@ -122,6 +131,7 @@ def attribute_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Ten
 
 
 # --- metrics and thresholds -----------------------------------------------------------------
+
 
 def _softmax_targets(samples, position: int) -> np.ndarray:
     return np.array([s.attributes[position] if position < len(s.attributes) else -1 for s in samples], np.int64)
@@ -148,8 +158,9 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     return float(precision_at[hits].mean())
 
 
-def attribute_metrics(attr_probs: dict[str, np.ndarray], samples, specs: dict[str, dict],
-                      thresholds: dict[str, list[float]] | None = None) -> dict[str, dict]:
+def attribute_metrics(
+    attr_probs: dict[str, np.ndarray], samples, specs: dict[str, dict], thresholds: dict[str, list[float]] | None = None
+) -> dict[str, dict]:
     """Per attribute, over the images whose value is known: accuracy (softmax) or mAP and
     micro precision/recall/F1 at the tuned thresholds (sigmoid). ``samples`` align with the rows."""
     out: dict[str, dict] = {}
@@ -159,8 +170,12 @@ def attribute_metrics(attr_probs: dict[str, np.ndarray], samples, specs: dict[st
             target = _softmax_targets(samples, position)
             known = target >= 0
             pred = probs.argmax(1)
-            out[name] = {"kind": "softmax", "n_known": int(known.sum()), "n_unknown": int((~known).sum()),
-                         "accuracy": float(np.mean(pred[known] == target[known])) if known.any() else float("nan")}
+            out[name] = {
+                "kind": "softmax",
+                "n_known": int(known.sum()),
+                "n_unknown": int((~known).sum()),
+                "accuracy": float(np.mean(pred[known] == target[known])) if known.any() else float("nan"),
+            }
             continue
         target = _tag_targets(samples, position, len(spec["values"]))
         known = target[:, 0] >= 0
@@ -173,12 +188,17 @@ def attribute_metrics(attr_probs: dict[str, np.ndarray], samples, specs: dict[st
         fp, fn = int(np.sum(pred & (target == 0))), int(np.sum(~pred & (target == 1)))
         precision = tp / (tp + fp) if tp + fp else float("nan")
         recall = tp / (tp + fn) if tp + fn else float("nan")
-        out[name] = {"kind": "sigmoid", "n_known": int(known.sum()), "n_unknown": int((~known).sum()),
-                     "mAP": float(np.mean(scored)) if scored else float("nan"),
-                     "ap_per_tag": {v: a for v, a in zip(spec["values"], aps)},
-                     "precision": precision, "recall": recall,
-                     "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
-                     "thresholds_tuned": bool(thresholds and name in thresholds)}
+        out[name] = {
+            "kind": "sigmoid",
+            "n_known": int(known.sum()),
+            "n_unknown": int((~known).sum()),
+            "mAP": float(np.mean(scored)) if scored else float("nan"),
+            "ap_per_tag": {v: a for v, a in zip(spec["values"], aps)},
+            "precision": precision,
+            "recall": recall,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
+            "thresholds_tuned": bool(thresholds and name in thresholds),
+        }
     return out
 
 
@@ -199,15 +219,20 @@ def tune_thresholds(attr_probs: dict[str, np.ndarray], samples, specs: dict[str,
                 continue
             # Candidate thresholds are the scores themselves; F1 at "score >= t" for each.
             candidates = np.unique(probs[:, j])
-            f1 = [2 * np.sum((probs[:, j] >= t) & positives) / (np.sum(probs[:, j] >= t) + positives.sum())
-                  for t in candidates]
+            f1 = [
+                2 * np.sum((probs[:, j] >= t) & positives) / (np.sum(probs[:, j] >= t) + positives.sum())
+                for t in candidates
+            ]
             thresholds.append(float(candidates[int(np.argmax(f1))]))
         out[name] = thresholds
     return out
 
 
-def describe(attr_probs: dict[str, torch.Tensor | np.ndarray], specs: dict[str, dict],
-             thresholds: dict[str, list[float]] | None = None) -> dict[str, dict]:
+def describe(
+    attr_probs: dict[str, torch.Tensor | np.ndarray],
+    specs: dict[str, dict],
+    thresholds: dict[str, list[float]] | None = None,
+) -> dict[str, dict]:
     """One image's attributes as a Prediction carries them: ``{"value", "confidence"}`` for a softmax
     attribute; for tags, ``value`` joins the tags above their thresholds with "|" ("-": none, as in
     the CSV), ``confidence`` is None and ``tags`` maps each of them to its probability. ``value`` is
@@ -221,8 +246,11 @@ def describe(attr_probs: dict[str, torch.Tensor | np.ndarray], specs: dict[str, 
         else:
             thr = (thresholds or {}).get(name) or [0.5] * len(p)
             chosen = [j for j in np.argsort(-p, kind="stable") if p[j] >= thr[j]]
-            out[name] = {"value": "|".join(spec["values"][j] for j in chosen) or "-", "confidence": None,
-                         "tags": {spec["values"][j]: float(p[j]) for j in chosen}}
+            out[name] = {
+                "value": "|".join(spec["values"][j] for j in chosen) or "-",
+                "confidence": None,
+                "tags": {spec["values"][j]: float(p[j]) for j in chosen},
+            }
     return out
 
 

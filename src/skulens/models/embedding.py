@@ -21,11 +21,20 @@ from torch import nn
 class ArcMarginHead(nn.Module):
     """pooled features -> normalised embedding -> ``scale * cos`` (with the margin on the target when training)."""
 
-    def __init__(self, in_features: int, embedding_dim: int, num_classes: int, *, scale: float = 30.0,
-                 margin: float = 0.3, drop_rate: float = 0.2):
+    def __init__(
+        self,
+        in_features: int,
+        embedding_dim: int,
+        num_classes: int,
+        *,
+        scale: float = 30.0,
+        margin: float = 0.3,
+        drop_rate: float = 0.2,
+    ):
         super().__init__()
-        self.neck = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(in_features, embedding_dim),
-                                  nn.BatchNorm1d(embedding_dim))
+        self.neck = nn.Sequential(
+            nn.Dropout(drop_rate), nn.Linear(in_features, embedding_dim), nn.BatchNorm1d(embedding_dim)
+        )
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.xavier_uniform_(self.weight)
         self.scale, self.margin = scale, margin
@@ -50,7 +59,7 @@ class ArcMarginHead(nn.Module):
         # cos(theta + m) on the target class only; past theta = pi - m the function stops being
         # monotonic, so there fall back to a linear penalty (the "easy margin" fix of ArcFace).
         cos_t = cos.gather(1, labels[:, None]).clamp(-1 + 1e-6, 1 - 1e-6)
-        sin_t = (1 - cos_t ** 2).sqrt()
+        sin_t = (1 - cos_t**2).sqrt()
         with_margin = cos_t * math.cos(self.margin) - sin_t * math.sin(self.margin)
         threshold = math.cos(math.pi - self.margin)
         with_margin = torch.where(cos_t > threshold, with_margin, cos_t - math.sin(math.pi - self.margin) * self.margin)

@@ -54,6 +54,8 @@ def load_packaged_weights(model: nn.Module, name: str) -> None:
         if dst_key in classifier:
             continue
         if tuple(tensor.shape) != tuple(target[dst_key].shape):
-            raise SkulensError(f"{name}: weight {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(target[dst_key].shape)}")
+            raise SkulensError(
+                f"{name}: weight {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(target[dst_key].shape)}"
+            )
         new_state[dst_key] = tensor
     model.load_state_dict(new_state, strict=False)

@@ -48,7 +48,7 @@ class ModelSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
+    def from_dict(cls, data: dict) -> ModelSpec:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -69,22 +69,29 @@ def list_models() -> list[str]:
     import timm
 
     return ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "seedcnn"] + [
-        m for m in timm.list_models() if not m.startswith("efficientnet_lite")]
+        m for m in timm.list_models() if not m.startswith("efficientnet_lite")
+    ]
 
 
 def create_model(spec: ModelSpec, *, pretrained: bool = True, weights: str | Path | None = None) -> nn.Module:
     """Build the architecture in ``spec``; ``pretrained`` loads packaged ImageNet weights where they exist."""
     if spec.name == "seedcnn":
-        model: nn.Module = SeedCNN(spec.num_classes, img_size=spec.img_size, in_chans=spec.in_chans,
-                                   drop_rate=0.5)
+        model: nn.Module = SeedCNN(spec.num_classes, img_size=spec.img_size, in_chans=spec.in_chans, drop_rate=0.5)
     else:
         import timm
 
         if not timm.is_model(spec.name):
-            raise SkulensError(f"unknown model {spec.name!r}: use efficientnet_lite0/1/2, seedcnn or a timm architecture name")
-        model = timm.create_model(spec.name, pretrained=False, num_classes=spec.num_classes,
-                                  in_chans=spec.in_chans, drop_rate=spec.drop_rate,
-                                  **({"drop_path_rate": spec.drop_path_rate} if spec.drop_path_rate else {}))
+            raise SkulensError(
+                f"unknown model {spec.name!r}: use efficientnet_lite0/1/2, seedcnn or a timm architecture name"
+            )
+        model = timm.create_model(
+            spec.name,
+            pretrained=False,
+            num_classes=spec.num_classes,
+            in_chans=spec.in_chans,
+            drop_rate=spec.drop_rate,
+            **({"drop_path_rate": spec.drop_path_rate} if spec.drop_path_rate else {}),
+        )
         if pretrained and weights is None and has_packaged_weights(spec.name) and spec.in_chans == 3:
             load_packaged_weights(model, spec.name)
     if spec.embedding_dim:

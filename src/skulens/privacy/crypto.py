@@ -34,16 +34,20 @@ def parse_key(text: str) -> bytes:
     except (binascii.Error, ValueError):
         key = b""
     if len(key) != KEY_BYTES:
-        raise SkulensError(f"{KEY_ENV} is not a valid key: it must be {KEY_BYTES} random bytes in base64 "
-                           "(make one with `skulens privacy new-key`)")
+        raise SkulensError(
+            f"{KEY_ENV} is not a valid key: it must be {KEY_BYTES} random bytes in base64 "
+            "(make one with `skulens privacy new-key`)"
+        )
     return key
 
 
 def key_from_env() -> bytes:
     text = os.environ.get(KEY_ENV, "")
     if not text.strip():
-        raise SkulensError(f"encryption at rest needs a key in the environment variable {KEY_ENV} "
-                           "(make one with `skulens privacy new-key`)")
+        raise SkulensError(
+            f"encryption at rest needs a key in the environment variable {KEY_ENV} "
+            "(make one with `skulens privacy new-key`)"
+        )
     return parse_key(text)
 
 
@@ -65,8 +69,10 @@ def open_sealed(blob: bytes, key: bytes, name: str) -> bytes:
 
     if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + NONCE_BYTES + 16:
         raise SkulensError(f"{name}: not a file encrypted by skulens")
-    nonce = blob[len(MAGIC):len(MAGIC) + NONCE_BYTES]
+    nonce = blob[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
     try:
-        return _aead(key).decrypt(nonce, blob[len(MAGIC) + NONCE_BYTES:], MAGIC + name.encode("utf-8"))
+        return _aead(key).decrypt(nonce, blob[len(MAGIC) + NONCE_BYTES :], MAGIC + name.encode("utf-8"))
     except InvalidTag:
-        raise SkulensError(f"{name}: cannot decrypt: wrong key, or the file was changed, truncated or renamed") from None
+        raise SkulensError(
+            f"{name}: cannot decrypt: wrong key, or the file was changed, truncated or renamed"
+        ) from None

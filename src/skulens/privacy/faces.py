@@ -36,8 +36,10 @@ def _cascades():
         folder = Path(cv2.data.haarcascades)
         loaded = [cv2.CascadeClassifier(str(folder / name)) for name in CASCADES]
         if any(c.empty() for c in loaded):
-            raise SkulensError(f"--blur-faces: OpenCV's face cascades are missing from {folder} "
-                               "(opencv-python-headless 4.x ships them)")
+            raise SkulensError(
+                f"--blur-faces: OpenCV's face cascades are missing from {folder} "
+                "(opencv-python-headless 4.x ships them)"
+            )
         _local.cascades = loaded
     return _local.cascades
 
@@ -54,8 +56,9 @@ def detect_faces(image: Image.Image) -> list[tuple[int, int, int, int]]:
     gray = np.asarray(image.convert("L"))
     scale = min(1.0, DETECT_SIDE / max(gray.shape))
     if scale < 1.0:
-        gray = cv2.resize(gray, (round(gray.shape[1] * scale), round(gray.shape[0] * scale)),
-                          interpolation=cv2.INTER_AREA)
+        gray = cv2.resize(
+            gray, (round(gray.shape[1] * scale), round(gray.shape[0] * scale)), interpolation=cv2.INTER_AREA
+        )
     gray = cv2.equalizeHist(gray)
     width = gray.shape[1]
     min_side = max(20, min(gray.shape) // 40)

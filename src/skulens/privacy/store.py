@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from PIL import Image
@@ -50,8 +50,14 @@ class PurgeResult:
 
 
 class UploadStore:
-    def __init__(self, root: str | Path, *, blur_faces: bool = False, key: bytes | None = None,
-                 retention_days: float | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        blur_faces: bool = False,
+        key: bytes | None = None,
+        retention_days: float | None = None,
+    ):
         if retention_days is not None and retention_days <= 0:
             raise SkulensError(f"--retention-days must be positive (got {retention_days:g})")
         self.root = Path(root)
@@ -71,14 +77,18 @@ class UploadStore:
         self._maybe_purge()
 
     @classmethod
-    def from_settings(cls, root, *, blur_faces: bool, encrypt: bool, retention_days: float | None) -> "UploadStore":
-        return cls(root, blur_faces=blur_faces, key=crypto.key_from_env() if encrypt else None,
-                   retention_days=retention_days)
+    def from_settings(cls, root, *, blur_faces: bool, encrypt: bool, retention_days: float | None) -> UploadStore:
+        return cls(
+            root, blur_faces=blur_faces, key=crypto.key_from_env() if encrypt else None, retention_days=retention_days
+        )
 
     def describe(self) -> str:
-        parts = ["metadata stripped", "faces blurred" if self.blur_faces else "faces not blurred",
-                 "encrypted (AES-256-GCM)" if self.key else "not encrypted",
-                 f"kept {self.retention_days:g} days" if self.retention_days else "kept until purged"]
+        parts = [
+            "metadata stripped",
+            "faces blurred" if self.blur_faces else "faces not blurred",
+            "encrypted (AES-256-GCM)" if self.key else "not encrypted",
+            f"kept {self.retention_days:g} days" if self.retention_days else "kept until purged",
+        ]
         return f"storing uploads in {self.root}: " + ", ".join(parts)
 
     def save(self, image: Image.Image) -> Stored | None:
@@ -100,7 +110,7 @@ class UploadStore:
         if self.key is not None:
             data = crypto.seal(data, self.key, name)
             name += crypto.ENCRYPTED_SUFFIX
-        day = self.root / datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        day = self.root / datetime.now(UTC).strftime("%Y-%m-%d")
         day.mkdir(exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(dir=day, prefix=TEMP_PREFIX)  # created 0600
         try:
@@ -123,8 +133,9 @@ class UploadStore:
             self._last_purge = now
             result = purge(self.root, self.retention_days, now=now)
             if result.removed:
-                log.info("retention: removed %d stored upload(s) older than %g days", result.removed,
-                         self.retention_days)
+                log.info(
+                    "retention: removed %d stored upload(s) older than %g days", result.removed, self.retention_days
+                )
         except SkulensError as exc:
             log.error("retention purge failed: %s", exc)
         finally:
@@ -142,7 +153,7 @@ def purge(root: str | Path, older_than_days: float, *, now: float | None = None,
     now = time.time() if now is None else now
     cutoff = now - older_than_days * 86400
     # Only folders of past days are removed when empty: the server may be about to write into today's.
-    today = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+    today = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
     result = PurgeResult()
     for day in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and DAY_DIR.match(p.name)):
         for path in day.iterdir():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -51,8 +51,13 @@ class Prediction:
 class Recognizer:
     """A trained run, ready to predict. Build with :meth:`load`."""
 
-    def __init__(self, engine: Engine, tta: bool = False, thresholds: list[float | None] | None = None,
-                 attribute_thresholds: dict[str, list[float]] | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        tta: bool = False,
+        thresholds: list[float | None] | None = None,
+        attribute_thresholds: dict[str, list[float]] | None = None,
+    ):
         self.engine = engine
         self.attribute_thresholds = attribute_thresholds
         self.config = engine.config
@@ -61,8 +66,9 @@ class Recognizer:
         self.backoff = Backoff(tree_or_flat(self.config.tree, self.config.classes), thresholds)
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, engine: str = "auto", device: str = "auto", tta: bool = False) -> "Recognizer":
-        """``engine``: ``auto`` (ONNX Runtime when an up-to-date export exists and we are on a CPU), ``torch`` or ``onnx``."""
+    def load(cls, run_dir: str | Path, *, engine: str = "auto", device: str = "auto", tta: bool = False) -> Recognizer:
+        """``engine``: ``auto`` (ONNX Runtime when an up-to-date export exists and we are on a CPU),
+        ``torch`` or ``onnx``."""
         runner = load_engine(run_dir, engine, device)
         return cls(runner, tta, load_thresholds(run_dir, runner.config), RunFolder(run_dir).attribute_thresholds())
 
@@ -95,8 +101,10 @@ class Recognizer:
 
         def flush():
             probs, attrs = self.engine.outputs(torch.stack([t for _, t in pending]), self.tta)
-            results = [(p, self._prediction(row, p, top_k, _row(attrs, i)), None)
-                       for i, ((p, _), row) in enumerate(zip(pending, probs))]
+            results = [
+                (p, self._prediction(row, p, top_k, _row(attrs, i)), None)
+                for i, ((p, _), row) in enumerate(zip(pending, probs))
+            ]
             pending.clear()
             return results
 
@@ -111,19 +119,28 @@ class Recognizer:
         if pending:
             yield from flush()
 
-    def _prediction(self, probs: torch.Tensor, source: ImageSource, top_k: int,
-                    attrs: dict[str, torch.Tensor] | None = None) -> Prediction:
+    def _prediction(
+        self, probs: torch.Tensor, source: ImageSource, top_k: int, attrs: dict[str, torch.Tensor] | None = None
+    ) -> Prediction:
         values, indices = probs.topk(min(max(1, top_k), len(self.classes)))
-        scored = [ScoredClass(self.classes[i], float(v), self.category_path(i))
-                  for v, i in zip(values.tolist(), indices.tolist())]
+        scored = [
+            ScoredClass(self.classes[i], float(v), self.category_path(i))
+            for v, i in zip(values.tolist(), indices.tolist())
+        ]
         best = scored[0]
         answer = self.backoff.answers(probs.numpy())[0]
-        return Prediction(label=best.label, confidence=best.confidence, path=best.path, top_k=scored,
-                          source=str(source) if isinstance(source, (str, Path)) else None,
-                          answer_path=answer.path, answer_confidence=answer.confidence, unknown=answer.unknown,
-                          level_confidences=[asdict(lv) for lv in answer.levels],
-                          attributes=describe(attrs, self.config.model.attributes, self.attribute_thresholds)
-                          if attrs else {})
+        return Prediction(
+            label=best.label,
+            confidence=best.confidence,
+            path=best.path,
+            top_k=scored,
+            source=str(source) if isinstance(source, (str, Path)) else None,
+            answer_path=answer.path,
+            answer_confidence=answer.confidence,
+            unknown=answer.unknown,
+            level_confidences=[asdict(lv) for lv in answer.levels],
+            attributes=describe(attrs, self.config.model.attributes, self.attribute_thresholds) if attrs else {},
+        )
 
 
 def _row(attrs: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:

@@ -5,7 +5,9 @@ refreshed after each evaluation kept in the folder, from the folder's own files 
 from __future__ import annotations
 
 import json
+
 from skulens.runs.names import RECIPE_FILE, THRESHOLDS_FILE
+
 
 def model_card(folder) -> str:
     config = folder.config()
@@ -27,17 +29,20 @@ def _model_section(config, digest: str | None) -> str:
     if spec.embedding_dim:
         heads.append(f"a {spec.embedding_dim}-d ArcFace embedding head (for visual search)")
     if spec.attributes:
-        heads.append("attribute heads: " + ", ".join(f"{n} ({a['kind']}, {len(a['values'])} values)"
-                                                     for n, a in spec.attributes.items()))
+        heads.append(
+            "attribute heads: "
+            + ", ".join(f"{n} ({a['kind']}, {len(a['values'])} values)" for n, a in spec.attributes.items())
+        )
     lines = [
-        "## Model", "",
+        "## Model",
+        "",
         f"- Architecture: `{spec.name}`, {spec.num_classes} classes" + (f"; {'; '.join(heads)}" if heads else ""),
         f"- Input: {pre.img_size} px ({'centre crop' if pre.resize == 'crop' else 'padded to square'}), "
         f"{pre.in_chans} channel(s), normalised with mean {pre.mean} and std {pre.std}",
         f"- Weights: `model.safetensors`, sha256 `{digest or 'missing'}`",
     ]
     if "architecture" in config.to_dict():
-        lines.append("- Also a timm model folder: `timm.create_model(\"local-dir:PATH\", pretrained=True)`")
+        lines.append('- Also a timm model folder: `timm.create_model("local-dir:PATH", pretrained=True)`')
     return "\n".join(lines)
 
 
@@ -55,8 +60,10 @@ def _data_section(config) -> str:
 
 def _recipe_section(path, has_recipe: bool, args: dict) -> str:
     if has_recipe:
-        body = (f"Every training setting is in `recipe.toml`; `skulens train DATA --config {path}/recipe.toml` "
-                "trains the same way again.")
+        body = (
+            f"Every training setting is in `recipe.toml`; `skulens train DATA --config {path}/recipe.toml` "
+            "trains the same way again."
+        )
     else:
         body = "No `recipe.toml` (a run from an older skulens); its settings are in `config.json`'s `train_args`."
     keys = ("epochs", "lr", "batch_size", "img_size", "optimizer", "freeze_stages", "label_smoothing", "keep")
@@ -74,30 +81,36 @@ def _metrics_section(folder, config) -> str:
     for metrics_file in sorted(folder.path.glob("eval-*/metrics.json")):
         try:
             m = json.loads(metrics_file.read_text(encoding="utf-8"))
-            rows.append(f"| {m['split']} | {m['n_images']} | {100 * m['top1']:.2f}% | "
-                        f"{100 * m['top5']:.2f}% |" if m.get("top5") is not None else
-                        f"| {m['split']} | {m['n_images']} | {100 * m['top1']:.2f}% | - |")
+            rows.append(
+                f"| {m['split']} | {m['n_images']} | {100 * m['top1']:.2f}% | {100 * m['top5']:.2f}% |"
+                if m.get("top5") is not None
+                else f"| {m['split']} | {m['n_images']} | {100 * m['top1']:.2f}% | - |"
+            )
             evaluated.append(m["split"])
         except (ValueError, KeyError, TypeError, OSError):
             continue  # a half-written or foreign file is not a figure
     note = ""
     if "test" not in evaluated:
-        note = (f"\n\nTest split: not evaluated yet (`skulens evaluate {folder.path} DATA --split test`). The val "
-                "figure chose the weights, so it flatters them; only a split the run never saw measures them.")
+        note = (
+            f"\n\nTest split: not evaluated yet (`skulens evaluate {folder.path} DATA --split test`). The val "
+            "figure chose the weights, so it flatters them; only a split the run never saw measures them."
+        )
     return "## Metrics\n\n" + "\n".join(rows) + note
 
 
 def _limits_section(config, calibrated: bool, path) -> str:
     lines = [
-        "## Limits", "",
+        "## Limits",
+        "",
         f"- It knows only its {len(config.classes)} classes: a photo of anything else still gets one of them.",
         "- The figures hold for photos like the dataset's (lighting, backgrounds, cameras); measure on your own "
         "photos before relying on them.",
     ]
     if calibrated:
-        lines.append("- Calibrated (`thresholds.json`): an unsure answer backs off to a coarser category or "
-                     "\"unknown\".")
+        lines.append('- Calibrated (`thresholds.json`): an unsure answer backs off to a coarser category or "unknown".')
     else:
-        lines.append(f"- Not calibrated: every answer is a leaf, however unsure; `skulens calibrate {path} DATA` "
-                     "lets it back off to a coarser category instead.")
+        lines.append(
+            f"- Not calibrated: every answer is a leaf, however unsure; `skulens calibrate {path} DATA` "
+            "lets it back off to a coarser category instead."
+        )
     return "\n".join(lines)

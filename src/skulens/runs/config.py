@@ -46,14 +46,18 @@ class RunConfig:
             "label_names": list(self.classes),
             "model_args": {"in_chans": spec.in_chans},
             "pretrained_cfg": {
-                "input_size": [spec.in_chans, size, size], "mean": list(self.preprocessing.mean),
-                "std": list(self.preprocessing.std), "num_classes": spec.num_classes, "interpolation": "bilinear",
-                "crop_pct": 1.0, "crop_mode": "center" if self.preprocessing.resize == "crop" else "border",
+                "input_size": [spec.in_chans, size, size],
+                "mean": list(self.preprocessing.mean),
+                "std": list(self.preprocessing.std),
+                "num_classes": spec.num_classes,
+                "interpolation": "bilinear",
+                "crop_pct": 1.0,
+                "crop_mode": "center" if self.preprocessing.resize == "crop" else "border",
             },
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunConfig":
+    def from_dict(cls, data: dict) -> RunConfig:
         return cls(
             model=ModelSpec.from_dict(data["model"]),
             classes=list(data["classes"]),

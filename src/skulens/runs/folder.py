@@ -28,10 +28,19 @@ from skulens.errors import CheckpointError, SkulensError
 from skulens.files import sha256_file, write_json_atomic, write_text_atomic
 from skulens.runs.card import model_card
 from skulens.runs.config import RunConfig
-
 from skulens.runs.names import (  # noqa: F401 - re-exported: the folder's file names
-    ATTRIBUTE_THRESHOLDS_FILE, CARD_FILE, CHECKSUMS_FILE, CONFIG_FILE, EXPORT_FILE, LAST_WEIGHTS_FILE, ONNX_FP32,
-    ONNX_INT8, RECIPE_FILE, THRESHOLDS_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE,
+    ATTRIBUTE_THRESHOLDS_FILE,
+    CARD_FILE,
+    CHECKSUMS_FILE,
+    CONFIG_FILE,
+    EXPORT_FILE,
+    LAST_WEIGHTS_FILE,
+    ONNX_FP32,
+    ONNX_INT8,
+    RECIPE_FILE,
+    THRESHOLDS_FILE,
+    TRAIN_STATE_FILE,
+    WEIGHTS_FILE,
 )
 
 log = logging.getLogger(__name__)
@@ -88,8 +97,10 @@ def verify_checksum(path: Path) -> None:
         return
     actual = sha256_file(path)
     if actual not in accepted:
-        raise CheckpointError(f"{path}: does not match its recorded checksum (sha256 {actual[:16]}...); "
-                              "the file was changed or corrupted after it was saved, so it is not loaded")
+        raise CheckpointError(
+            f"{path}: does not match its recorded checksum (sha256 {actual[:16]}...); "
+            "the file was changed or corrupted after it was saved, so it is not loaded"
+        )
 
 
 class RunFolder:
@@ -145,8 +156,10 @@ class RunFolder:
         model = create_model(config.model, pretrained=False)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise CheckpointError(f"{self.weights}: weights do not match {config.model.name} "
-                                  f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+            raise CheckpointError(
+                f"{self.weights}: weights do not match {config.model.name} "
+                f"({len(missing)} missing, {len(unexpected)} unexpected tensors)"
+            )
         model.to(device).eval()
         return model, config
 
@@ -188,7 +201,9 @@ class RunFolder:
                 return None
             return {k: [float(t) for t in v] for k, v in record["thresholds"].items()}
         except (CheckpointError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise SkulensError(f"{self.path / ATTRIBUTE_THRESHOLDS_FILE}: invalid attribute thresholds ({exc})") from None
+            raise SkulensError(
+                f"{self.path / ATTRIBUTE_THRESHOLDS_FILE}: invalid attribute thresholds ({exc})"
+            ) from None
 
     def save_attribute_thresholds(self, thresholds: dict[str, list[float]], split: str = "val") -> None:
         self.write_json(ATTRIBUTE_THRESHOLDS_FILE, {"tuned_on": split, "thresholds": thresholds})

@@ -16,9 +16,19 @@ from skulens.serving.jobs import JobsFull
 
 log = logging.getLogger("skulens.serving")
 
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-              422: "invalid_request", 429: "too_many_requests", 503: "unavailable", 504: "timeout"}
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    503: "unavailable",
+    504: "timeout",
+}
 
 
 class ApiError(Exception):

@@ -19,7 +19,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from skulens import __version__
 from skulens.errors import SkulensError
 from skulens.serving import (
-    routes_catalog, routes_explain, routes_jobs, routes_products, routes_recognize, routes_system, routes_web,
+    routes_catalog,
+    routes_explain,
+    routes_jobs,
+    routes_products,
+    routes_recognize,
+    routes_system,
+    routes_web,
 )
 from skulens.serving.api_errors import install_error_handlers
 from skulens.serving.batching import MicroBatcher
@@ -80,9 +86,14 @@ def embedding_batcher(catalog, config: ServeConfig, metrics: Metrics) -> MicroBa
         metrics.embed_inference.observe(seconds)
 
     # Its own lock: the embedder is a second model, so it need not wait for recognition (and vice versa).
-    return MicroBatcher(lambda tensors: list(embedder.embed_tensors(torch.stack(list(tensors)))),
-                        max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
-                        max_queue=config.max_queue, lock=threading.Lock(), on_batch=on_batch)
+    return MicroBatcher(
+        lambda tensors: list(embedder.embed_tensors(torch.stack(list(tensors)))),
+        max_batch_size=config.max_batch_size,
+        max_wait_ms=config.max_wait_ms,
+        max_queue=config.max_queue,
+        lock=threading.Lock(),
+        on_batch=on_batch,
+    )
 
 
 def warm_up_all(svc: Services) -> None:
@@ -99,6 +110,7 @@ def warm_up_all(svc: Services) -> None:
     if svc.embed_batcher is not None:
         warm_up("search embedding", lambda: run(svc.embed_batcher, svc.embedder.input_tensor(grey)))
     if hasattr(svc.catalog, "index"):
+
         def load_index() -> None:
             with svc.catalog_lock:
                 svc.catalog.index()
@@ -117,10 +129,15 @@ def recognition_batcher(recognizer, config: ServeConfig, metrics: Metrics) -> Mi
         metrics.inference.observe(seconds)
 
     # Every class is scored so the API can give each level of the category path its own confidence.
-    return MicroBatcher(lambda images: recognizer.predict_batch(images, top_k=n_classes),
-                        max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
-                        max_queue=config.max_queue, lock=threading.Lock(), on_batch=on_batch,
-                        on_queue=metrics.queue_depth.set)
+    return MicroBatcher(
+        lambda images: recognizer.predict_batch(images, top_k=n_classes),
+        max_batch_size=config.max_batch_size,
+        max_wait_ms=config.max_wait_ms,
+        max_queue=config.max_queue,
+        lock=threading.Lock(),
+        on_batch=on_batch,
+        on_queue=metrics.queue_depth.set,
+    )
 
 
 def build_services(config: ServeConfig) -> Services:
@@ -129,9 +146,14 @@ def build_services(config: ServeConfig) -> Services:
     metrics = Metrics()
     batcher = recognition_batcher(recognizer, config, metrics)
     catalog = load_catalog(config)
-    svc = Services(config=config, recognizer=recognizer, batcher=batcher, metrics=metrics,
-                   engine_name=str(getattr(getattr(recognizer, "engine", None), "name", "model")),
-                   catalog=catalog)
+    svc = Services(
+        config=config,
+        recognizer=recognizer,
+        batcher=batcher,
+        metrics=metrics,
+        engine_name=str(getattr(getattr(recognizer, "engine", None), "name", "model")),
+        catalog=catalog,
+    )
     if routes_explain.explainable(recognizer):
         svc.explainer = routes_explain.Explainer(recognizer, batcher.lock)
     if catalog is not None:
@@ -146,9 +168,13 @@ async def start_services(svc: Services) -> None:
     config, metrics = svc.config, svc.metrics
     # Thread pools live with the server, so a second start (tests, reloads) gets fresh ones.
     svc.decode_pool = ThreadPoolExecutor(max_workers=decode_workers(), thread_name_prefix="skulens-decode")
-    svc.jobs = JobManager(max_jobs=config.max_jobs, max_active=config.max_active_jobs,
-                          workers=config.job_workers, ttl_s=config.job_ttl_s,
-                          on_finish=lambda job: metrics.jobs.labels(kind=job.kind, status=job.status).inc())
+    svc.jobs = JobManager(
+        max_jobs=config.max_jobs,
+        max_active=config.max_active_jobs,
+        workers=config.job_workers,
+        ttl_s=config.job_ttl_s,
+        on_finish=lambda job: metrics.jobs.labels(kind=job.kind, status=job.status).inc(),
+    )
     await svc.batcher.start()
     if svc.embed_batcher is not None:
         await svc.embed_batcher.start()
@@ -189,17 +215,27 @@ def include_routers(app: FastAPI) -> None:
 def install_middleware(app: FastAPI, config: ServeConfig, metrics: Metrics) -> None:
     # Added last, so outermost: it sees (and times) every request, CORS preflights included.
     if config.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
-                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type"], max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            max_age=600,
+        )
     app.add_middleware(ObserveMiddleware, metrics=metrics, log_client_ips=config.log_client_ips)
 
 
 def create_app(config: ServeConfig) -> FastAPI:
     svc = build_services(config)
     # /docs is served by routes_web from local files (FastAPI's default pulls Swagger UI from a CDN).
-    app = FastAPI(title="skulens", version=__version__, description=DESCRIPTION, lifespan=services_lifespan(svc),
-                  docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="skulens",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=services_lifespan(svc),
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.services = svc
     install_error_handlers(app)
     include_routers(app)

@@ -11,8 +11,9 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from skulens.errors import SkulensError
 
@@ -22,10 +23,17 @@ class Overloaded(SkulensError):
 
 
 class MicroBatcher:
-    def __init__(self, run_batch: Callable[[Sequence[Any]], Sequence[Any]], *, max_batch_size: int = 16,
-                 max_wait_ms: float = 5.0, max_queue: int = 256, lock: threading.Lock | None = None,
-                 on_batch: Callable[[int, float], None] | None = None,
-                 on_queue: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[Any]], Sequence[Any]],
+        *,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 256,
+        lock: threading.Lock | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+        on_queue: Callable[[int], None] | None = None,
+    ):
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000

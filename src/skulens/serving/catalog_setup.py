@@ -45,7 +45,7 @@ def default_media_dir(catalog) -> Path:
     """Beside a SQLite file (``shop.db.media/``); for a server database, in the cache folder."""
     url = str(getattr(catalog, "url", ""))
     if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):] + ".media")
+        return Path(url[len("sqlite:///") :] + ".media")
     return cache_dir() / f"media-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
 
 
@@ -60,8 +60,10 @@ def open_demo_catalog(run: Path, catalog_dir: Path, device: str = "auto", progre
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SkulensError(f"{folder}: cannot create the cache folder for the demo catalog ({exc.strerror}); "
-                           "set SKULENS_CACHE_DIR to a writable folder") from None
+        raise SkulensError(
+            f"{folder}: cannot create the cache folder for the demo catalog ({exc.strerror}); "
+            "set SKULENS_CACHE_DIR to a writable folder"
+        ) from None
     catalog = Catalog.open(folder / f"demo-catalog-{embedder.model_id}-{place}.db", embedder)
     rows, bad = read_products_csv(catalog_dir / "products.csv", CsvMapping(tree=DEMO_TREE))
     report = import_products(catalog, rows, on_conflict="update", progress=progress, desc="demo catalog")

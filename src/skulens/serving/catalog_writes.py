@@ -74,8 +74,13 @@ class ProductWriter:
         """Decode (size, pixel and format limits, bombs, truncation) and re-encode; raises ImageError."""
         cfg = self.config
         # A JPEG decodes straight at the smallest scale that still fills the stored size.
-        return [self.media.encode(sku, decode(data, max_pixels=cfg.max_pixels, max_bytes=cfg.max_upload_bytes,
-                                              draft_size=self.media.max_side)) for data in files]
+        return [
+            self.media.encode(
+                sku,
+                decode(data, max_pixels=cfg.max_pixels, max_bytes=cfg.max_upload_bytes, draft_size=self.media.max_side),
+            )
+            for data in files
+        ]
 
     def _store(self, encoded: list[EncodedImage]) -> tuple[list[str], list[str]]:
         """Write the files: (every path, the paths this call created)."""
@@ -101,12 +106,24 @@ class ProductWriter:
         sku = valid_sku(fields.sku)
         with self.lock:
             if self.catalog.get(sku) is not None:
-                raise ApiError(409, "product_exists", f"a product with SKU {sku[:80]!r} exists: change it with "
-                                                      "PUT /v1/products/{sku}")
+                raise ApiError(
+                    409,
+                    "product_exists",
+                    f"a product with SKU {sku[:80]!r} exists: change it with PUT /v1/products/{{sku}}",
+                )
             paths, created = self._store(encoded)
-            self._upsert_one(new_product(sku=sku, title=fields.title or "", category_path=list(fields.category_path or []),
-                                     attributes=dict(fields.attributes or {}), description=fields.description or "",
-                                     images=paths), created, "error")
+            self._upsert_one(
+                new_product(
+                    sku=sku,
+                    title=fields.title or "",
+                    category_path=list(fields.category_path or []),
+                    attributes=dict(fields.attributes or {}),
+                    description=fields.description or "",
+                    images=paths,
+                ),
+                created,
+                "error",
+            )
             return self.catalog.get(sku)
 
     def update(self, sku: str, fields: ProductFields | None, encoded: list[EncodedImage] | None) -> Product:
@@ -117,12 +134,19 @@ class ProductWriter:
             if old is None:
                 raise unknown_product(sku)
             paths, created = self._store(encoded) if encoded else (list(old.images), [])
-            self._upsert_one(new_product(
-                sku=sku, title=old.title if fields.title is None else fields.title,
-                category_path=list(old.category_path if fields.category_path is None else fields.category_path),
-                attributes=dict(old.attributes if fields.attributes is None else fields.attributes),
-                description=old.description if fields.description is None else fields.description,
-                images=paths, gallery_images=list(old.gallery_images)), created, "update")
+            self._upsert_one(
+                new_product(
+                    sku=sku,
+                    title=old.title if fields.title is None else fields.title,
+                    category_path=list(old.category_path if fields.category_path is None else fields.category_path),
+                    attributes=dict(old.attributes if fields.attributes is None else fields.attributes),
+                    description=old.description if fields.description is None else fields.description,
+                    images=paths,
+                    gallery_images=list(old.gallery_images),
+                ),
+                created,
+                "update",
+            )
             self.media.discard(set(old.images) - set(paths))
             return self.catalog.get(sku)
 
@@ -166,16 +190,24 @@ class ProductWriter:
         result.rejected.sort(key=lambda r: r.index)
         return result.model_dump()
 
-    def _import_chunk(self, chunk: list[tuple[int, str, ImportProduct, list[EncodedImage]]], on_conflict: str,
-                      result: ImportResult) -> None:
+    def _import_chunk(
+        self, chunk: list[tuple[int, str, ImportProduct, list[EncodedImage]]], on_conflict: str, result: ImportResult
+    ) -> None:
         with self.lock:
             old = {sku: self.catalog.get(sku) for _, sku, _, _ in chunk}
             products, paths_of, created_of = [], {}, {}
             for _, sku, item, encoded in chunk:
                 paths_of[sku], created_of[sku] = self._store(encoded)
-                products.append(new_product(sku=sku, title=item.title or "", category_path=list(item.category_path or []),
-                                        attributes=dict(item.attributes or {}), description=item.description or "",
-                                        images=paths_of[sku]))
+                products.append(
+                    new_product(
+                        sku=sku,
+                        title=item.title or "",
+                        category_path=list(item.category_path or []),
+                        attributes=dict(item.attributes or {}),
+                        description=item.description or "",
+                        images=paths_of[sku],
+                    )
+                )
             try:
                 upserted = self.catalog.upsert(products, on_conflict=on_conflict)
             except BaseException:

@@ -73,12 +73,20 @@ class ServeConfig:
     upload_store: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        positive = {"top_k": self.top_k, "products_k": self.products_k, "max_batch_size": self.max_batch_size,
-                    "max_queue": self.max_queue, "max_upload_bytes": self.max_upload_bytes,
-                    "max_pixels": self.max_pixels, "max_bulk_images": self.max_bulk_images,
-                    "max_bulk_bytes": self.max_bulk_bytes, "max_jobs": self.max_jobs,
-                    "max_active_jobs": self.max_active_jobs,
-                    "job_workers": self.job_workers, "media_max_side": self.media_max_side}
+        positive = {
+            "top_k": self.top_k,
+            "products_k": self.products_k,
+            "max_batch_size": self.max_batch_size,
+            "max_queue": self.max_queue,
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_pixels": self.max_pixels,
+            "max_bulk_images": self.max_bulk_images,
+            "max_bulk_bytes": self.max_bulk_bytes,
+            "max_jobs": self.max_jobs,
+            "max_active_jobs": self.max_active_jobs,
+            "job_workers": self.job_workers,
+            "media_max_side": self.media_max_side,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise SkulensError(f"{name.replace('_', '-')} must be at least 1 (got {value})")
@@ -100,9 +108,13 @@ class ServeConfig:
             from skulens.privacy.store import UploadStore
 
             # Built here so a missing key or an unwritable folder stops the server at start, not per upload.
-            self.upload_store = UploadStore.from_settings(self.store_uploads_dir, blur_faces=self.blur_faces,
-                                                          encrypt=self.encrypt_at_rest,
-                                                          retention_days=self.retention_days)
+            self.upload_store = UploadStore.from_settings(
+                self.store_uploads_dir,
+                blur_faces=self.blur_faces,
+                encrypt=self.encrypt_at_rest,
+                retention_days=self.retention_days,
+            )
         elif self.blur_faces or self.encrypt_at_rest or self.retention_days is not None:
-            raise SkulensError("--blur-faces, --encrypt-at-rest and --retention-days apply to stored uploads: "
-                               "add --store-uploads DIR")
+            raise SkulensError(
+                "--blur-faces, --encrypt-at-rest and --retention-days apply to stored uploads: add --store-uploads DIR"
+            )

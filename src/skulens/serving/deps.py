@@ -61,15 +61,19 @@ class Services:
         sizes = [s for s in sizes if s]
         return max(sizes) if sizes else None
 
-    def search_vector(self, vector, k: int, category: list[str] | None = None,
-                      attributes: dict[str, str] | None = None) -> list[ProductHit]:
+    def search_vector(
+        self, vector, k: int, category: list[str] | None = None, attributes: dict[str, str] | None = None
+    ) -> list[ProductHit]:
         """Products nearest to one embedding; blocking, so it runs in a worker thread."""
         with self.catalog_lock:
-            hits = self.catalog.search_vectors(vector, top_k=k, category=category or None, attributes=attributes or None)
+            hits = self.catalog.search_vectors(
+                vector, top_k=k, category=category or None, attributes=attributes or None
+            )
         return [product_hit(h) for h in hits]
 
-    async def search_image(self, image, k: int, category: list[str] | None = None,
-                           attributes: dict[str, str] | None = None) -> list[ProductHit]:
+    async def search_image(
+        self, image, k: int, category: list[str] | None = None, attributes: dict[str, str] | None = None
+    ) -> list[ProductHit]:
         """Products that look like the photo: embedded in a micro-batch, then one index query."""
         loop = asyncio.get_running_loop()
         tensor = await loop.run_in_executor(self.decode_pool, self.embedder.input_tensor, image)
@@ -92,16 +96,21 @@ def _check_key(request: Request) -> None:
     key = presented_key(request.headers)
     challenge = {"WWW-Authenticate": 'Bearer realm="skulens"'}
     if key is None:
-        raise ApiError(401, "missing_api_key", "this endpoint needs an API key (header X-API-Key or "
-                       "Authorization: Bearer)", challenge)
+        raise ApiError(
+            401,
+            "missing_api_key",
+            "this endpoint needs an API key (header X-API-Key or Authorization: Bearer)",
+            challenge,
+        )
     if not key_matches(key, hashes):
         raise ApiError(401, "invalid_api_key", "the API key is not valid", challenge)
 
 
 # Declared so /docs shows the key and its "Authorize" button; the check itself reads the headers
 # (X-API-Key or Authorization: Bearer) in _check_key.
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                              description="a key from `skulens keys new` (or send Authorization: Bearer KEY)")
+api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="a key from `skulens keys new` (or send Authorization: Bearer KEY)"
+)
 
 
 async def require_read(request: Request, _key: str | None = Security(api_key_header)) -> None:

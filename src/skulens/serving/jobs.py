@@ -12,9 +12,10 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from skulens.errors import SkulensError
 
@@ -64,8 +65,15 @@ class JobContext:
 
 
 class JobManager:
-    def __init__(self, *, max_jobs: int = 64, max_active: int | None = None, workers: int = 1,
-                 ttl_s: float = 3600.0, on_finish: Callable[[Job], None] | None = None):
+    def __init__(
+        self,
+        *,
+        max_jobs: int = 64,
+        max_active: int | None = None,
+        workers: int = 1,
+        ttl_s: float = 3600.0,
+        on_finish: Callable[[Job], None] | None = None,
+    ):
         self.max_jobs = max_jobs
         self.max_active = max_active or max_jobs
         self.ttl_s = ttl_s
@@ -99,11 +107,17 @@ class JobManager:
             job = self._jobs.get(job_id)
             if job is None:
                 return None
-            return {"job_id": job.id, "kind": job.kind, "status": job.status,
-                    "progress": {"done": job.done, "total": job.total}, "created_at": job.created_at,
-                    "started_at": job.started_at, "finished_at": job.finished_at,
-                    "result": job.result if job.status == "succeeded" else None,
-                    "error": {"code": job.error[0], "message": job.error[1]} if job.error else None}
+            return {
+                "job_id": job.id,
+                "kind": job.kind,
+                "status": job.status,
+                "progress": {"done": job.done, "total": job.total},
+                "created_at": job.created_at,
+                "started_at": job.started_at,
+                "finished_at": job.finished_at,
+                "result": job.result if job.status == "succeeded" else None,
+                "error": {"code": job.error[0], "message": job.error[1]} if job.error else None,
+            }
 
     def cancel(self, job_id: str) -> Job | None:
         """Ask a job to stop: a queued job never starts, a running one stops at its next ``check()``."""
@@ -156,8 +170,9 @@ class JobManager:
 
     def _forget_old(self) -> None:
         now = time.time()
-        for job_id in [j.id for j in self._jobs.values()
-                       if j.status in FINISHED and now - (j.finished_at or now) > self.ttl_s]:
+        for job_id in [
+            j.id for j in self._jobs.values() if j.status in FINISHED and now - (j.finished_at or now) > self.ttl_s
+        ]:
             del self._jobs[job_id]
         if len(self._jobs) >= self.max_jobs:
             for job in list(self._jobs.values()):  # oldest first

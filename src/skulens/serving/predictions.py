@@ -39,8 +39,9 @@ def _attributes(raw: Any) -> list[Attribute]:
     return out
 
 
-def to_response(prediction: Any, *, top_k: int, products: list[ProductHit], engine: str,
-                elapsed_ms: float) -> RecognizeResponse:
+def to_response(
+    prediction: Any, *, top_k: int, products: list[ProductHit], engine: str, elapsed_ms: float
+) -> RecognizeResponse:
     scored = list(prediction.top_k) or []
     # Back-off fields exist only on recognizers that have them; read them defensively.
     answer = getattr(prediction, "answer_path", None)

@@ -24,7 +24,12 @@ from skulens.serving.catalog_writes import unknown_product, valid_sku
 from skulens.serving.deps import Services, require_read, services
 from skulens.serving.media import image_response
 from skulens.serving.schemas import (
-    CategoryTreeResponse, ErrorResponse, ProductDetail, ProductPage, SearchResponse, SimilarResponse,
+    CategoryTreeResponse,
+    ErrorResponse,
+    ProductDetail,
+    ProductPage,
+    SearchResponse,
+    SimilarResponse,
 )
 from skulens.serving.uploads import BINARY, decode_off_loop, form_images, form_text, multipart_doc, read_form
 
@@ -63,18 +68,28 @@ def search_options(svc: Services, request: Request, form) -> SearchOptions:
 
 
 # 400: a malformed multipart body (scripts/fuzz_api.py found it answered but undocumented)
-@router.post("/search", response_model=SearchResponse, responses={**ERRORS, 400: {"model": ErrorResponse},
-                                                                   413: {"model": ErrorResponse},
-                                                                   415: {"model": ErrorResponse}},
-             openapi_extra=multipart_doc(["image"], {
-                 "image": BINARY, "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
-                 "category": {"type": "array", "items": {"type": "string"}, "description": CATEGORY_DOC},
-                 "attribute": {"type": "array", "items": {"type": "string"},
-                               "description": "NAME=VALUE, e.g. colour=Blue; repeat for several (all must match)"}}),
-             summary="Products that look like a photo",
-             description="Multipart upload in the field `image`; `top_k` (default: the server's products-k), "
-                         "`category` (repeat per level) and `attribute` (NAME=VALUE, repeatable) as form fields or "
-                         "query parameters. The photo is not stored.")
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    responses={**ERRORS, 400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}},
+    openapi_extra=multipart_doc(
+        ["image"],
+        {
+            "image": BINARY,
+            "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
+            "category": {"type": "array", "items": {"type": "string"}, "description": CATEGORY_DOC},
+            "attribute": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "NAME=VALUE, e.g. colour=Blue; repeat for several (all must match)",
+            },
+        },
+    ),
+    summary="Products that look like a photo",
+    description="Multipart upload in the field `image`; `top_k` (default: the server's products-k), "
+    "`category` (repeat per level) and `attribute` (NAME=VALUE, repeatable) as form fields or "
+    "query parameters. The photo is not stored.",
+)
 async def search(request: Request) -> SearchResponse:
     svc = services(request)
     catalog_of(svc)
@@ -94,15 +109,27 @@ async def _search(svc: Services, request: Request, started: float) -> SearchResp
     return SearchResponse(products=products, elapsed_ms=round(1000 * (time.perf_counter() - started), 2))
 
 
-@router.get("/products", response_model=ProductPage, responses=ERRORS,
-            summary="List products (by SKU), optionally under a category")
-def list_products(request: Request, offset: int = Query(0, ge=0, le=10**9), limit: int = Query(50, ge=1, le=500),
-                  category: list[str] = Query(default=[], max_length=12, description=CATEGORY_DOC)) -> ProductPage:
+@router.get(
+    "/products",
+    response_model=ProductPage,
+    responses=ERRORS,
+    summary="List products (by SKU), optionally under a category",
+)
+def list_products(
+    request: Request,
+    offset: int = Query(0, ge=0, le=10**9),
+    limit: int = Query(50, ge=1, le=500),
+    category: list[str] = Query(default=[], max_length=12, description=CATEGORY_DOC),
+) -> ProductPage:
     catalog = catalog_of(services(request))
     # One more than asked: whether a next page exists, without counting the whole category.
     hits = catalog.products(offset=offset, limit=limit + 1, category=[c for c in category if c] or None)
-    return ProductPage(products=[product_summary(h) for h in hits[:limit]], offset=offset, limit=limit,
-                       next_offset=offset + limit if len(hits) > limit else None)
+    return ProductPage(
+        products=[product_summary(h) for h in hits[:limit]],
+        offset=offset,
+        limit=limit,
+        next_offset=offset + limit if len(hits) > limit else None,
+    )
 
 
 def _product(request: Request, sku: str):
@@ -118,9 +145,12 @@ def get_product(sku: str, request: Request) -> ProductDetail:
     return product_detail(_product(request, sku))
 
 
-@router.get("/products/{sku}/image", response_class=Response, responses={
-    **ERRORS, 200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "the product's photo"}},
-    summary="The product's catalog photo (JPEG or PNG)")
+@router.get(
+    "/products/{sku}/image",
+    response_class=Response,
+    responses={**ERRORS, 200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "the product's photo"}},
+    summary="The product's catalog photo (JPEG or PNG)",
+)
 def product_image(sku: str, request: Request) -> Response:
     product = _product(request, sku)
     # Only a path the catalog itself stored is ever opened; nothing in the request names a file.
@@ -132,10 +162,18 @@ def product_image(sku: str, request: Request) -> Response:
         raise ApiError(404, "no_image", f"the photo of product {product.sku[:80]!r} is missing on the server") from None
 
 
-@router.get("/products/{sku}/similar", response_model=SimilarResponse, responses=ERRORS,
-            summary="Products that look like this one (itself and near-duplicates left out)")
-async def similar(sku: str, request: Request, top_k: int | None = Query(None, ge=1, le=MAX_K),
-                  same_category: bool = Query(False, description="only products in the same category")) -> SimilarResponse:
+@router.get(
+    "/products/{sku}/similar",
+    response_model=SimilarResponse,
+    responses=ERRORS,
+    summary="Products that look like this one (itself and near-duplicates left out)",
+)
+async def similar(
+    sku: str,
+    request: Request,
+    top_k: int | None = Query(None, ge=1, le=MAX_K),
+    same_category: bool = Query(False, description="only products in the same category"),
+) -> SimilarResponse:
     svc = services(request)
     catalog = catalog_of(svc)
     product = await asyncio.get_running_loop().run_in_executor(None, _product, request, sku)
@@ -151,7 +189,11 @@ async def similar(sku: str, request: Request, top_k: int | None = Query(None, ge
     return SimilarResponse(sku=product.sku, products=[product_hit(h) for h in hits])
 
 
-@router.get("/categories", response_model=CategoryTreeResponse, responses=ERRORS,
-            summary="The category tree with product counts at every level")
+@router.get(
+    "/categories",
+    response_model=CategoryTreeResponse,
+    responses=ERRORS,
+    summary="The category tree with product counts at every level",
+)
 def categories(request: Request) -> CategoryTreeResponse:
     return category_tree(catalog_of(services(request)).category_tree())

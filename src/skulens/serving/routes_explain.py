@@ -49,13 +49,18 @@ class Explainer:
         return buf.getvalue()
 
 
-@router.post("/explain", response_class=Response,
-             responses={200: {"content": {"image/png": {}}, "description": "the photo with the heat map"},
-                        **{code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 501, 504)}},
-             openapi_extra=multipart_doc(["image"], {"image": BINARY}),
-             summary="Where the model looked: a Grad-CAM heat map over the photo (PNG)",
-             description="Multipart upload in the field `image`; `label` picks the class to explain (default: "
-                         "the model's top answer). The photo is not stored.")
+@router.post(
+    "/explain",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the photo with the heat map"},
+        **{code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 501, 504)},
+    },
+    openapi_extra=multipart_doc(["image"], {"image": BINARY}),
+    summary="Where the model looked: a Grad-CAM heat map over the photo (PNG)",
+    description="Multipart upload in the field `image`; `label` picks the class to explain (default: "
+    "the model's top answer). The photo is not stored.",
+)
 async def explain(request: Request, label: str | None = Query(None, max_length=200)) -> Response:
     svc = services(request)
     if svc.explainer is None:
@@ -68,10 +73,16 @@ async def _explain(svc, request: Request, label: str | None) -> Response:
 
     cfg = svc.config
     started = time.perf_counter()
-    upload = (await read_images(request, "image", max_files=1, max_file_bytes=cfg.max_upload_bytes,
-                                max_total_bytes=cfg.max_upload_bytes))[0]
+    upload = (
+        await read_images(
+            request, "image", max_files=1, max_file_bytes=cfg.max_upload_bytes, max_total_bytes=cfg.max_upload_bytes
+        )
+    )[0]
     # Decoded for the picture people look at, which is larger than the model's input.
     image = await decode_off_loop(svc, upload.data, draft_size=max(DISPLAY_SIDE, svc.draft_size or 0))
     png = await asyncio.get_running_loop().run_in_executor(None, svc.explainer.png, image, label)
-    return Response(png, media_type="image/png", headers={
-        "Cache-Control": "no-store", "X-Elapsed-Ms": f"{1000 * (time.perf_counter() - started):.1f}"})
+    return Response(
+        png,
+        media_type="image/png",
+        headers={"Cache-Control": "no-store", "X-Elapsed-Ms": f"{1000 * (time.perf_counter() - started):.1f}"},
+    )

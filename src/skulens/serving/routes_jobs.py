@@ -19,14 +19,24 @@ def _status(request: Request, job_id: str) -> JobStatus:
     return JobStatus.model_validate(snapshot)
 
 
-@router.get("/{job_id}", response_model=JobStatus, responses=ERRORS, dependencies=[Depends(require_read)],
-            summary="Status, progress and (when done) result of a background job")
+@router.get(
+    "/{job_id}",
+    response_model=JobStatus,
+    responses=ERRORS,
+    dependencies=[Depends(require_read)],
+    summary="Status, progress and (when done) result of a background job",
+)
 async def get_job(job_id: str, request: Request) -> JobStatus:
     return _status(request, job_id)
 
 
-@router.delete("/{job_id}", response_model=JobStatus, responses=ERRORS, dependencies=[Depends(require_write)],
-               summary="Cancel a background job")
+@router.delete(
+    "/{job_id}",
+    response_model=JobStatus,
+    responses=ERRORS,
+    dependencies=[Depends(require_write)],
+    summary="Cancel a background job",
+)
 async def cancel_job(job_id: str, request: Request) -> JobStatus:
     if services(request).jobs.cancel(job_id) is None:
         raise ApiError(404, "job_not_found", "no such job (finished jobs are kept for a limited time)")

@@ -18,15 +18,20 @@ from skulens.serving.catalog_writes import MAX_PRODUCT_IMAGES, ProductWriter, va
 from skulens.serving.deps import Services, require_write, services
 from skulens.serving.routes_catalog import catalog_of
 from skulens.serving.schemas import (
-    DeletedResponse, ErrorResponse, ImportRequest, JobSubmitted, ProductCreate, ProductDetail, ProductFields,
+    DeletedResponse,
+    ErrorResponse,
+    ImportRequest,
+    JobSubmitted,
+    ProductCreate,
+    ProductDetail,
+    ProductFields,
     inline_schema,
 )
 from skulens.serving.uploads import BINARY, form_images, form_text, multipart_doc, read_capped_body, read_form
 
 router = APIRouter(prefix="/v1/products", tags=["catalog writes"], dependencies=[Depends(require_write)])
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 415, 422)}
-PRODUCT_FIELD_DOC = ('JSON: {"sku", "title", "category_path": ["Fruit", "Apple"], "attributes": {...}, '
-                     '"description"}')
+PRODUCT_FIELD_DOC = 'JSON: {"sku", "title", "category_path": ["Fruit", "Apple"], "attributes": {...}, "description"}'
 FORM_HINT = "send multipart/form-data: the field 'product' (JSON) and the photos in the field 'images'"
 
 
@@ -61,13 +66,24 @@ async def _in_thread(fn, *args):
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
-@router.post("", status_code=201, response_model=ProductDetail,
-             responses={**ERRORS, 400: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
-             openapi_extra=multipart_doc(["product", "images"], {
-                 "product": {"type": "string", "description": PRODUCT_FIELD_DOC},
-                 "images": {"type": "array", "items": BINARY, "description": "one or more photos; the first is "
-                                                                              "the catalog photo"}}),
-             summary="Add a product (searchable at once)")
+@router.post(
+    "",
+    status_code=201,
+    response_model=ProductDetail,
+    responses={**ERRORS, 400: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    openapi_extra=multipart_doc(
+        ["product", "images"],
+        {
+            "product": {"type": "string", "description": PRODUCT_FIELD_DOC},
+            "images": {
+                "type": "array",
+                "items": BINARY,
+                "description": "one or more photos; the first is the catalog photo",
+            },
+        },
+    ),
+    summary="Add a product (searchable at once)",
+)
 async def create_product(request: Request) -> ProductDetail:
     svc = services(request)
     catalog_of(svc)
@@ -82,14 +98,32 @@ async def _create(svc: Services, request: Request) -> ProductDetail:
     return product_detail(await _in_thread(writer.create, fields, encoded))
 
 
-@router.put("/{sku}", response_model=ProductDetail, responses={**ERRORS, 400: {"model": ErrorResponse}},
-            openapi_extra={"requestBody": {"content": {
+@router.put(
+    "/{sku}",
+    response_model=ProductDetail,
+    responses={**ERRORS, 400: {"model": ErrorResponse}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
                 "application/json": {"schema": inline_schema(ProductFields)},
-                "multipart/form-data": {"schema": {"type": "object", "properties": {
-                    "product": {"type": "string", "description": "JSON of the fields to change"},
-                    "images": {"type": "array", "items": BINARY,
-                               "description": "new photos, replacing all current ones"}}}}}}},
-            summary="Change a product: metadata (fields left out keep their value) and optionally its photos")
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "product": {"type": "string", "description": "JSON of the fields to change"},
+                            "images": {
+                                "type": "array",
+                                "items": BINARY,
+                                "description": "new photos, replacing all current ones",
+                            },
+                        },
+                    }
+                },
+            }
+        }
+    },
+    summary="Change a product: metadata (fields left out keep their value) and optionally its photos",
+)
 async def update_product(sku: str, request: Request) -> ProductDetail:
     svc = services(request)
     catalog_of(svc)
@@ -117,21 +151,27 @@ async def delete_product(sku: str, request: Request) -> DeletedResponse:
     return DeletedResponse(sku=sku)
 
 
-@router.post("/import", status_code=202, response_model=JobSubmitted,
-             responses={**ERRORS, 429: {"model": ErrorResponse}},
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": inline_schema(ImportRequest)}}}},
-             summary="Add or change many products as a background job",
-             description="JSON `{\"products\": [{\"sku\", \"title\", \"category_path\", \"attributes\", "
-                         "\"description\", \"images\": [base64, ...]}], \"on_conflict\": \"error\"|\"update\"|\"skip\"}` "
-                         "up to the bulk size limit. Answers a job id at once; poll GET /v1/jobs/{job_id}. A bad "
-                         "item (SKU, image) is reported in the result and the others still go in. For catalogs "
-                         "of image files on the server, use `skulens catalog import` instead.")
+@router.post(
+    "/import",
+    status_code=202,
+    response_model=JobSubmitted,
+    responses={**ERRORS, 429: {"model": ErrorResponse}},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(ImportRequest)}}}
+    },
+    summary="Add or change many products as a background job",
+    description='JSON `{"products": [{"sku", "title", "category_path", "attributes", '
+    '"description", "images": [base64, ...]}], "on_conflict": "error"|"update"|"skip"}` '
+    "up to the bulk size limit. Answers a job id at once; poll GET /v1/jobs/{job_id}. A bad "
+    "item (SKU, image) is reported in the result and the others still go in. For catalogs "
+    "of image files on the server, use `skulens catalog import` instead.",
+)
 async def import_products(request: Request) -> JobSubmitted:
     svc = services(request)
     catalog_of(svc)
-    body = await read_capped_body(request, svc.config.max_bulk_bytes, "application/json",
-                                  'send JSON: {"products": [...], "on_conflict": "error"}')
+    body = await read_capped_body(
+        request, svc.config.max_bulk_bytes, "application/json", 'send JSON: {"products": [...], "on_conflict": "error"}'
+    )
     try:
         payload = ImportRequest.model_validate_json(body)
     except ValidationError as exc:  # malformed JSON included

@@ -26,13 +26,17 @@ def _multipart_doc(field: str, many: bool) -> dict:
     return multipart_doc([field], {field: {"type": "array", "items": BINARY} if many else BINARY})
 
 
-@router.post("/recognize", response_model=RecognizeResponse, responses=ERRORS,
-             openapi_extra=_multipart_doc("image", many=False),
-             summary="Recognize one product photo",
-             description="Multipart upload in the field `image`. Answers the category path with a confidence "
-                         "per level, the top-k classes, attributes when the model has them and the matching "
-                         "catalog products (empty without a catalog). The photo is not stored unless the operator "
-                         "turned storage on, and then without its metadata (PRIVACY.md).")
+@router.post(
+    "/recognize",
+    response_model=RecognizeResponse,
+    responses=ERRORS,
+    openapi_extra=_multipart_doc("image", many=False),
+    summary="Recognize one product photo",
+    description="Multipart upload in the field `image`. Answers the category path with a confidence "
+    "per level, the top-k classes, attributes when the model has them and the matching "
+    "catalog products (empty without a catalog). The photo is not stored unless the operator "
+    "turned storage on, and then without its metadata (PRIVACY.md).",
+)
 async def recognize(request: Request) -> RecognizeResponse:
     svc = services(request)
     cfg = svc.config
@@ -42,18 +46,25 @@ async def recognize(request: Request) -> RecognizeResponse:
 
 async def _recognize(svc: Services, request: Request, started: float) -> RecognizeResponse:
     cfg = svc.config
-    upload = (await read_images(request, "image", max_files=1, max_file_bytes=cfg.max_upload_bytes,
-                                max_total_bytes=cfg.max_upload_bytes))[0]
+    upload = (
+        await read_images(
+            request, "image", max_files=1, max_file_bytes=cfg.max_upload_bytes, max_total_bytes=cfg.max_upload_bytes
+        )
+    )[0]
     image = await decode_off_loop(svc, upload.data)
     if cfg.upload_store is not None:  # opt-in (PRIVACY.md); stored before answering: answered means on disk
         await asyncio.get_running_loop().run_in_executor(svc.decode_pool, cfg.upload_store.save, image)
     if svc.catalog is None:
         prediction, products = await svc.batcher.submit(image), []
     else:  # both models at once: the answer waits for the slower, not for the sum
-        prediction, products = await asyncio.gather(svc.batcher.submit(image),
-                                                    _products(svc, image, cfg.products_k))
-    return to_response(prediction, top_k=svc.config.top_k, products=products, engine=svc.engine_name,
-                       elapsed_ms=1000 * (time.perf_counter() - started))
+        prediction, products = await asyncio.gather(svc.batcher.submit(image), _products(svc, image, cfg.products_k))
+    return to_response(
+        prediction,
+        top_k=svc.config.top_k,
+        products=products,
+        engine=svc.engine_name,
+        elapsed_ms=1000 * (time.perf_counter() - started),
+    )
 
 
 async def _products(svc: Services, image, k: int) -> list:
@@ -72,18 +83,27 @@ def _products_now(svc: Services, vector, k: int) -> list:
         return []
 
 
-@router.post("/recognize/bulk", response_model=JobSubmitted, status_code=202,
-             responses={**ERRORS, 429: {"model": ErrorResponse}},
-             openapi_extra=_multipart_doc("images", many=True),
-             summary="Recognize many photos as a background job",
-             description="Multipart upload of up to max_bulk_images files in the field `images`. Answers a job "
-                         "id at once; poll GET /v1/jobs/{job_id} for progress and, when done, one result per "
-                         "photo (a bad photo gets an error entry, the others still run).")
+@router.post(
+    "/recognize/bulk",
+    response_model=JobSubmitted,
+    status_code=202,
+    responses={**ERRORS, 429: {"model": ErrorResponse}},
+    openapi_extra=_multipart_doc("images", many=True),
+    summary="Recognize many photos as a background job",
+    description="Multipart upload of up to max_bulk_images files in the field `images`. Answers a job "
+    "id at once; poll GET /v1/jobs/{job_id} for progress and, when done, one result per "
+    "photo (a bad photo gets an error entry, the others still run).",
+)
 async def recognize_bulk(request: Request) -> JobSubmitted:
     svc = services(request)
     cfg = svc.config
-    uploads = await read_images(request, "images", max_files=cfg.max_bulk_images,
-                                max_file_bytes=cfg.max_upload_bytes, max_total_bytes=cfg.max_bulk_bytes)
+    uploads = await read_images(
+        request,
+        "images",
+        max_files=cfg.max_bulk_images,
+        max_file_bytes=cfg.max_upload_bytes,
+        max_total_bytes=cfg.max_bulk_bytes,
+    )
     job = svc.jobs.submit("recognize_bulk", lambda ctx: _bulk_job(svc, uploads, ctx), total=len(uploads))
     return JobSubmitted(job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}")
 
@@ -96,19 +116,26 @@ def _bulk_job(svc: Services, uploads: list, ctx) -> dict:
     step = cfg.max_batch_size
     for start in range(0, len(uploads), step):
         ctx.check()
-        chunk = list(enumerate(uploads[start:start + step], start))
+        chunk = list(enumerate(uploads[start : start + step], start))
         images, ok = [], []
         for index, upload in chunk:
             began = time.perf_counter()
             try:
-                images.append(decode(upload.data, max_pixels=cfg.max_pixels, max_bytes=cfg.max_upload_bytes,
-                                     draft_size=svc.draft_size))
+                images.append(
+                    decode(
+                        upload.data,
+                        max_pixels=cfg.max_pixels,
+                        max_bytes=cfg.max_upload_bytes,
+                        draft_size=svc.draft_size,
+                    )
+                )
                 ok.append((index, upload, began))
                 if cfg.upload_store is not None:
                     cfg.upload_store.save(images[-1])
             except ImageError as exc:
-                items.append(BulkItem(index=index, filename=upload.filename,
-                                      error={"code": "bad_image", "message": str(exc)}))
+                items.append(
+                    BulkItem(index=index, filename=upload.filename, error={"code": "bad_image", "message": str(exc)})
+                )
             upload.data = b""  # drop the photo's bytes as soon as it is decoded
         if images:
             with svc.batcher.lock:
@@ -117,9 +144,19 @@ def _bulk_job(svc: Services, uploads: list, ctx) -> dict:
             vectors = svc.embed_now(images) if svc.catalog is not None else [None] * len(images)
             for (index, upload, began), prediction, vector in zip(ok, predictions, vectors):
                 products = _products_now(svc, vector, cfg.products_k) if vector is not None else []
-                items.append(BulkItem(index=index, filename=upload.filename, prediction=to_response(
-                    prediction, top_k=cfg.top_k, products=products, engine=svc.engine_name,
-                    elapsed_ms=1000 * (time.perf_counter() - began))))
+                items.append(
+                    BulkItem(
+                        index=index,
+                        filename=upload.filename,
+                        prediction=to_response(
+                            prediction,
+                            top_k=cfg.top_k,
+                            products=products,
+                            engine=svc.engine_name,
+                            elapsed_ms=1000 * (time.perf_counter() - began),
+                        ),
+                    )
+                )
         ctx.progress(min(start + step, len(uploads)))
     items.sort(key=lambda item: item.index)
     return {"items": [item.model_dump() for item in items]}

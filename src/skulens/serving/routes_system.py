@@ -19,8 +19,12 @@ async def healthz(request: Request) -> HealthResponse:
     return HealthResponse(engine=svc.engine_name, catalog=svc.catalog is not None)
 
 
-@router.get("/metrics", dependencies=[Depends(require_read)], response_class=Response,
-            summary="Prometheus metrics: requests, latencies, batch sizes, errors")
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require_read)],
+    response_class=Response,
+    summary="Prometheus metrics: requests, latencies, batch sizes, errors",
+)
 async def metrics(request: Request) -> Response:
     m = services(request).metrics
     return Response(m.render(), media_type=m.content_type)
@@ -35,14 +39,23 @@ async def info(request: Request) -> InfoResponse:
     spec = getattr(run_config, "model", None)
     return InfoResponse(
         version=__version__,
-        model=ModelInfo(name=str(getattr(spec, "name", None) or getattr(spec, "arch", None) or "model"),
-                        engine=svc.engine_name, classes=len(rec.classes), img_size=svc.img_size,
-                        has_tree=getattr(run_config, "tree", None) is not None),
+        model=ModelInfo(
+            name=str(getattr(spec, "name", None) or getattr(spec, "arch", None) or "model"),
+            engine=svc.engine_name,
+            classes=len(rec.classes),
+            img_size=svc.img_size,
+            has_tree=getattr(run_config, "tree", None) is not None,
+        ),
         catalog=svc.catalog is not None,
         explain=svc.explainer is not None,
         auth=AuthInfo(reads=cfg.protect_reads, writes=bool(cfg.api_key_hashes)),
-        limits=LimitsInfo(max_upload_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels,
-                          formats=sorted(ALLOWED_FORMATS - {"MPO"}), max_bulk_images=cfg.max_bulk_images,
-                          request_timeout_s=cfg.request_timeout_s),
-        max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms,
+        limits=LimitsInfo(
+            max_upload_bytes=cfg.max_upload_bytes,
+            max_pixels=cfg.max_pixels,
+            formats=sorted(ALLOWED_FORMATS - {"MPO"}),
+            max_bulk_images=cfg.max_bulk_images,
+            request_timeout_s=cfg.request_timeout_s,
+        ),
+        max_batch_size=cfg.max_batch_size,
+        max_wait_ms=cfg.max_wait_ms,
     )

@@ -15,7 +15,7 @@ DOCS_ASSETS = "/docs-assets"
 # The page only talks to this server; product images may come from the catalog's own hosts.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob: https:; object-src 'none'; "
-                               "base-uri 'none'; frame-ancestors 'none'",
+    "base-uri 'none'; frame-ancestors 'none'",
     "Cache-Control": "no-cache",
 }
 
@@ -29,10 +29,13 @@ async def index() -> FileResponse:
 
 @router.get("/docs")
 async def docs() -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="skulens API",
-                               swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-                               swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-                               swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="skulens API",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+    )
 
 
 def mount_static(app) -> None:

@@ -66,13 +66,18 @@ class ProductHit(BaseModel):
 class RecognizeResponse(BaseModel):
     label: str
     confidence: float
-    path: list[CategoryLevel] = Field(description="category path from the top of the tree, each level with its confidence")
+    path: list[CategoryLevel] = Field(
+        description="category path from the top of the tree, each level with its confidence"
+    )
     answer_path: list[CategoryLevel] | None = Field(
-        default=None, description="the path the model commits to when it backs off to a coarser level (if it does)")
+        default=None, description="the path the model commits to when it backs off to a coarser level (if it does)"
+    )
     unknown: bool = Field(default=False, description="the model is not confident at any level of the tree")
     top_k: list[ScoredClass]
     attributes: list[Attribute] = Field(default_factory=list)
-    products: list[ProductHit] = Field(default_factory=list, description="top matching products; empty without a catalog")
+    products: list[ProductHit] = Field(
+        default_factory=list, description="top matching products; empty without a catalog"
+    )
     engine: str
     elapsed_ms: float
 
@@ -154,6 +159,7 @@ class BulkResult(BaseModel):
 
 # --- catalog --------------------------------------------------------------------------------------
 
+
 class ProductSummary(BaseModel):
     """A product in a listing (no score: listings are ordered by SKU)."""
 
@@ -195,10 +201,16 @@ class ProductFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     title: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
-    category_path: list[Name] | None = Field(default=None, max_length=12,
-                                             description='from the top of the tree, e.g. ["Fruit", "Apple"]')
-    attributes: dict[Annotated[str, StringConstraints(min_length=1, max_length=100)],
-                     Annotated[str, StringConstraints(max_length=1000)]] | None = Field(default=None, max_length=64)
+    category_path: list[Name] | None = Field(
+        default=None, max_length=12, description='from the top of the tree, e.g. ["Fruit", "Apple"]'
+    )
+    attributes: (
+        dict[
+            Annotated[str, StringConstraints(min_length=1, max_length=100)],
+            Annotated[str, StringConstraints(max_length=1000)],
+        ]
+        | None
+    ) = Field(default=None, max_length=64)
     description: Annotated[str, StringConstraints(max_length=20_000)] | None = None
 
 
@@ -207,17 +219,20 @@ class ProductCreate(ProductFields):
 
 
 class ImportProduct(ProductCreate):
-    images: list[str] = Field(min_length=1, max_length=16,
-                              description="base64 image files (a data: URL prefix is accepted); the first is the "
-                                          "catalog photo")
+    images: list[str] = Field(
+        min_length=1,
+        max_length=16,
+        description="base64 image files (a data: URL prefix is accepted); the first is the catalog photo",
+    )
 
 
 class ImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     products: list[ImportProduct] = Field(min_length=1)
     on_conflict: Literal["error", "update", "skip"] = Field(
-        default="error", description="a SKU already in the catalog with different data: reject the item, "
-                                     "update the product, or skip it")
+        default="error",
+        description="a SKU already in the catalog with different data: reject the item, update the product, or skip it",
+    )
 
 
 class ImportRejection(BaseModel):
@@ -242,7 +257,7 @@ class CategoryNode(BaseModel):
     name: str
     path: list[str]
     product_count: int
-    children: list["CategoryNode"] = Field(default_factory=list)
+    children: list[CategoryNode] = Field(default_factory=list)
 
 
 class CategoryTreeResponse(BaseModel):

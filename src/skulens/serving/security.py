@@ -42,11 +42,12 @@ def load_key_hashes(path: str | Path) -> frozenset[str]:
         if not line:
             continue
         token = line.split()[0].lower()
-        digest = token[len(HASH_PREFIX):] if token.startswith(HASH_PREFIX) else ""
+        digest = token[len(HASH_PREFIX) :] if token.startswith(HASH_PREFIX) else ""
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             # Never echo the line: a user may have pasted a raw key by mistake.
-            raise SkulensError(f"{path}:{number}: not a key hash (expected 'sha256:<64 hex digits>'; "
-                               "make one with `skulens keys new`)")
+            raise SkulensError(
+                f"{path}:{number}: not a key hash (expected 'sha256:<64 hex digits>'; make one with `skulens keys new`)"
+            )
         hashes.add(HASH_PREFIX + digest)
     if not hashes:
         raise SkulensError(f"{path}: no key hashes in this file (make one with `skulens keys new`)")

@@ -29,5 +29,13 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_le
         log.warning("listening on %s without --protect-reads: anyone who can reach this port can use the model", host)
     logging.getLogger("skulens.access").setLevel(logging.INFO if log_level in ("info", "debug") else logging.WARNING)
     # uvicorn's own access log prints client addresses; ours (observe.py) does not unless asked to.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
-                proxy_headers=False, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+    )

@@ -26,8 +26,12 @@ class Upload:
     data: bytes
 
 
-async def read_capped_body(request: Request, limit: int, media_type: str = "multipart/form-data",
-                           hint: str = "send the photo as multipart/form-data in the field 'image'") -> bytes:
+async def read_capped_body(
+    request: Request,
+    limit: int,
+    media_type: str = "multipart/form-data",
+    hint: str = "send the photo as multipart/form-data in the field 'image'",
+) -> bytes:
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith(media_type):
         raise ApiError(415, "unsupported_media_type", hint)
@@ -44,8 +48,14 @@ async def read_capped_body(request: Request, limit: int, media_type: str = "mult
     return b"".join(chunks)
 
 
-async def read_form(request: Request, *, max_files: int, max_total_bytes: int, max_fields: int = 16,
-                    hint: str = "send the photo as multipart/form-data in the field 'image'") -> FormData:
+async def read_form(
+    request: Request,
+    *,
+    max_files: int,
+    max_total_bytes: int,
+    max_fields: int = 16,
+    hint: str = "send the photo as multipart/form-data in the field 'image'",
+) -> FormData:
     """The whole multipart form, in memory (the caller closes it)."""
     body = await read_capped_body(request, max_total_bytes, hint=hint)
 
@@ -88,8 +98,9 @@ def form_text(form: FormData, field: str) -> str | None:
     return value
 
 
-async def read_images(request: Request, field: str, *, max_files: int, max_file_bytes: int,
-                      max_total_bytes: int) -> list[Upload]:
+async def read_images(
+    request: Request, field: str, *, max_files: int, max_file_bytes: int, max_total_bytes: int
+) -> list[Upload]:
     """The files sent in ``field`` (at least one)."""
     form = await read_form(request, max_files=max_files, max_total_bytes=max_total_bytes)
     try:
@@ -100,8 +111,14 @@ async def read_images(request: Request, field: str, *, max_files: int, max_file_
 
 def multipart_doc(required: list[str], properties: dict) -> dict:
     """OpenAPI for a multipart body read by hand (so /docs shows the fields and a file picker)."""
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
-        "schema": {"type": "object", "required": required, "properties": properties}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": required, "properties": properties}}
+            },
+        }
+    }
 
 
 BINARY = {"type": "string", "format": "binary"}
@@ -115,5 +132,12 @@ async def decode_off_loop(services, data: bytes, draft_size: int | None = None) 
     """Decoded at the smallest JPEG scale that still serves every model the photo goes to."""
     cfg = services.config
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(services.decode_pool, lambda: decode(
-        data, max_pixels=cfg.max_pixels, max_bytes=cfg.max_upload_bytes, draft_size=draft_size or services.draft_size))
+    return await loop.run_in_executor(
+        services.decode_pool,
+        lambda: decode(
+            data,
+            max_pixels=cfg.max_pixels,
+            max_bytes=cfg.max_upload_bytes,
+            draft_size=draft_size or services.draft_size,
+        ),
+    )

@@ -32,18 +32,21 @@ def log_attribute_epoch(run_dir: Path, epoch: int, metrics: dict[str, dict]) -> 
         if new:
             writer.writeheader()
         writer.writerow(row)
-    log.info("epoch %d attributes (val): %s", epoch,
-             ", ".join(f"{n} {100 * headline(m):.1f}%" for n, m in metrics.items()))
+    log.info(
+        "epoch %d attributes (val): %s", epoch, ", ".join(f"{n} {100 * headline(m):.1f}%" for n, m in metrics.items())
+    )
 
 
-def tune_run_thresholds(run_dir: Path, samples, device, batch_size: int = 16,
-                        progress: bool = False) -> dict[str, list[float]]:
+def tune_run_thresholds(
+    run_dir: Path, samples, device, batch_size: int = 16, progress: bool = False
+) -> dict[str, list[float]]:
     """Tune the sigmoid tags' thresholds of a finished run on ``samples`` (validation) and save them."""
     folder = RunFolder(run_dir)
     model, config = folder.load_model(device)
     collector = OutputCollector(TorchEngine(prepare_model(model, device), config, device))
-    _, _, kept, _ = dataset_probabilities(collector, samples, config.preprocessing, batch_size=batch_size,
-                                          progress=progress, desc="tuning tag thresholds")
+    _, _, kept, _ = dataset_probabilities(
+        collector, samples, config.preprocessing, batch_size=batch_size, progress=progress, desc="tuning tag thresholds"
+    )
     thresholds = tune_thresholds(collector.attribute_probs(), [samples[i] for i in kept], config.model.attributes)
     folder.save_attribute_thresholds(thresholds)
     return thresholds

@@ -18,8 +18,9 @@ import logging
 import os
 import random
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -76,7 +77,7 @@ class Context:
         random.Random(seed).shuffle(order)
         if key is not None:
             order.sort(key=lambda i: key(items[i]))  # stable: shuffled within each group
-        mine = [items[i] for i in order[self.rank::self.world_size]]
+        mine = [items[i] for i in order[self.rank :: self.world_size]]
         # Every rank draws the same epoch permutation of positions; dealt class by class, position j
         # of every share would hold the same class, and each global batch would repeat its classes
         # N times (measured: clearly slower learning). A per-rank order breaks that pairing.
@@ -93,8 +94,10 @@ class Context:
         if batch_size is None:
             batch_size = -(-default // self.world_size) * self.world_size
         if batch_size % self.world_size:
-            raise SkulensError(f"--batch-size {batch_size} does not split evenly over {self.world_size} "
-                               f"processes: use a multiple of {self.world_size}")
+            raise SkulensError(
+                f"--batch-size {batch_size} does not split evenly over {self.world_size} "
+                f"processes: use a multiple of {self.world_size}"
+            )
         return batch_size, batch_size // self.world_size
 
     # -- collectives (no-ops on one process) -------------------------------------------------
@@ -123,10 +126,10 @@ class Context:
         dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64, device=device))
         longest = int(max(s.item() for s in sizes))
         padded = torch.zeros(longest, dtype=torch.uint8, device=device)
-        padded[:len(data)] = data
+        padded[: len(data)] = data
         chunks = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in range(self.world_size)]
         dist.all_gather(chunks, padded)
-        return [json.loads(bytes(c[:int(n.item())].cpu().tolist()).decode()) for c, n in zip(chunks, sizes)]
+        return [json.loads(bytes(c[: int(n.item())].cpu().tolist()).decode()) for c, n in zip(chunks, sizes)]
 
     def barrier(self) -> None:
         if self.distributed and self.backend == "nccl":
@@ -157,7 +160,7 @@ class Context:
         """Augmentation randomness for ranks > 0: their own stream, a function of (seed, rank, epoch)
         so a resume at an epoch boundary replays it. Rank 0 keeps the single-process stream."""
         if self.rank > 0:
-            torch.manual_seed((seed * 1_000_003 + self.rank * 7_919 + epoch) % (2 ** 63))
+            torch.manual_seed((seed * 1_000_003 + self.rank * 7_919 + epoch) % (2**63))
 
     # -- the model ---------------------------------------------------------------------------
     def train_forward(self, model: nn.Module) -> Callable[..., torch.Tensor]:
@@ -227,7 +230,7 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         counts = parts[:, -1:]
         n = counts.sum()
         mean = (parts[:, :channels] * counts).sum(0) / n
-        m2 = parts[:, channels:2 * channels].sum(0) + (counts * (parts[:, :channels] - mean) ** 2).sum(0)
+        m2 = parts[:, channels : 2 * channels].sum(0) + (counts * (parts[:, :channels] - mean) ** 2).sum(0)
         var = m2 / n
         centred = xf - mean.view(shape)
         if self.track_running_stats and self.running_mean is not None:
@@ -250,8 +253,14 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlooSyncBatchNorm):
             fused = hasattr(module, "act") and hasattr(module, "drop")
             kind = GlooSyncBatchNormAct if fused else GlooSyncBatchNorm
-            out = kind(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
-                       device=module.running_mean.device if module.running_mean is not None else None)
+            out = kind(
+                module.num_features,
+                module.eps,
+                module.momentum,
+                module.affine,
+                module.track_running_stats,
+                device=module.running_mean.device if module.running_mean is not None else None,
+            )
             if fused:
                 out.drop, out.act = module.drop, module.act
             if module.affine:
@@ -299,8 +308,10 @@ def setup(device: str = "auto", backend: str | None = None) -> Context:
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise SkulensError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s) here: "
-                               f"use --nproc_per_node <= the number of GPUs")
+            raise SkulensError(
+                f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s) here: "
+                f"use --nproc_per_node <= the number of GPUs"
+            )
         resolved = torch.device("cuda", local)
         torch.cuda.set_device(resolved)
     backend = backend or ("nccl" if resolved.type == "cuda" else "gloo")
@@ -308,11 +319,14 @@ def setup(device: str = "auto", backend: str | None = None) -> Context:
         raise SkulensError("this PyTorch build has no torch.distributed")
     if not dist.is_initialized():
         try:
-            dist.init_process_group(backend, rank=rank, world_size=world, timeout=TIMEOUT,
-                                    device_id=resolved if backend == "nccl" else None)
+            dist.init_process_group(
+                backend, rank=rank, world_size=world, timeout=TIMEOUT, device_id=resolved if backend == "nccl" else None
+            )
         except (RuntimeError, ValueError) as exc:
-            raise SkulensError(f"cannot join the {world}-process job as rank {rank} ({backend}): "
-                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise SkulensError(
+                f"cannot join the {world}-process job as rank {rank} ({backend}): "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         atexit.register(shutdown)
     if rank > 0:
         # One voice: rank 0 logs and draws progress bars; the others only warn.

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -25,8 +25,9 @@ class BatchMix:
     kind: str  # "mixup" or "cutmix"
 
 
-def mix_batch(x: torch.Tensor, prob: float, mixup_alpha: float, cutmix_alpha: float,
-              rng: random.Random) -> tuple[torch.Tensor, BatchMix | None]:
+def mix_batch(
+    x: torch.Tensor, prob: float, mixup_alpha: float, cutmix_alpha: float, rng: random.Random
+) -> tuple[torch.Tensor, BatchMix | None]:
     """With probability ``prob``, blend the batch with a shuffled copy of itself: Mixup (a weighted
     average) or CutMix (a box pasted from the partner photo), chosen evenly when both alphas are > 0."""
     if prob <= 0 or len(x) < 2 or (mixup_alpha <= 0 and cutmix_alpha <= 0) or rng.random() >= prob:

@@ -37,20 +37,33 @@ TABLES = ("augment", "data")
 # `--no-augment`: the whole photo every time, nothing flipped, jittered or sheared.
 NO_AUGMENT = {"scale_min": 1.0, "hflip": 0.0, "color_jitter": 0.0, "affine_prob": 0.0}
 # CLI flags whose name is not the field's (bools named --no-X turn a default-true field off).
-FLAG_NAMES = {"num_threads": "--threads", "in_chans": "--grayscale", "pretrained": "--no-pretrained",
-              "sync_bn": "--no-sync-bn", "progress": "--no-progress"}
+FLAG_NAMES = {
+    "num_threads": "--threads",
+    "in_chans": "--grayscale",
+    "pretrained": "--no-pretrained",
+    "sync_bn": "--no-sync-bn",
+    "progress": "--no-progress",
+}
 AUGMENT_HELP = {
     "scale_min": ("random-resized-crop's smallest area share", None),
     "hflip": ("probability of a horizontal flip", None),
     "color_jitter": ("brightness/contrast/saturation jitter (0: off)", None),
-    "hue_jitter": ("hue shift, a share of the colour wheel (0 where colour tells classes apart)",
-                   "min(0.05, color_jitter/6)"),
+    "hue_jitter": (
+        "hue shift, a share of the colour wheel (0 where colour tells classes apart)",
+        "min(0.05, color_jitter/6)",
+    ),
     "shear_degrees": ("largest shear of the random affine, in degrees", None),
     "zoom": ("largest zoom in or out of the random affine (0.2: 80-120%)", None),
     "affine_prob": ("probability of the random shear/zoom", None),
 }
-KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-              "list[int]": "a list of integers", "list[str]": "a list of strings"}
+KIND_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "list[int]": "a list of integers",
+    "list[str]": "a list of strings",
+}
 
 
 @dataclass(frozen=True)
@@ -92,18 +105,45 @@ class Setting:
 DATA_SETTINGS = (
     Setting("image_column", "str", "image", "column with the image path", "data"),
     Setting("label", "str", "label", "column with the class label", "data"),
-    Setting("split_column", "str", "split", "column with train/val/test (absent: a seeded stratified split)",
-            "data"),
-    Setting("tree_columns", "list[str]", None, "columns from the top of the category tree down, e.g. "
-            "master_category,sub_category (the label is the leaf)", "data", optional=True, none="no tree"),
-    Setting("attribute_columns", "list[str]", None, "columns with one value per image, e.g. colour,usage,gender: "
-            "a head each, trained with the category (empty cells are unknown)", "data", optional=True, none="none"),
-    Setting("tag_columns", "list[str]", None, "columns of '|'-separated tags that can co-occur (a sigmoid per tag; "
-            "'-' = none of them, empty = unknown)", "data", optional=True, none="none"),
+    Setting("split_column", "str", "split", "column with train/val/test (absent: a seeded stratified split)", "data"),
+    Setting(
+        "tree_columns",
+        "list[str]",
+        None,
+        "columns from the top of the category tree down, e.g. master_category,sub_category (the label is the leaf)",
+        "data",
+        optional=True,
+        none="no tree",
+    ),
+    Setting(
+        "attribute_columns",
+        "list[str]",
+        None,
+        "columns with one value per image, e.g. colour,usage,gender: "
+        "a head each, trained with the category (empty cells are unknown)",
+        "data",
+        optional=True,
+        none="none",
+    ),
+    Setting(
+        "tag_columns",
+        "list[str]",
+        None,
+        "columns of '|'-separated tags that can co-occur (a sigmoid per tag; '-' = none of them, empty = unknown)",
+        "data",
+        optional=True,
+        none="none",
+    ),
 )
 # [data] key -> CsvColumns field
-CSV_FIELDS = {"image_column": "image", "label": "label", "split_column": "split", "tree_columns": "tree",
-              "attribute_columns": "attributes", "tag_columns": "tags"}
+CSV_FIELDS = {
+    "image_column": "image",
+    "label": "label",
+    "split_column": "split",
+    "tree_columns": "tree",
+    "attribute_columns": "attributes",
+    "tag_columns": "tags",
+}
 
 
 def _kind(hint) -> tuple[str, bool]:
@@ -127,8 +167,19 @@ def _settings_of(cls, table: str, help_texts: dict | None = None) -> list[Settin
         meta = dict(f.metadata)
         if help_texts is not None:
             meta["help"], meta["none"] = help_texts[f.name]
-        out.append(Setting(f.name, kind, default, meta["help"], table, optional, meta.get("none"),
-                           meta.get("choices"), meta.get("flag_help")))
+        out.append(
+            Setting(
+                f.name,
+                kind,
+                default,
+                meta["help"],
+                table,
+                optional,
+                meta.get("none"),
+                meta.get("choices"),
+                meta.get("flag_help"),
+            )
+        )
     return out
 
 
@@ -146,11 +197,15 @@ def augment_settings() -> list[Setting]:
 
 def all_settings() -> dict[str, dict[str, Setting]]:
     """{table: {name: Setting}} with "" for the top level."""
-    return {"": {s.name: s for s in train_settings()}, "augment": {s.name: s for s in augment_settings()},
-            "data": {s.name: s for s in DATA_SETTINGS}}
+    return {
+        "": {s.name: s for s in train_settings()},
+        "augment": {s.name: s for s in augment_settings()},
+        "data": {s.name: s for s in DATA_SETTINGS},
+    }
 
 
 # --- checking ------------------------------------------------------------------------------------
+
 
 def _type_name(value) -> str:
     if isinstance(value, bool):
@@ -274,6 +329,7 @@ def merge(*layers: dict | None) -> dict:
 
 # --- the resolved recipe -------------------------------------------------------------------------
 
+
 @dataclass
 class Recipe:
     """A resolved recipe: the TrainConfig, and the [data] columns that were set (for a CSV manifest)."""
@@ -339,6 +395,7 @@ def resolve(recipe: str | Path | dict | None = None, overrides: dict | None = No
 
 # --- `skulens train`'s options -------------------------------------------------------------------
 
+
 def _comma_list(kind: str):
     def parse(text: str):
         items = [t.strip() for t in text.split(",") if t.strip()]
@@ -348,6 +405,7 @@ def _comma_list(kind: str):
             except ValueError:
                 raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 256,288: {text!r}") from None
         return items
+
     parse.__name__ = f"comma-separated {kind}"
     return parse
 
@@ -363,16 +421,23 @@ def add_setting(group, setting: Setting, dest: str | None = None) -> None:
     """One option for ``setting``, default SUPPRESS: the namespace holds only the flags given."""
     kwargs: dict = {"dest": dest or setting.key, "default": argparse.SUPPRESS, "help": _help(setting)}
     if setting.name == "in_chans":
-        kwargs.update(action="store_const", const=1, help=f"train on 1-channel images (recipe: in_chans = 1; "
-                                                          f"default: {setting.default})")
+        kwargs.update(
+            action="store_const",
+            const=1,
+            help=f"train on 1-channel images (recipe: in_chans = 1; default: {setting.default})",
+        )
     elif setting.kind == "bool":
         kwargs.update(action="store_const", const=not setting.default)
     elif setting.kind.startswith("list["):
         kwargs.update(type=_comma_list(setting.kind[5:-1]), metavar="A,B")
     else:
-        kwargs.update(type={"int": int, "float": float, "str": str}[setting.kind], choices=setting.choices,
-                      metavar=None if setting.choices else ("N" if setting.kind == "int" else
-                                                            "X" if setting.kind == "float" else "TEXT"))
+        kwargs.update(
+            type={"int": int, "float": float, "str": str}[setting.kind],
+            choices=setting.choices,
+            metavar=None
+            if setting.choices
+            else ("N" if setting.kind == "int" else "X" if setting.kind == "float" else "TEXT"),
+        )
     group.add_argument(setting.flag, **kwargs)
 
 
@@ -383,9 +448,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for setting in train_settings():
         add_setting(g, setting)
     a = parser.add_argument_group("augmentation (the recipe's [augment] table)")
-    a.add_argument("--no-augment", action="store_true",
-                   help="turn augmentation off: the whole photo, no flip, jitter or shear (wins over the "
-                        "[augment] settings)")
+    a.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="turn augmentation off: the whole photo, no flip, jitter or shear (wins over the [augment] settings)",
+    )
     for setting in augment_settings():
         add_setting(a, setting)
 

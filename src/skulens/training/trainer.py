@@ -33,7 +33,12 @@ from skulens.models.attributes import attribute_loss, attribute_metrics, forward
 from skulens.models.embedding import model_logits
 from skulens.models.registry import FIXED_INPUT_SIZE, NATIVE_SIZES, ModelSpec, create_model, default_normalization
 from skulens.runs import (
-    CONFIG_FILE, LAST_WEIGHTS_FILE, TRAIN_STATE_FILE, RunConfig, RunFolder, flatten_optimizer_state,
+    CONFIG_FILE,
+    LAST_WEIGHTS_FILE,
+    TRAIN_STATE_FILE,
+    RunConfig,
+    RunFolder,
+    flatten_optimizer_state,
     unflatten_optimizer_state,
 )
 from skulens.runtime import autocast, prepare_model, to_device
@@ -78,8 +83,9 @@ def freeze_leading_stages(model: nn.Module, n_stages: int) -> list[nn.Module]:
     return frozen
 
 
-def split_train_val(dataset: ImageDataset, seed: int,
-                    train_splits: list[str] | None = None) -> tuple[list[Sample], list[Sample]]:
+def split_train_val(
+    dataset: ImageDataset, seed: int, train_splits: list[str] | None = None
+) -> tuple[list[Sample], list[Sample]]:
     """Training and validation samples. ``train_splits`` other than ["train"] (e.g. train + val for
     a final model) train on all of them; validation still runs on val, then seen in training."""
     splits = list(train_splits or ["train"])
@@ -143,6 +149,7 @@ def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
 @dataclass
 class _Progress:
     """Where a run stands: what train_state.json keeps, so --resume carries on from it."""
+
     epoch: int = 0  # the epoch under way, from 0
     batch: int = 0  # batches of it already trained
     step: int = 0  # optimiser steps since the start (the learning-rate schedule's clock)
@@ -154,6 +161,7 @@ class _Progress:
 @dataclass
 class _FitSetup:
     """What Trainer.fit sets up once and the epochs use."""
+
     spec: ModelSpec
     pre: Preprocessing
     device: torch.device
@@ -189,9 +197,17 @@ class Trainer:
         cfg = self.cfg
         img_size = cfg.img_size or NATIVE_SIZES.get(cfg.model, 224)
         mean, std = default_normalization(cfg.model, cfg.in_chans)
-        return ModelSpec(name=cfg.model, num_classes=len(self.dataset.classes), img_size=img_size,
-                         in_chans=cfg.in_chans, mean=mean, std=std, embedding_dim=cfg.embedding_dim,
-                         attributes=self.dataset.attributes, drop_path_rate=cfg.drop_path)
+        return ModelSpec(
+            name=cfg.model,
+            num_classes=len(self.dataset.classes),
+            img_size=img_size,
+            in_chans=cfg.in_chans,
+            mean=mean,
+            std=std,
+            embedding_dim=cfg.embedding_dim,
+            attributes=self.dataset.attributes,
+            drop_path_rate=cfg.drop_path,
+        )
 
     def _class_weights(self, labels: list[int]) -> torch.Tensor | None:
         if not self.cfg.class_weighting:
@@ -216,13 +232,22 @@ class Trainer:
         except KeyboardInterrupt:
             # Save where we are (mid-epoch too), so --resume loses nothing but the batch in flight.
             self._save_progress(run, progress, progress.epoch, progress.batch)
-            raise SkulensError(f"interrupted at epoch {progress.epoch + 1}, batch {progress.batch}; saved: continue "
-                               f"with `skulens train DATASET --out {self.run_dir} --resume`") from None
+            raise SkulensError(
+                f"interrupted at epoch {progress.epoch + 1}, batch {progress.batch}; saved: continue "
+                f"with `skulens train DATASET --out {self.run_dir} --resume`"
+            ) from None
         train_seconds = time.perf_counter() - started
         self._finish_run(run)
-        return TrainResult(self.run_dir, progress.best_acc, progress.best_epoch, progress.epoch + 1 - start_epoch,
-                           stopped_early, len(run.train_data.skipped), train_seconds,
-                           run.n_train * self.dist.world_size)
+        return TrainResult(
+            self.run_dir,
+            progress.best_acc,
+            progress.best_epoch,
+            progress.epoch + 1 - start_epoch,
+            stopped_early,
+            len(run.train_data.skipped),
+            train_seconds,
+            run.n_train * self.dist.world_size,
+        )
 
     # -- fit, setting up ---------------------------------------------------------------------
     def _check_options(self) -> None:
@@ -256,8 +281,9 @@ class Trainer:
         random state that seeding left, and a bad run folder must fail before the slow decoding."""
         cfg, device = self.cfg, self.dist.device
         spec = self._spec()
-        pre = Preprocessing(img_size=spec.img_size, mean=spec.mean, std=spec.std, in_chans=spec.in_chans,
-                            resize=cfg.resize)
+        pre = Preprocessing(
+            img_size=spec.img_size, mean=spec.mean, std=spec.std, in_chans=spec.in_chans, resize=cfg.resize
+        )
         train_samples, val_samples = self._samples()
         self._check_run_folder()
         train_data = self._decode_train_images(spec, pre, train_samples)
@@ -267,12 +293,26 @@ class Trainer:
         model, frozen, ema = self._build_model(spec, device)
         optimizer, criterion = self._build_optimizer_and_loss(model, train_data.labels, device)
         steps_per_epoch = len(self._epoch_batches(n_train, rank_batch, 0))
-        return _FitSetup(spec=spec, pre=pre, device=device, train_data=train_data, val_samples=val_samples,
-                         batch_size=batch_size, rank_batch=rank_batch, n_train=n_train, workers=workers,
-                         model=model, frozen=frozen, ema=ema, optimizer=optimizer, criterion=criterion,
-                         total_steps=steps_per_epoch * cfg.epochs,
-                         warmup_steps=max(1, int(cfg.warmup_epochs * steps_per_epoch)),
-                         run_config=self._run_config(spec, pre), log_path=self.run_dir / "log.csv")
+        return _FitSetup(
+            spec=spec,
+            pre=pre,
+            device=device,
+            train_data=train_data,
+            val_samples=val_samples,
+            batch_size=batch_size,
+            rank_batch=rank_batch,
+            n_train=n_train,
+            workers=workers,
+            model=model,
+            frozen=frozen,
+            ema=ema,
+            optimizer=optimizer,
+            criterion=criterion,
+            total_steps=steps_per_epoch * cfg.epochs,
+            warmup_steps=max(1, int(cfg.warmup_epochs * steps_per_epoch)),
+            run_config=self._run_config(spec, pre),
+            log_path=self.run_dir / "log.csv",
+        )
 
     def _samples(self) -> tuple[list[Sample], list[Sample]]:
         """This process's share of the training samples, and the validation samples."""
@@ -281,8 +321,11 @@ class Trainer:
         if cfg.max_train_images:
             train_samples = balanced_subset(train_samples, cfg.max_train_images, cfg.seed)
         if cfg.catalog_images:
-            train_samples = train_samples + [Sample(p, label, "train") for label, p in self.dataset.catalog_images.items()
-                                             for _ in range(max(1, cfg.catalog_repeats))]
+            train_samples = train_samples + [
+                Sample(p, label, "train")
+                for label, p in self.dataset.catalog_images.items()
+                for _ in range(max(1, cfg.catalog_repeats))
+            ]
         train_samples = self.dist.shard(train_samples, cfg.seed, key=lambda s: s.label)  # each rank decodes its share
         return train_samples, val_samples
 
@@ -295,15 +338,23 @@ class Trainer:
     def _decode_train_images(self, spec: ModelSpec, pre: Preprocessing, train_samples: list[Sample]) -> DecodedImages:
         cfg = self.cfg
         cache_side = int(round(spec.img_size * max(1.0, cfg.cache_scale)))
-        train_data = DecodedImages(train_samples, cache_side, spec.in_chans, build_train_transform(pre, cfg.augment),
-                                   desc="decoding train images", progress=cfg.progress,
-                                   attributes=self.dataset.attributes, pad_square=pre.resize == "pad")
+        train_data = DecodedImages(
+            train_samples,
+            cache_side,
+            spec.in_chans,
+            build_train_transform(pre, cfg.augment),
+            desc="decoding train images",
+            progress=cfg.progress,
+            attributes=self.dataset.attributes,
+            pad_square=pre.resize == "pad",
+        )
         if len(train_data) == 0:
             raise DatasetError(f"{self.dataset.root}: none of the {len(train_samples)} training images could be read")
         return train_data
 
-    def _build_model(self, spec: ModelSpec,
-                     device: torch.device) -> tuple[nn.Module, list[nn.Module], nn.Module | None]:
+    def _build_model(
+        self, spec: ModelSpec, device: torch.device
+    ) -> tuple[nn.Module, list[nn.Module], nn.Module | None]:
         """The model on its device, its frozen stages, and the EMA copy (None when off)."""
         cfg = self.cfg
         model = create_model(spec, pretrained=cfg.pretrained, weights=cfg.weights)
@@ -318,33 +369,50 @@ class Trainer:
             ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
         return model, frozen, ema
 
-    def _build_optimizer_and_loss(self, model: nn.Module, labels: list[int],
-                                  device: torch.device) -> tuple[torch.optim.Optimizer, nn.Module]:
+    def _build_optimizer_and_loss(
+        self, model: nn.Module, labels: list[int], device: torch.device
+    ) -> tuple[torch.optim.Optimizer, nn.Module]:
         cfg = self.cfg
         from timm.optim import param_groups_weight_decay
 
         params = param_groups_weight_decay(model, cfg.weight_decay)
         optimizer = torch.optim.AdamW(params, lr=cfg.lr)
         class_weights = self._class_weights(labels)
-        criterion = nn.CrossEntropyLoss(weight=class_weights.to(device) if class_weights is not None else None,
-                                        label_smoothing=cfg.label_smoothing)
+        criterion = nn.CrossEntropyLoss(
+            weight=class_weights.to(device) if class_weights is not None else None, label_smoothing=cfg.label_smoothing
+        )
         if cfg.tree_loss_weight > 0 and self.dataset.tree is not None and self.dataset.tree.depth > 1:
             criterion = TreeLoss(self.dataset.tree, cfg.tree_loss_weight, criterion).to(device)
         return optimizer, criterion
 
     def _run_config(self, spec: ModelSpec, pre: Preprocessing) -> RunConfig:
-        return RunConfig(model=spec, classes=self.dataset.classes, preprocessing=pre, tree=self.dataset.tree,
-                         train_args={**self.cfg.to_dict(), "dataset": str(self.dataset.source or self.dataset.root),
-                                     "csv_columns": self.dataset.csv_columns,
-                                     "layout": self.dataset.layout, "train_size": spec.img_size})
+        return RunConfig(
+            model=spec,
+            classes=self.dataset.classes,
+            preprocessing=pre,
+            tree=self.dataset.tree,
+            train_args={
+                **self.cfg.to_dict(),
+                "dataset": str(self.dataset.source or self.dataset.root),
+                "csv_columns": self.dataset.csv_columns,
+                "layout": self.dataset.layout,
+                "train_size": spec.img_size,
+            },
+        )
 
     def _restore_progress(self, run: _FitSetup) -> _Progress:
         """A fresh start, or (--resume) the saved run's weights, optimiser, random state and place."""
         if not self.resume:
             return _Progress()
         state = self._load_resume_state(run.model, run.ema, run.optimizer)
-        progress = _Progress(epoch=state["epoch"], batch=state["batch"], step=state["step"],
-                             best_acc=state["best_acc"], best_epoch=state["best_epoch"], stale=state["stale"])
+        progress = _Progress(
+            epoch=state["epoch"],
+            batch=state["batch"],
+            step=state["step"],
+            best_acc=state["best_acc"],
+            best_epoch=state["best_epoch"],
+            stale=state["stale"],
+        )
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         log.info("resuming %s at epoch %d, batch %d", self.run_dir, progress.epoch + 1, progress.batch)
         return progress
@@ -378,8 +446,9 @@ class Trainer:
                 return True
         return False
 
-    def _train_epoch(self, run: _FitSetup, progress: _Progress, model_call,
-                     mix_rng: random.Random) -> tuple[float, list]:
+    def _train_epoch(
+        self, run: _FitSetup, progress: _Progress, model_call, mix_rng: random.Random
+    ) -> tuple[float, list]:
         """One pass over this rank's batches from ``progress.batch`` on: the last learning rate, and
         [loss sum, correct, photos seen] summed over ranks."""
         cfg = self.cfg
@@ -390,10 +459,21 @@ class Trainer:
         lr = lr_at(progress.step, run.total_steps, run.warmup_steps, cfg.lr)
         self.dist.seed_epoch(cfg.seed, progress.epoch)
         batches = self._epoch_batches(run.n_train, run.rank_batch, progress.epoch)
-        loader = DataLoader(run.train_data, batch_sampler=batches[progress.batch:], num_workers=run.workers,
-                            pin_memory=run.device.type == "cuda")
-        bar = tqdm(loader, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}", unit="batch", disable=not cfg.progress,
-                   dynamic_ncols=True, initial=progress.batch, total=len(batches))
+        loader = DataLoader(
+            run.train_data,
+            batch_sampler=batches[progress.batch :],
+            num_workers=run.workers,
+            pin_memory=run.device.type == "cuda",
+        )
+        bar = tqdm(
+            loader,
+            desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+            initial=progress.batch,
+            total=len(batches),
+        )
         for x, y, *attribute_targets in bar:
             lr = lr_at(progress.step, run.total_steps, run.warmup_steps, cfg.lr)
             loss, logits, y = self._train_step(run, model_call, mix_rng, lr, x, y, attribute_targets)
@@ -407,8 +487,9 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}")
         return lr, self.dist.sum([loss_sum, correct, seen])
 
-    def _train_step(self, run: _FitSetup, model_call, mix_rng: random.Random, lr: float, x, y,
-                    attribute_targets: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _train_step(
+        self, run: _FitSetup, model_call, mix_rng: random.Random, lr: float, x, y, attribute_targets: list
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimiser step; the loss, the logits and the labels (on the device)."""
         cfg, device = self.cfg, run.device
         for group in run.optimizer.param_groups:
@@ -422,9 +503,16 @@ class Trainer:
             else:
                 logits, attribute_out = model_call(forward_all, x, y)
                 targets = {k: v.to(device) for k, v in attribute_targets[0].items()}
-                loss = mixed_loss(lambda y_, t_: run.criterion(logits.float(), y_) + cfg.attribute_loss_weight
-                                  * attribute_loss(attribute_out, t_, run.spec.attributes, cfg.label_smoothing),
-                                  mix, y, targets)
+                loss = mixed_loss(
+                    lambda y_, t_: (
+                        run.criterion(logits.float(), y_)
+                        + cfg.attribute_loss_weight
+                        * attribute_loss(attribute_out, t_, run.spec.attributes, cfg.label_smoothing)
+                    ),
+                    mix,
+                    y,
+                    targets,
+                )
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
@@ -435,29 +523,41 @@ class Trainer:
         self.dist.broadcast_state(run.model, run.ema.module if run.ema is not None else None)
         eval_model = run.ema.module if run.ema is not None else run.model
         # Rank 0 validates on the whole split (the number one process would get) and shares it.
-        val_loss, val_acc = (self._validate(eval_model, run.val_samples, run.run_config, run.device, run.batch_size)
-                             if self.dist.is_main else (0.0, 0.0))
+        val_loss, val_acc = (
+            self._validate(eval_model, run.val_samples, run.run_config, run.device, run.batch_size)
+            if self.dist.is_main
+            else (0.0, 0.0)
+        )
         val_loss, val_acc = self.dist.sum([val_loss, val_acc])
         return eval_model, val_loss, val_acc
 
-    def _log_epoch(self, run: _FitSetup, epoch: int, lr: float, totals: list, val_loss: float, val_acc: float,
-                   t0: float) -> None:
+    def _log_epoch(
+        self, run: _FitSetup, epoch: int, lr: float, totals: list, val_loss: float, val_acc: float, t0: float
+    ) -> None:
         """The epoch's row in log.csv, the curves, the attribute log and the log line."""
         loss_sum, correct, seen = totals
-        row = {"epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{loss_sum / max(seen, 1):.5f}",
-               "train_acc": f"{correct / max(seen, 1):.5f}", "val_loss": f"{val_loss:.5f}",
-               "val_acc": f"{val_acc:.5f}", "seconds": f"{time.perf_counter() - t0:.1f}"}
+        row = {
+            "epoch": epoch + 1,
+            "lr": f"{lr:.6g}",
+            "train_loss": f"{loss_sum / max(seen, 1):.5f}",
+            "train_acc": f"{correct / max(seen, 1):.5f}",
+            "val_loss": f"{val_loss:.5f}",
+            "val_acc": f"{val_acc:.5f}",
+            "seconds": f"{time.perf_counter() - t0:.1f}",
+        }
         if self.dist.is_main:
             with run.log_path.open("a", newline="") as handle:
                 csv.DictWriter(handle, LOG_FIELDS).writerow(row)
             plot_training_curves(run.log_path, self.run_dir / "curves.png")
         if self._val_attribute_metrics and self.dist.is_main:
             log_attribute_epoch(self.run_dir, epoch + 1, self._val_attribute_metrics["val_attributes"])
-        log.info("epoch %d: train loss %s, val loss %.4f, val acc %.4f", epoch + 1, row["train_loss"],
-                 val_loss, val_acc)
+        log.info(
+            "epoch %d: train loss %s, val loss %.4f, val acc %.4f", epoch + 1, row["train_loss"], val_loss, val_acc
+        )
 
-    def _keep_if_chosen(self, run: _FitSetup, progress: _Progress, eval_model: nn.Module, val_loss: float,
-                        val_acc: float) -> None:
+    def _keep_if_chosen(
+        self, run: _FitSetup, progress: _Progress, eval_model: nn.Module, val_loss: float, val_acc: float
+    ) -> None:
         """Track the best epoch; write the weights when --keep says this epoch's are the ones to keep."""
         improved = val_acc > progress.best_acc
         if improved:
@@ -465,14 +565,28 @@ class Trainer:
         else:
             progress.stale += 1
         if (improved or self.cfg.keep == "last") and self.dist.is_main:
-            run.run_config.metrics = {"val_top1": val_acc, "val_loss": val_loss, "epoch": progress.epoch + 1,
-                                      "best_val_epoch": progress.best_epoch, "kept": self.cfg.keep,
-                                      **self._val_attribute_metrics}
+            run.run_config.metrics = {
+                "val_top1": val_acc,
+                "val_loss": val_loss,
+                "epoch": progress.epoch + 1,
+                "best_val_epoch": progress.best_epoch,
+                "kept": self.cfg.keep,
+                **self._val_attribute_metrics,
+            }
             RunFolder(self.run_dir).save(run.run_config, eval_model.state_dict())
 
     def _save_progress(self, run: _FitSetup, progress: _Progress, epoch: int, batch: int) -> None:
-        self._save_resume_state(run.model, run.ema, run.optimizer, epoch, batch, progress.step, progress.best_acc,
-                                progress.best_epoch, progress.stale)
+        self._save_resume_state(
+            run.model,
+            run.ema,
+            run.optimizer,
+            epoch,
+            batch,
+            progress.step,
+            progress.best_acc,
+            progress.best_epoch,
+            progress.stale,
+        )
 
     # -- fit, the end ------------------------------------------------------------------------
     def _finish_run(self, run: _FitSetup) -> None:
@@ -489,14 +603,22 @@ class Trainer:
     # -- helpers -----------------------------------------------------------------------------
     def _validate(self, model, samples, run_config: RunConfig, device, batch_size) -> tuple[float, float]:
         predict = OutputCollector(TorchEngine(model, run_config, device))
-        probs, labels, kept, _ = dataset_probabilities(predict, samples, run_config.preprocessing,
-                                                    batch_size=batch_size, progress=self.cfg.progress,
-                                                    desc="validating")
+        probs, labels, kept, _ = dataset_probabilities(
+            predict,
+            samples,
+            run_config.preprocessing,
+            batch_size=batch_size,
+            progress=self.cfg.progress,
+            desc="validating",
+        )
         if len(labels) == 0:
             return float("nan"), 0.0
         if self.dataset.attributes:
-            self._val_attribute_metrics = {"val_attributes": attribute_metrics(
-                predict.attribute_probs(), [samples[i] for i in kept], self.dataset.attributes)}
+            self._val_attribute_metrics = {
+                "val_attributes": attribute_metrics(
+                    predict.attribute_probs(), [samples[i] for i in kept], self.dataset.attributes
+                )
+            }
         nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()
         return float(nll), float(np.mean(probs.argmax(1) == labels))
 
@@ -509,9 +631,15 @@ class Trainer:
         if config.model.name in FIXED_INPUT_SIZE:
             sizes = {config.model.img_size}
         for size in sorted(sizes):
-            probs, labels, _, _ = dataset_probabilities(engine.probabilities, val_samples,
-                                                        config.preprocessing, img_size=size, batch_size=batch_size,
-                                                        progress=self.cfg.progress, desc=f"validating at {size}px")
+            probs, labels, _, _ = dataset_probabilities(
+                engine.probabilities,
+                val_samples,
+                config.preprocessing,
+                img_size=size,
+                batch_size=batch_size,
+                progress=self.cfg.progress,
+                desc=f"validating at {size}px",
+            )
             scores[size] = float(np.mean(probs.argmax(1) == labels)) if len(labels) else 0.0
         best = max(scores, key=lambda s: (scores[s], -abs(s - config.preprocessing.img_size)))
         config.preprocessing.img_size = best
@@ -524,7 +652,7 @@ class Trainer:
         """The epoch's shuffled batches, a pure function of (seed, epoch) so a resume can skip ahead."""
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)).tolist()
         usable = n - n % batch_size if n > batch_size else n  # drop the last partial batch (BatchNorm)
-        return [order[i:i + batch_size] for i in range(0, usable, batch_size)]
+        return [order[i : i + batch_size] for i in range(0, usable, batch_size)]
 
     def _save_resume_state(self, model, ema, optimizer, epoch, batch, step, best_acc, best_epoch, stale) -> None:
         if not self.dist.is_main:
@@ -536,10 +664,20 @@ class Trainer:
         tensors.update(opt_tensors)
         folder = RunFolder(self.run_dir)
         folder.save_tensors(LAST_WEIGHTS_FILE, tensors)
-        folder.write_json(TRAIN_STATE_FILE, {
-            "epoch": epoch, "batch": batch, "step": step, "best_acc": best_acc, "best_epoch": best_epoch,
-            "stale": stale, "optimizer": opt_plain,
-            "torch_rng": torch.get_rng_state().tolist(), "config": self.cfg.to_dict()})
+        folder.write_json(
+            TRAIN_STATE_FILE,
+            {
+                "epoch": epoch,
+                "batch": batch,
+                "step": step,
+                "best_acc": best_acc,
+                "best_epoch": best_epoch,
+                "stale": stale,
+                "optimizer": opt_plain,
+                "torch_rng": torch.get_rng_state().tolist(),
+                "config": self.cfg.to_dict(),
+            },
+        )
 
     def _load_resume_state(self, model, ema, optimizer) -> dict:
         folder = RunFolder(self.run_dir)
