@@ -51,7 +51,7 @@ def __getattr__(name: str):
 
 
 def demo_dataset_path() -> Path:
-    """The small Grocery Store sample shipped with skulens (8 products, 136 photos)."""
+    """The small Grocery Store sample shipped with skulens (8 products: 133 shopper photos, 8 catalog images)."""
     return Path(__file__).parent / "demo_data" / "grocery-mini"
 
 
