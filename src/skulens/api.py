@@ -323,13 +323,14 @@ class Run:
 
     # --- recognising ----------------------------------------------------------------------------
 
-    def recognizer(self, engine: str = "auto", device: str = "auto", tta: bool = False):
-        """A :class:`~skulens.recognition.recognizer.Recognizer` on this run (kept for the next call)."""
+    def recognizer(self, engine: str = "auto", device: str = "auto", tta: bool = False, threads: int | None = None):
+        """A :class:`~skulens.recognition.recognizer.Recognizer` on this run (kept for the next call);
+        ``threads``: ONNX Runtime's threads (None: one per core)."""
         from skulens.recognition.recognizer import Recognizer
 
-        key = (engine, device, tta)
+        key = (engine, device, tta, threads)
         if key not in self._recognizers:
-            self._recognizers[key] = Recognizer.load(self.path, engine=engine, device=device, tta=tta)
+            self._recognizers[key] = Recognizer.load(self.path, engine=engine, device=device, tta=tta, threads=threads)
         return self._recognizers[key]
 
     def predict(self, images, *, top_k: int = 5, engine: str = "auto", device: str = "auto", tta: bool = False) -> list:
@@ -359,15 +360,23 @@ class Run:
         engine: str = "auto",
         device: str = "auto",
         tta: bool = False,
+        threads: int | None = None,
+        workers: int | None = None,
     ) -> Iterator[tuple[Path, Any, str | None]]:
         """Yield ``(path, Prediction or None, error message or None)`` per image file (folders: their
-        images); a bad file, or a folder without images, gives an error and never stops the rest."""
+        images); a bad file, or a folder without images, gives an error and never stops the rest.
+        ``workers`` threads decode the next photos while the model runs (None: one per two cores);
+        ``threads``: the model's (ONNX Runtime) threads."""
         files, problems = expand_paths(paths)
         for folder, message in problems:
             yield folder, None, message
         if files:
-            recognizer = self.recognizer(engine, device, tta)
-            yield from recognizer.predict_files(files, top_k=top_k, batch_size=PREDICT_BATCH)
+            from skulens.data.pipeline import default_decode_workers, threads_beside
+
+            workers = default_decode_workers() if workers is None else workers
+            threads = threads_beside(workers) if threads is None else threads
+            recognizer = self.recognizer(engine, device, tta, threads)
+            yield from recognizer.predict_files(files, top_k=top_k, batch_size=PREDICT_BATCH, workers=workers)
 
     def explain(
         self,

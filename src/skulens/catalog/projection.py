@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from skulens.errors import SkulensError
-from skulens.models.embedding import unit_rows
+from skulens.models.outputs import unit_rows
 
 
 @dataclass

@@ -14,6 +14,7 @@ from skulens.cli.options import (
     add_json,
     add_no_progress,
     add_seed,
+    add_threads,
     comma_ints,
     error,
     print_json,
@@ -70,6 +71,7 @@ def _predict_parser(sub) -> None:
     pr.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     add_device(pr)
     add_engine(pr)
+    add_threads(pr)
     add_json(pr, "print a JSON list")
     pr.set_defaults(handler=cmd_predict)
 
@@ -193,9 +195,9 @@ def cmd_predict(args) -> int:
     from skulens.api import Run
 
     answered, failed, records = 0, False, []
-    for path, pred, problem in Run(args.run).predict_files(
-        args.images, top_k=args.top_k, engine=args.engine, device=args.device, tta=args.tta
-    ):
+    run = Run(args.run)
+    options = {"engine": args.engine, "device": args.device, "tta": args.tta, "threads": args.threads}
+    for path, pred, problem in run.predict_files(args.images, top_k=args.top_k, workers=args.workers, **options):
         if problem:
             failed = True
             error(problem)

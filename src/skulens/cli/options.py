@@ -72,6 +72,22 @@ def add_engine(p, default: str = "auto", help: str = ENGINE_HELP) -> None:
     p.add_argument("--engine", default=default, choices=ENGINES, help=f"{help} (default: {default})")
 
 
+def add_threads(p) -> None:
+    """The two thread pools of a bulk run: decoding photos and running the model, on the same cores."""
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime threads for the model (default: the cores the decoding threads leave)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="threads decoding the next photos while the model runs (0: none; default: one per two cores)",
+    )
+
+
 def add_json(p, help: str = "print the result as JSON") -> None:
     p.add_argument("--json", action="store_true", help=help)
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
 from skulens.data.images import ImageSource, load_image
 from skulens.errors import SkulensError
+
+if TYPE_CHECKING:  # torch and torchvision are imported by the functions that use them: predicting
+    import torch  # with an ONNX export never imports them (issue 22, fast start-up)
+    from torchvision.transforms import v2
 
 
 @dataclass
@@ -71,8 +73,8 @@ def resize_shorter_side(img: Image.Image, side: int) -> Image.Image:
     return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR, reducing_gap=None)
 
 
-def to_model_input(img: Image.Image, pre: Preprocessing, img_size: int | None = None) -> torch.Tensor:
-    """The one preprocessing path: RGB PIL image -> normalised CHW float tensor.
+def to_model_array(img: Image.Image, pre: Preprocessing, img_size: int | None = None) -> np.ndarray:
+    """The one preprocessing path: RGB PIL image -> normalised CHW float32 array (NumPy only).
 
     Shorter side resized to ``img_size`` then a centre crop, so nothing is stretched; with
     ``pre.resize == "pad"`` the photo is first padded to a square, so nothing is cropped either.
@@ -86,11 +88,17 @@ def to_model_input(img: Image.Image, pre: Preprocessing, img_size: int | None = 
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
     img = img.crop((left, top, left + size, top + size))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(arr.reshape(size, size, -1)).permute(2, 0, 1)
-    mean = torch.tensor(pre.mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(pre.std, dtype=torch.float32).view(-1, 1, 1)
-    return ((tensor - mean) / std).contiguous()
+    arr = (np.asarray(img, dtype=np.float32) / np.float32(255.0)).reshape(size, size, -1).transpose(2, 0, 1)
+    mean = np.asarray(pre.mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(pre.std, dtype=np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray((arr - mean) / std, dtype=np.float32)
+
+
+def to_model_input(img: Image.Image, pre: Preprocessing, img_size: int | None = None) -> torch.Tensor:
+    """:func:`to_model_array` as a torch tensor (the same values, bit for bit)."""
+    import torch
+
+    return torch.from_numpy(to_model_array(img, pre, img_size))
 
 
 def draft_size(pre: Preprocessing, img_size: int | None = None) -> int:
@@ -99,12 +107,19 @@ def draft_size(pre: Preprocessing, img_size: int | None = None) -> int:
     return img_size or pre.img_size
 
 
-def image_to_input(source: ImageSource, pre: Preprocessing, img_size: int | None = None, **limits) -> torch.Tensor:
+def image_to_array(source: ImageSource, pre: Preprocessing, img_size: int | None = None, **limits) -> np.ndarray:
     """The one image path: a file, bytes, a file object or a PIL image -> decoded safely
     (:func:`~skulens.data.images.load_image`, ``limits``: max_pixels / max_bytes) at the draft size
-    -> normalised CHW model input. Raises ImageError for an unusable image."""
+    -> normalised CHW float32 model input. Raises ImageError for an unusable image."""
     size = img_size or pre.img_size
-    return to_model_input(load_image(source, draft_size=draft_size(pre, size), **limits), pre, size)
+    return to_model_array(load_image(source, draft_size=draft_size(pre, size), **limits), pre, size)
+
+
+def image_to_input(source: ImageSource, pre: Preprocessing, img_size: int | None = None, **limits) -> torch.Tensor:
+    """:func:`image_to_array` as a torch tensor (what the PyTorch engine, training and Grad-CAM take)."""
+    import torch
+
+    return torch.from_numpy(image_to_array(source, pre, img_size, **limits))
 
 
 @dataclass
@@ -133,6 +148,9 @@ class AugmentConfig:
 
 def build_train_transform(pre: Preprocessing, aug: AugmentConfig) -> v2.Compose:
     """Augmentation on a cached uint8 CHW tensor -> normalised float tensor."""
+    import torch
+    from torchvision.transforms import v2
+
     steps: list = [v2.RandomResizedCrop(pre.img_size, scale=(aug.scale_min, 1.0), antialias=True)]
     if aug.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(aug.hflip))
@@ -152,6 +170,8 @@ def build_train_transform(pre: Preprocessing, aug: AugmentConfig) -> v2.Compose:
 
 
 def pil_to_uint8_tensor(img: Image.Image, in_chans: int) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as F
+
     if in_chans == 1:
         img = img.convert("L")
     return F.pil_to_tensor(img)

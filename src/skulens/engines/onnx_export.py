@@ -23,7 +23,7 @@ import torch
 
 from skulens.data.datasets import ImageDataset, Sample
 from skulens.data.transforms import image_to_input
-from skulens.engines.base import OnnxEngine
+from skulens.engines.onnx import OnnxEngine
 from skulens.errors import ImageError, SkulensError
 from skulens.files import sha256_file
 from skulens.runs import EXPORT_FILE, ONNX_FP32, ONNX_INT8, RunFolder

@@ -6,8 +6,6 @@ is ignored (with a warning) rather than applied to a model it does not describe.
 
 from __future__ import annotations
 
-import json
-import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import numpy as np
 
 from skulens.data.datasets import ImageDataset
 from skulens.engines import load_engine
-from skulens.errors import DatasetError, SkulensError
+from skulens.errors import DatasetError
 from skulens.evaluation.backoff import (
     TreeIndex,
     calibrate_thresholds,
@@ -26,9 +24,8 @@ from skulens.evaluation.backoff import (
     tree_or_flat,
 )
 from skulens.evaluation.inference import dataset_probabilities, split_samples
+from skulens.evaluation.thresholds import load_thresholds  # noqa: F401 - re-exported (torch-free home)
 from skulens.runs import THRESHOLDS_FILE, RunConfig, RunFolder
-
-log = logging.getLogger(__name__)
 
 
 def split_probabilities(
@@ -92,31 +89,6 @@ def calibrate_run(
     RunFolder(run_dir).write_json(THRESHOLDS_FILE, record)
     record["path"] = str(run_dir / THRESHOLDS_FILE)
     return record
-
-
-def load_thresholds(run_dir: str | Path, config: RunConfig) -> list[float | None] | None:
-    """The run's calibrated per-level thresholds, or None when uncalibrated or calibrated for other weights."""
-    run_dir = Path(run_dir)
-    path = run_dir / THRESHOLDS_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        thresholds = [lv["threshold"] for lv in record["levels"]]
-        names = list(record["level_names"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SkulensError(f"{path}: invalid thresholds file ({exc}); re-run `skulens calibrate {run_dir}`") from None
-    if not all(t is None or isinstance(t, (int, float)) for t in thresholds):
-        raise SkulensError(f"{path}: thresholds must be numbers or null; re-run `skulens calibrate {run_dir}`")
-    tree = tree_or_flat(config.tree, config.classes)
-    if names != list(tree.level_names) or record.get("weights_sha256") != RunFolder(run_dir).weights_sha256():
-        log.warning(
-            "%s: calibrated for other weights; answers do not back off until you re-run `skulens calibrate %s`",
-            path,
-            run_dir,
-        )
-        return None
-    return thresholds
 
 
 def backoff_evaluation(

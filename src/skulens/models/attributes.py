@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from skulens.errors import SkulensError
+from skulens.models.outputs import ONNX_OUTPUT_PREFIX, describe  # noqa: F401 - re-exported (torch-free home)
 
 KINDS = ("softmax", "sigmoid")
-# Name prefix of the per-attribute outputs an ONNX export carries (``attribute:colour``).
-ONNX_OUTPUT_PREFIX = "attribute:"
 
 
 def check_specs(specs: dict[str, dict]) -> None:
@@ -225,32 +224,6 @@ def tune_thresholds(attr_probs: dict[str, np.ndarray], samples, specs: dict[str,
             ]
             thresholds.append(float(candidates[int(np.argmax(f1))]))
         out[name] = thresholds
-    return out
-
-
-def describe(
-    attr_probs: dict[str, torch.Tensor | np.ndarray],
-    specs: dict[str, dict],
-    thresholds: dict[str, list[float]] | None = None,
-) -> dict[str, dict]:
-    """One image's attributes as a Prediction carries them: ``{"value", "confidence"}`` for a softmax
-    attribute; for tags, ``value`` joins the tags above their thresholds with "|" ("-": none, as in
-    the CSV), ``confidence`` is None and ``tags`` maps each of them to its probability. ``value`` is
-    always a string, which is what the HTTP service's attribute schema takes."""
-    out: dict[str, dict] = {}
-    for name, spec in specs.items():
-        p = np.asarray(attr_probs[name], dtype=np.float64)
-        if spec["kind"] == "softmax":
-            best = int(p.argmax())
-            out[name] = {"value": spec["values"][best], "confidence": float(p[best])}
-        else:
-            thr = (thresholds or {}).get(name) or [0.5] * len(p)
-            chosen = [j for j in np.argsort(-p, kind="stable") if p[j] >= thr[j]]
-            out[name] = {
-                "value": "|".join(spec["values"][j] for j in chosen) or "-",
-                "confidence": None,
-                "tags": {spec["values"][j]: float(p[j]) for j in chosen},
-            }
     return out
 
 

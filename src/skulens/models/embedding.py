@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from skulens.models.outputs import unit_rows  # noqa: F401 - re-exported (torch-free home)
 
 
 class ArcMarginHead(nn.Module):
@@ -75,11 +76,6 @@ def attach_embedding_head(model: nn.Module, embedding_dim: int, num_classes: int
     # timm's forward_head already applies the model's dropout before the classifier.
     model.classifier = ArcMarginHead(model.num_features, embedding_dim, num_classes, drop_rate=0.0)
     return model
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Each row scaled to unit length (float32; an all-zero row stays zero)."""
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""``Recognizer.load(run).predict(image)``: label, confidence and category path for product photos."""
+"""``Recognizer.load(run).predict(image)``: label, confidence and category path for product photos.
+
+Photos become NumPy model inputs, batched as the engine takes them (``Engine.batch``): with an ONNX
+export, predicting never imports torch."""
 
 from __future__ import annotations
 
@@ -6,15 +9,15 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from skulens.data.images import ImageSource
-from skulens.data.transforms import image_to_input
+from skulens.data.pipeline import ordered_map
+from skulens.data.transforms import image_to_array
 from skulens.engines import Engine, load_engine
-from skulens.errors import ImageError
 from skulens.evaluation.backoff import Backoff, tree_or_flat
-from skulens.evaluation.calibration import load_thresholds
-from skulens.models.attributes import describe
+from skulens.evaluation.thresholds import load_thresholds
+from skulens.models.outputs import describe
 from skulens.runs import RunFolder
 
 
@@ -66,10 +69,18 @@ class Recognizer:
         self.backoff = Backoff(tree_or_flat(self.config.tree, self.config.classes), thresholds)
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, engine: str = "auto", device: str = "auto", tta: bool = False) -> Recognizer:
+    def load(
+        cls,
+        run_dir: str | Path,
+        *,
+        engine: str = "auto",
+        device: str = "auto",
+        tta: bool = False,
+        threads: int | None = None,
+    ) -> Recognizer:
         """``engine``: ``auto`` (ONNX Runtime when an up-to-date export exists and we are on a CPU),
         ``torch`` or ``onnx``."""
-        runner = load_engine(run_dir, engine, device)
+        runner = load_engine(run_dir, engine, device, threads=threads)
         return cls(runner, tta, load_thresholds(run_dir, runner.config), RunFolder(run_dir).attribute_thresholds())
 
     @property
@@ -81,8 +92,8 @@ class Recognizer:
             return list(self.config.tree.paths[class_index])
         return [self.config.classes[class_index]]
 
-    def _input(self, image: ImageSource) -> torch.Tensor:
-        return image_to_input(image, self.config.preprocessing)
+    def _input(self, image: ImageSource) -> np.ndarray:
+        return image_to_array(image, self.config.preprocessing)
 
     def predict(self, image: ImageSource, top_k: int = 5) -> Prediction:
         """Predict one image (a path, bytes, a file object or a PIL image). Raises ImageError if unusable."""
@@ -92,15 +103,19 @@ class Recognizer:
         images = list(images)
         if not images:
             return []
-        probs, attrs = self.engine.outputs(torch.stack([self._input(img) for img in images]), self.tta)
+        probs, attrs = self.engine.outputs(self.engine.batch([self._input(img) for img in images]), self.tta)
         return [self._prediction(row, img, top_k, _row(attrs, i)) for i, (row, img) in enumerate(zip(probs, images))]
 
-    def predict_files(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 8):
-        """Yield ``(path, Prediction or None, error message or None)``; a bad file never stops the rest."""
-        pending: list[tuple[Path, torch.Tensor]] = []
+    def predict_files(
+        self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 8, workers: int | None = None
+    ):
+        """Yield ``(path, Prediction or None, error message or None)`` in order; a bad file never stops
+        the rest. ``workers`` threads decode the next photos while the engine runs a batch (None: one
+        per two cores; 0: decode in this thread)."""
+        pending: list[tuple[Path, np.ndarray]] = []
 
         def flush():
-            probs, attrs = self.engine.outputs(torch.stack([t for _, t in pending]), self.tta)
+            probs, attrs = self.engine.outputs(self.engine.batch([x for _, x in pending]), self.tta)
             results = [
                 (p, self._prediction(row, p, top_k, _row(attrs, i)), None)
                 for i, ((p, _), row) in enumerate(zip(pending, probs))
@@ -108,27 +123,24 @@ class Recognizer:
             pending.clear()
             return results
 
-        for path in paths:
-            try:
-                pending.append((Path(path), self._input(path)))
-            except ImageError as exc:
-                yield Path(path), None, str(exc)
+        decoded = ordered_map(self._input, (Path(p) for p in paths), workers, ahead=2 * batch_size)
+        for path, x, error in decoded:
+            if error is not None:
+                yield path, None, error
                 continue
+            pending.append((path, x))
             if len(pending) >= batch_size:
                 yield from flush()
         if pending:
             yield from flush()
 
-    def _prediction(
-        self, probs: torch.Tensor, source: ImageSource, top_k: int, attrs: dict[str, torch.Tensor] | None = None
-    ) -> Prediction:
-        values, indices = probs.topk(min(max(1, top_k), len(self.classes)))
-        scored = [
-            ScoredClass(self.classes[i], float(v), self.category_path(i))
-            for v, i in zip(values.tolist(), indices.tolist())
-        ]
+    def _prediction(self, probs, source: ImageSource, top_k: int, attrs: dict | None = None) -> Prediction:
+        """One image's Prediction from its row of class probabilities (a torch tensor or a NumPy array)."""
+        p = np.asarray(probs)
+        top = np.argsort(-p, kind="stable")[: min(max(1, top_k), len(self.classes))]
+        scored = [ScoredClass(self.classes[i], float(p[i]), self.category_path(i)) for i in top.tolist()]
         best = scored[0]
-        answer = self.backoff.answers(probs.numpy())[0]
+        answer = self.backoff.answers(p)[0]
         return Prediction(
             label=best.label,
             confidence=best.confidence,
@@ -143,5 +155,5 @@ class Recognizer:
         )
 
 
-def _row(attrs: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+def _row(attrs: dict, i: int) -> dict:
     return {name: probs[i] for name, probs in attrs.items()}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from skulens import __version__
 from skulens.data.taxonomy import CategoryTree
 from skulens.data.transforms import Preprocessing
-from skulens.models.registry import ModelSpec
+from skulens.models.spec import ModelSpec
 
 
 @dataclass

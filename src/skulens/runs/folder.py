@@ -20,9 +20,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from skulens.errors import CheckpointError, SkulensError
 from skulens.files import sha256_file, write_json_atomic, write_text_atomic
@@ -43,11 +41,16 @@ from skulens.runs.names import (  # noqa: F401 - re-exported: the folder's file 
     WEIGHTS_FILE,
 )
 
+if TYPE_CHECKING:  # torch and safetensors.torch are imported where weights are read or written:
+    import torch  # reading a run's config, thresholds or ONNX export never imports torch
+
 log = logging.getLogger(__name__)
 
 
 def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write via a temp file and rename, recording the file's sha256 in the folder's checksums.json."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -137,6 +140,8 @@ class RunFolder:
 
     def state_dict(self, name: str = WEIGHTS_FILE, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         """A weight file's tensors, after checking it against its recorded checksum."""
+        from safetensors.torch import load_file
+
         path = self.path / name
         if not path.is_file():
             what = "the run has not finished an epoch yet" if name == WEIGHTS_FILE else "nothing to resume from"

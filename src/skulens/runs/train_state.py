@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def flatten_optimizer_state(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimiser state dict into tensors (for safetensors) and plain data (for JSON)."""
+    import torch
+
     tensors, plain = {}, {}
     for pid, slots in opt_state["state"].items():
         for key, value in slots.items():
