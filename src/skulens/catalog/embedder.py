@@ -17,9 +17,10 @@ import torch
 
 from skulens.catalog.projection import Projection
 from skulens.data.images import ImageSource
-from skulens.data.transforms import Preprocessing, image_to_input
+from skulens.data.pipeline import ordered_map
+from skulens.data.transforms import Preprocessing, image_to_array, image_to_input
 from skulens.engines import Engine, TorchEngine, load_engine
-from skulens.errors import ImageError, SkulensError
+from skulens.errors import SkulensError
 from skulens.files import sha256_file
 from skulens.models.pretrained import has_packaged_weights, packaged_weights_path
 from skulens.models.registry import NATIVE_SIZES, ModelSpec, create_model, default_normalization
@@ -143,6 +144,10 @@ class Embedder:
     def input_tensor(self, image: ImageSource) -> torch.Tensor:
         return image_to_input(image, self.preprocessing)
 
+    def input_array(self, image: ImageSource) -> np.ndarray:
+        """The model input as a NumPy array (the same values as :meth:`input_tensor`)."""
+        return image_to_array(image, self.preprocessing)
+
     @torch.inference_mode()
     def embed_tensors(self, x: torch.Tensor) -> np.ndarray:
         vectors = self.model_vectors(x)
@@ -161,28 +166,36 @@ class Embedder:
         return self.embed_tensors(torch.stack(tensors))
 
     def embed_many(
-        self, images: list[ImageSource], batch_size: int = 16, projected: bool = True, progress: bool = False
+        self,
+        images: list[ImageSource],
+        batch_size: int = 16,
+        projected: bool = True,
+        progress: bool = False,
+        workers: int | None = None,
     ) -> tuple[np.ndarray, list[str | None]]:
         """Embeddings for a list, a bad image costing only itself: ``(vectors, errors)``; a row whose
-        error is not None holds zeros. ``projected=False``: the vectors before the projection."""
+        error is not None holds zeros. ``projected=False``: the vectors before the projection.
+        ``workers`` threads decode the next images while the model runs (None: one per two cores)."""
         from tqdm import tqdm
 
         raw = not projected and self.projection is not None
         embed = self.model_vectors if raw else self.embed_tensors
         out = np.zeros((len(images), self.projection.in_dim if raw else self.dim), np.float32)
         errors: list[str | None] = [None] * len(images)
-        pending: list[tuple[int, torch.Tensor]] = []
+        pending: list[tuple[int, np.ndarray]] = []
 
         def flush():
             if pending:
-                out[[i for i, _ in pending]] = embed(torch.stack([t for _, t in pending]))
+                out[[i for i, _ in pending]] = embed(self.engine.batch([x for _, x in pending]))
                 pending.clear()
 
-        for i, image in enumerate(tqdm(images, desc="embedding", unit="img", disable=not progress)):
-            try:
-                pending.append((i, self.input_tensor(image)))
-            except ImageError as exc:
-                errors[i] = str(exc)
+        decoded = ordered_map(self.input_array, images, workers, ahead=2 * batch_size)
+        bar = tqdm(decoded, total=len(images), desc="embedding", unit="img", disable=not progress)
+        for i, (_, x, error) in enumerate(bar):
+            if error is not None:
+                errors[i] = error
+            else:
+                pending.append((i, x))
             if len(pending) >= batch_size:
                 flush()
         flush()
