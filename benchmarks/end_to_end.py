@@ -21,6 +21,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+
 from skulens.data.pipeline import ordered_map, threads_beside
 from skulens.data.transforms import image_to_array
 from skulens.engines.select import load_engine
@@ -79,6 +81,26 @@ def in_process(run: Path, photos: list[Path], threads: int | None, workers: int,
     }
 
 
+def same_answers(run: Path, photos: list[Path]) -> dict:
+    """The NumPy path (no torch) against the torch-tensor path skulens took before, per engine: the
+    largest probability difference over these photos, and top-1 agreement."""
+    import torch
+
+    from skulens.data.transforms import image_to_input
+
+    out = {}
+    for name in ("onnx", "torch"):
+        engine = load_engine(run, name, "cpu")
+        pre = engine.config.preprocessing
+        arrays = [image_to_array(p, pre) for p in photos]
+        tensors = torch.stack([image_to_input(p, pre) for p in photos])
+        new = np.asarray(engine.outputs(engine.batch(arrays))[0])
+        old = engine.outputs(tensors)[0].numpy()
+        out[engine.name] = {"photos": len(photos), "max_abs_difference": float(np.abs(new - old).max()),
+                            "same_top1": float(np.mean(new.argmax(1) == old.argmax(1)))}  # fmt: skip
+    return out
+
+
 def wall(cmd: list[str], repeats: int, src: str | None = None) -> float:
     """Median wall time of ``cmd``; ``src``: run that skulens source tree instead (PYTHONPATH)."""
     env = {**os.environ, "PYTHONPATH": src} if src else None
@@ -123,6 +145,8 @@ def main() -> None:
     for threads, workers, batch in settings:
         rows.append(in_process(run, photos, threads, workers, batch))
         print(json.dumps(rows[-1]), flush=True)
+    same = same_answers(run, photos[:100])
+    print(json.dumps(same), flush=True)
     cli = through_the_cli(run, photos, args.repeats)
     print(json.dumps(cli), flush=True)
     if args.before:
@@ -136,6 +160,7 @@ def main() -> None:
         "run": str(run),
         "photos": len(photos),
         "in_process": rows,
+        "same_answers": same,
         "cli": cli,
     }
     path = Path(__file__).resolve().parent / "results" / "end_to_end.json"

@@ -71,3 +71,15 @@ def test_predict_files_keeps_order_and_reports_a_bad_file_with_decode_threads(tr
     for (_, a, _), (_, b, _) in zip(serial, threaded):
         if a is not None:
             assert a.label == b.label and a.confidence == pytest.approx(b.confidence, abs=1e-6)
+
+
+def test_predict_threads_and_workers_flags_change_speed_not_answers(trained_run, capsys):
+    from skulens.cli.main import main
+
+    run, data = trained_run
+    folder = data / "test" if (data / "test").is_dir() else data
+    outputs = []
+    for flags in (["--workers", "0", "--threads", "1"], ["--workers", "2"]):
+        assert main(["predict", str(run), str(folder), "--engine", "torch", *flags]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].count("\n") >= 4

@@ -7,12 +7,11 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from skulens.data.datasets import ImageDataset, Sample
-from skulens.data.loading import PreprocessedImages, collate_skip_bad
-from skulens.data.transforms import Preprocessing
+from skulens.data.pipeline import ordered_map
+from skulens.data.transforms import Preprocessing, image_to_input
 from skulens.errors import DatasetError, SkulensError
 
 # Normalised NCHW float batch -> class probabilities [N, C] (on the CPU).
@@ -65,23 +64,30 @@ def dataset_probabilities(
     batch_size: int = 16,
     progress: bool = True,
     desc: str = "evaluating",
+    workers: int | None = None,
 ):
-    """Probabilities for every readable sample: ``(probs [n, C], labels [n], kept_indices, failures)``."""
-    loader = DataLoader(
-        PreprocessedImages(samples, pre, img_size),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=0,
-        collate_fn=collate_skip_bad,
-    )
-    probs, labels, kept, failures = [], [], [], []
-    for x, y, idx, bad in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        failures.extend((samples[i].path, reason) for i, reason in bad)
-        if x is None:
+    """Probabilities for every readable sample: ``(probs [n, C], labels [n], kept_indices, failures)``.
+    ``workers`` threads decode the next photos while ``predict`` runs a batch (None: one per two cores)."""
+    probs, kept, failures, pending = [], [], [], []
+
+    def flush():
+        probs.append(predict(torch.stack([x for _, x in pending])))
+        kept.extend(i for i, _ in pending)
+        pending.clear()
+
+    decoded = ordered_map(lambda s: image_to_input(s.path, pre, img_size), samples, workers, ahead=2 * batch_size)
+    bar = tqdm(decoded, total=len(samples), desc=desc, unit="img", disable=not progress, leave=False)
+    for i, (sample, x, error) in enumerate(bar):
+        if error is not None:
+            failures.append((sample.path, error))
             continue
-        probs.append(predict(x))
-        labels.append(y)
-        kept.append(idx)
+        pending.append((i, x))
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
     if not probs:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), failures
-    return (torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(kept).numpy(), failures)
+    kept = np.array(kept, np.int64)
+    labels = np.array([samples[i].label for i in kept], np.int64)
+    return torch.cat(probs).numpy(), labels, kept, failures
