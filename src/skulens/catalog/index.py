@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
+import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from skulens.errors import SkulensError
+from skulens.files import write_json_atomic
 
 IVF_THRESHOLD = 50_000
 KINDS = ("auto", "flat", "ivf")
@@ -32,6 +36,21 @@ class IndexState:
     ntotal: int
     nlist: int = 0
     nprobe: int = 0
+
+
+GENERATION_GRACE_SECONDS = 120.0  # a reader that has just read state.json still finds the file it names
+
+
+def _remove_old_generations(folder: Path, keep: str) -> None:
+    """Index files no state.json names any more, once no reader can still be about to open them;
+    and temporaries of saves that died (kill -9) long ago."""
+    cutoff = time.time() - GENERATION_GRACE_SECONDS
+    for path in [*folder.glob("vectors*.faiss"), *folder.glob(".vectors.*.tmp")]:
+        try:
+            if path.name != keep and path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            pass  # another process removed it first
 
 
 def _faiss():
@@ -151,18 +170,24 @@ class VectorIndex:
 
     # -- files -------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
-        """Write atomically: the index file first, then its state; a torn pair is detected on load."""
+        """Write a new generation: the index under a name of its own, then ``state.json`` (atomically)
+        naming it. Every process on a host sharing the folder writes its own temporary and index file,
+        so two saves never write into one file; the last ``state.json`` wins and names a whole file."""
         faiss = _faiss()
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "vectors.faiss.tmp"
-        faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, folder / "vectors.faiss")
-        state = {**asdict(self.state), "file_size": (folder / "vectors.faiss").stat().st_size}
-        tmp_json = folder / "state.json.tmp"
-        tmp_json.write_text(json.dumps(state, indent=1))
-        os.replace(tmp_json, folder / "state.json")
+        name = f"vectors-{uuid.uuid4().hex[:16]}.faiss"
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vectors.", suffix=".tmp")
+        os.close(fd)
+        try:
+            faiss.write_index(self.index, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, folder / name)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        state = {**asdict(self.state), "file": name, "file_size": (folder / name).stat().st_size}
+        write_json_atomic(folder / "state.json", state)
+        _remove_old_generations(folder, keep=name)
 
     @classmethod
     def load(cls, folder: Path) -> VectorIndex | None:
@@ -170,7 +195,7 @@ class VectorIndex:
         faiss = _faiss()
         try:
             data = json.loads((folder / "state.json").read_text())
-            path = folder / "vectors.faiss"
+            path = folder / Path(data.pop("file", "vectors.faiss")).name  # older folders: one fixed name
             if path.stat().st_size != data.pop("file_size"):
                 return None
             index = faiss.read_index(str(path))
