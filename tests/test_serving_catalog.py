@@ -684,3 +684,29 @@ def test_skulens_serve_without_arguments_serves_the_demo():
     finally:
         out = stop(proc)
     assert "Traceback" not in out
+
+
+def test_readyz_says_ready_and_why_not(writable, tmp_path):
+    import sqlite3
+
+    ready = writable.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "reason": None,
+        "checks": {"model": "ok", "database": "ok", "schema": "ok", "index": "ok"},
+    }
+    db = next((tmp_path / "shop").glob("*.db"))
+    with sqlite3.connect(db) as conn:  # as if an older skulens had made the catalog
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    not_ready = writable.get("/readyz")
+    assert not_ready.status_code == 503
+    body = not_ready.json()
+    assert body["status"] == "not ready" and body["checks"]["schema"] == "version 0, this server needs 1"
+    assert body["reason"] == "schema: version 0, this server needs 1"
+    assert writable.get("/healthz").status_code == 200  # liveness is another question
+
+
+def test_readyz_without_a_catalog_checks_the_model(recognizer):
+    with serving(recognizer, None) as c:
+        assert c.get("/readyz").json() == {"status": "ready", "reason": None, "checks": {"model": "ok"}}

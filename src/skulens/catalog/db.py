@@ -138,6 +138,12 @@ def set_meta(session: Session, key: str, value: dict) -> None:
         row.value = json.dumps(value)
 
 
+def schema_version(session: Session) -> int | None:
+    """The schema version the database records (None: not a skulens catalog yet)."""
+    row = session.get(Meta, "schema_version")
+    return int(row.value) if row else None
+
+
 def last_log_seq(session: Session) -> int:
     from sqlalchemy import func
 

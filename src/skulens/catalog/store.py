@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from skulens.catalog.backends import SearchIndex, open_backend
 from skulens.catalog.db import (
+    SCHEMA_VERSION,
     ImageRow,
     IndexLog,
     ProductRow,
@@ -27,6 +28,7 @@ from skulens.catalog.db import (
     get_meta,
     last_log_seq,
     open_engine,
+    schema_version,
     set_meta,
 )
 from skulens.catalog.embedder import Embedder
@@ -217,6 +219,31 @@ class Catalog:
         from skulens.catalog.importers import import_job
 
         return import_job(cls.open_with_model, db, source, run=run, **options)
+
+    def readiness(self) -> dict[str, str]:
+        """What a load balancer asks before sending traffic: ``{check: "ok" or why not}`` for the
+        database (reachable), its schema (the version this skulens writes) and the index (caught up
+        with every change in the database; an empty catalog has nothing to catch up)."""
+        checks = {"database": "ok", "schema": "ok", "index": "ok"}
+        try:
+            with Session(self.engine) as session:
+                version, seq = schema_version(session), last_log_seq(session)
+        except Exception as exc:  # noqa: BLE001 - any driver error means "not reachable"
+            return {
+                "database": f"unreachable: {str(exc).splitlines()[0][:200]}",
+                "schema": "unknown",
+                "index": "unknown",
+            }
+        if version != SCHEMA_VERSION:
+            checks["schema"] = f"version {version}, this server needs {SCHEMA_VERSION}"
+        if self.model_info is not None:
+            try:
+                applied = self.index().state.log_seq
+                if applied < seq:
+                    checks["index"] = f"behind the database (change {applied} of {seq})"
+            except SkulensError as exc:
+                checks["index"] = str(exc)
+        return checks
 
     def info(self) -> dict:
         with Session(self.engine) as session:

@@ -1,14 +1,17 @@
-"""GET /healthz, GET /metrics (Prometheus text) and GET /v1/info (what the web page needs to know)."""
+"""GET /healthz (liveness), GET /readyz (readiness), GET /metrics (Prometheus text) and GET /v1/info
+(what the web page needs to know)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from skulens import __version__
 from skulens.data.images import ALLOWED_FORMATS
 from skulens.serving.deps import require_read, services
-from skulens.serving.schemas import AuthInfo, HealthResponse, InfoResponse, LimitsInfo, ModelInfo
+from skulens.serving.schemas import AuthInfo, HealthResponse, InfoResponse, LimitsInfo, ModelInfo, ReadyResponse
 
 router = APIRouter(tags=["system"])
 
@@ -17,6 +20,30 @@ router = APIRouter(tags=["system"])
 async def healthz(request: Request) -> HealthResponse:
     svc = services(request)
     return HealthResponse(engine=svc.engine_name, catalog=svc.catalog is not None)
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "Not ready: `reason` says why"}},
+    summary="Readiness: the model is loaded, the catalog database answers, its schema is current and the "
+    "index has caught up with it (503 with a JSON reason otherwise)",
+)
+async def readyz(request: Request):
+    svc = services(request)
+    checks = {"model": "ok" if svc.recognizer is not None else "not loaded"}
+    if svc.catalog is not None:
+
+        def catalog_checks() -> dict[str, str]:
+            with svc.catalog_lock:  # the index is shared with search: one user at a time
+                return svc.catalog.readiness()
+
+        checks.update(await asyncio.get_running_loop().run_in_executor(None, catalog_checks))
+    problems = [f"{name}: {state}" for name, state in checks.items() if state != "ok"]
+    if problems:
+        body = ReadyResponse(status="not ready", reason="; ".join(problems), checks=checks)
+        return JSONResponse(body.model_dump(), status_code=503)
+    return ReadyResponse(checks=checks)
 
 
 @router.get(

@@ -88,6 +88,13 @@ class HealthResponse(BaseModel):
     catalog: bool
 
 
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not ready"] = "ready"
+    reason: str | None = None
+    # each check's state: "ok", or why not (model, database, schema, index)
+    checks: dict[str, str]
+
+
 class ModelInfo(BaseModel):
     name: str
     engine: str
