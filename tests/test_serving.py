@@ -620,3 +620,21 @@ def test_skulens_serve_starts_and_answers(trained_run, photo):
     finally:
         out = stop(proc)
     assert "Traceback" not in out
+
+
+def test_rate_limit_answers_429_with_retry_after_per_client(recognizer):
+    with serving(recognizer, rate_limit="3/minute", api_key_hashes=frozenset({hash_key(KEY)})) as c:
+        assert [c.get("/v1/info").status_code for _ in range(3)] == [200, 200, 200]
+        limited = c.get("/v1/info")
+        assert limited.status_code == 429
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200  # probes exempt
+        # a valid key is its own client; a made-up key counts as the address it comes from
+        assert c.get("/v1/info", headers={"X-API-Key": KEY}).status_code == 200
+        assert c.get("/v1/info", headers={"X-API-Key": OTHER_KEY}).status_code == 429
+
+
+def test_a_malformed_rate_limit_is_refused_before_serving(recognizer):
+    with pytest.raises(SkulensError, match="use N/second, N/minute or N/hour"):
+        ServeConfig(recognizer=recognizer, rate_limit="lots")

@@ -78,6 +78,20 @@ def _limit_args(sv) -> None:
     sv.add_argument(
         "--log-client-ips", action="store_true", help="put client addresses in the access log (off by default)"
     )
+    sv.add_argument(
+        "--rate-limit",
+        default=None,
+        metavar="RATE",
+        help="requests per API key (or client address without one), e.g. 60/minute; past it: 429 with "
+        "Retry-After (default: no limit)",
+    )
+    sv.add_argument(
+        "--rate-limit-storage",
+        default="memory://",
+        metavar="URI",
+        help="where the counts live: memory:// (this server) or a store the servers share, e.g. "
+        "redis://host:6379 (default: memory://)",
+    )
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -119,6 +133,8 @@ def config_from_args(args: argparse.Namespace):
         protect_reads=args.protect_reads,
         cors_origins=tuple(args.cors_origin),
         log_client_ips=args.log_client_ips,
+        rate_limit=args.rate_limit,
+        rate_limit_storage=args.rate_limit_storage,
         catalog_db=args.catalog,
         catalog_run=run if args.catalog else None,
         media_dir=Path(args.media_dir) if args.media_dir else None,

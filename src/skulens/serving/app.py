@@ -35,6 +35,7 @@ from skulens.serving.jobs import JobManager
 from skulens.serving.media import MediaStore
 from skulens.serving.metrics import Metrics
 from skulens.serving.observe import ObserveMiddleware
+from skulens.serving.rate_limit import RateLimitMiddleware
 
 log = logging.getLogger("skulens.serving")
 
@@ -213,6 +214,13 @@ def include_routers(app: FastAPI) -> None:
 
 
 def install_middleware(app: FastAPI, config: ServeConfig, metrics: Metrics) -> None:
+    if config.rate_limit:  # innermost: CORS headers and the request log cover its 429s too
+        app.add_middleware(
+            RateLimitMiddleware,
+            rate=config.rate_limit,
+            storage_uri=config.rate_limit_storage,
+            key_hashes=config.api_key_hashes,
+        )
     # Added last, so outermost: it sees (and times) every request, CORS preflights included.
     if config.cors_origins:
         app.add_middleware(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from skulens.errors import SkulensError
+from skulens.serving.rate_limit import parse_rate
 
 DEMO_ASSETS = Path(__file__).resolve().parents[1] / "demo_assets"
 
@@ -49,6 +50,10 @@ class ServeConfig:
     api_key_hashes: frozenset[str] = frozenset()
     protect_reads: bool = False
     cors_origins: tuple[str, ...] = ()
+    # Requests per API key (or client address without one), e.g. "60/minute"; None: no limit. Counted in
+    # this process, or in a store the servers share (a `limits` storage URI such as redis://host:6379).
+    rate_limit: str | None = None
+    rate_limit_storage: str = "memory://"
     log_client_ips: bool = False
     max_jobs: int = 64
     # Unfinished jobs hold their uploads in memory: at most max_active_jobs x max_bulk_bytes.
@@ -94,6 +99,8 @@ class ServeConfig:
             raise SkulensError(f"max-wait-ms must be 0 or more (got {self.max_wait_ms})")
         if self.request_timeout_s <= 0:
             raise SkulensError(f"timeout must be positive (got {self.request_timeout_s})")
+        if self.rate_limit is not None:
+            parse_rate(self.rate_limit)  # a malformed rate stops the server before it starts, in one line
         if self.recognizer is None and self.run_dir is None:
             raise SkulensError("no model to serve: pass a run folder")
         if self.catalog is not None and self.catalog_db is not None:
