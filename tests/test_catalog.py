@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import sqlite3
 import subprocess
@@ -235,10 +236,14 @@ def test_torn_index_file_is_rebuilt_from_the_database(tmp_path, shop, embedder):
     db = tmp_path / "shop.db"
     with Catalog.open(db, embedder) as catalog:
         import_products(catalog, read_products_csv(csv_path, MAPPING)[0], progress=False)
-    (Path(str(db) + ".index") / "vectors.faiss").write_bytes(b"\0" * 100)
-    with Catalog.open(db, embedder) as catalog:
-        assert catalog.index().state.ntotal == 9
-        assert catalog.search(photos["red"][2], top_k=1)[0].sku == "red-2"
+    folder = next(Path(str(db) + ".index").rglob("state.json")).parent
+    index_file = folder / json.loads((folder / "state.json").read_text())["file"]
+    for torn in (b"\0" * 100, b"\0" * index_file.stat().st_size):  # cut short; same size, garbage
+        index_file.write_bytes(torn)
+        with Catalog.open(db, embedder) as catalog:
+            assert catalog.index().state.ntotal == 9
+            assert catalog.search(photos["red"][2], top_k=1)[0].sku == "red-2"
+        index_file = folder / json.loads((folder / "state.json").read_text())["file"]
 
 
 def test_another_model_is_refused(tmp_path, shop, embedder):
@@ -460,3 +465,23 @@ def test_projected_catalog_is_its_own_model(tmp_path, trained_run, shop, embedde
     # a projection fitted on one model's vectors is refused by another model (here: flip-averaged)
     with pytest.raises(SkulensError, match="fitted on the vectors of model"):
         Embedder.from_run(run, device="cpu", flip=True, projection=out)
+
+
+def test_a_database_made_anew_at_the_same_place_never_inherits_the_old_index(tmp_path, shop, embedder):
+    csv_path, photos = shop
+    db = tmp_path / "shop.db"
+    rows = read_products_csv(csv_path, MAPPING)[0]
+    with Catalog.open(db, embedder) as catalog:
+        import_products(catalog, rows, progress=False)
+        old_folder = catalog.backend.folder
+    for path in tmp_path.glob("shop.db*"):
+        if path.is_file():
+            path.unlink()  # the database goes; its index folder (shop.db.index) stays behind
+    with Catalog.open(db, embedder) as catalog:
+        # other image ids for the same products, and more index-log entries than the old index saw
+        import_products(catalog, rows[::-1], progress=False)
+        catalog.remove([p.sku for _, p in rows if not p.sku.startswith("red")])
+        assert catalog.index().state.ntotal == 3
+        for i in range(3):
+            assert catalog.search(photos["red"][i], top_k=1)[0].sku == f"red-{i}"
+        assert catalog.backend.folder != old_folder

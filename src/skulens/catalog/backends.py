@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +29,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from skulens.catalog.db import ImageRow, IndexLog, Meta, get_meta, last_log_seq, set_meta
+from skulens.catalog.db import ImageRow, IndexLog, Meta, catalog_identity, last_log_seq, set_meta
 from skulens.catalog.index import IVF_THRESHOLD, IndexState, VectorIndex, build_kind, default_nlist, default_nprobe
 from skulens.errors import SkulensError
 
@@ -111,6 +110,14 @@ class FaissBackend:
         self.source = source
         self._index: VectorIndex | None = None
         self._dirty_since: float | None = None
+        self._folder: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        """``index_dir/<catalog id>``: a database made anew at the same place gets a folder of its own."""
+        if self._folder is None:
+            self._folder = Path(self.source.index_dir) / catalog_identity(self.source.engine)
+        return self._folder
 
     def rebuild(self, kind: str, nprobe: int | None) -> VectorIndex:
         info = self.source.model_info
@@ -126,13 +133,13 @@ class FaissBackend:
             nprobe=nprobe,
             log_seq=seq,
         )
-        self._index.save(self.source.index_dir)
+        self._index.save(self.folder)
         self._dirty_since = None
         return self._index
 
     def index(self) -> VectorIndex:
         if self._index is None:
-            loaded = VectorIndex.load(self.source.index_dir)
+            loaded = VectorIndex.load(self.folder)
             if loaded is None or loaded.state.model_id != self.source.model_info["id"]:
                 log.info("building the vector index from the database")
                 return self.rebuild(self.source.index_kind, None)
@@ -176,7 +183,7 @@ class FaissBackend:
 
     def flush(self) -> None:
         if self._index is not None and self._dirty_since is not None:
-            self._index.save(self.source.index_dir)
+            self._index.save(self.folder)
             self._dirty_since = None
 
     def close(self) -> None:
@@ -271,19 +278,7 @@ class MilvusBackend:
         return self._catalog_id_cache
 
     def _load_catalog_id(self) -> str:
-        engine = self.source.engine
-        for _ in range(2):
-            with Session(engine) as session:
-                found = get_meta(session, "catalog_id")
-            if found:
-                return found["id"]
-            try:
-                with Session(engine) as session, session.begin():
-                    set_meta(session, "catalog_id", {"id": uuid.uuid4().hex[:16]})
-            except IntegrityError:
-                continue  # another process named it first
-        with Session(engine) as session:
-            return get_meta(session, "catalog_id")["id"]
+        return catalog_identity(self.source.engine)
 
     def collection_name(self) -> str:
         model = re.sub(r"[^0-9A-Za-z_]", "_", str(self.source.model_info["id"]))[:32]

@@ -10,6 +10,7 @@ from the log, or is rebuilt from the stored vectors; it can never silently disag
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 from sqlalchemy import (
@@ -142,6 +143,26 @@ def schema_version(session: Session) -> int | None:
     """The schema version the database records (None: not a skulens catalog yet)."""
     row = session.get(Meta, "schema_version")
     return int(row.value) if row else None
+
+
+def catalog_identity(engine) -> str:
+    """A random id the database keeps from its first use: names this catalog's index files and
+    collections whatever URL reaches it, and changes when the database is made anew at the same URL
+    (so a leftover index of the old one is never replayed onto the new one)."""
+    from sqlalchemy.exc import IntegrityError
+
+    for _ in range(2):
+        with Session(engine) as session:
+            found = get_meta(session, "catalog_id")
+        if found:
+            return found["id"]
+        try:
+            with Session(engine) as session, session.begin():
+                set_meta(session, "catalog_id", {"id": uuid.uuid4().hex[:16]})
+        except IntegrityError:
+            continue  # another process named it first
+    with Session(engine) as session:
+        return get_meta(session, "catalog_id")["id"]
 
 
 def last_log_seq(session: Session) -> int:

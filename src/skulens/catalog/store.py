@@ -257,7 +257,7 @@ class Catalog:
             "log_seq": seq,
             "embedding_model": self.model_info,
             "index_backend": self.backend.name,
-            "index_dir": str(self.index_dir) if self.backend.name == "faiss" else None,
+            "index_dir": str(self.backend.folder) if self.backend.name == "faiss" else None,
             "index": {
                 "kind": state.kind,
                 "vectors": state.ntotal,
