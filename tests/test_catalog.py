@@ -485,3 +485,44 @@ def test_a_database_made_anew_at_the_same_place_never_inherits_the_old_index(tmp
         for i in range(3):
             assert catalog.search(photos["red"][i], top_k=1)[0].sku == f"red-{i}"
         assert catalog.backend.folder != old_folder
+
+
+def test_a_colour_family_filter_matches_every_value_of_the_family(tmp_path, shop, embedder):
+    _, photos = shop
+    colours = {"navy": "Navy Blue", "blue": "Blue", "teal": "Teal", "red": "Red", "maroon": "Maroon"}
+    with Catalog.open(tmp_path / "shop.db", embedder) as catalog:
+        catalog.upsert(
+            [
+                Product(sku, sku, ["Paint"], {"colour": value, "shade": value}, images=[str(photos["red"][i % 3])])
+                for i, (sku, value) in enumerate(colours.items())
+            ]
+        )
+
+        def found(**attributes):
+            return {h.sku for h in catalog.search(photos["red"][0], top_k=10, attributes=attributes)}
+
+        assert found(colour="Blue") == {"navy", "blue", "teal"}  # the family: what a shopper means by blue
+        assert found(colour="blue") == {"navy", "blue", "teal"}
+        assert found(colour="Navy Blue") == {"navy"}  # a value that is not a family: itself
+        assert found(colour="red") == {"red", "maroon"}
+        assert found(shade="Blue") == {"blue"}  # families apply to colour attributes only
+
+
+def test_the_colour_families_file_covers_fashion_small_and_proposes_by_colour():
+    import csv
+
+    from skulens.data.colour_families import family_of, load_families, members, nearest_family
+    from tests.conftest import SHARED
+
+    families, values = load_families()
+    assert set(values.values()) <= set(families) and members("GREY") == sorted(
+        v for v, f in values.items() if f == "Grey"
+    )
+    assert nearest_family((35, 75, 200))[0] == "Blue" and nearest_family((205, 35, 40))[0] == "Red"
+    products = SHARED / "fashion-small" / "products.csv"
+    if not products.is_file():
+        pytest.skip(f"needs {products}")
+    with products.open(newline="") as handle:
+        colours = {row["colour"] for row in csv.DictReader(handle) if row["colour"]}
+    assert colours <= set(values), sorted(colours - set(values))  # every value has a family
+    assert family_of("Navy Blue") == "Blue" and family_of("Charcoal") == "Grey"

@@ -15,15 +15,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from skulens.data.colour_space import lab_to_srgb, srgb_to_lab  # noqa: F401 - re-exported
 from skulens.data.images import ImageSource, load_image
-
-# D65 reference white and the sRGB primaries (IEC 61966-2-1).
-_WHITE = np.array([0.95047, 1.0, 1.08883])
-_RGB_TO_XYZ = np.array(
-    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
-)
-_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
-_EPS = (6 / 29) ** 3
 
 BACKDROP_MIN_L = 92.0
 BACKDROP_MAX_CHROMA = 8.0
@@ -55,26 +48,6 @@ NAMED_COLOURS: dict[str, tuple[int, int, int]] = {
     "navy": (25, 35, 90),
     "purple": (120, 50, 150),
 }
-
-
-def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """8-bit sRGB ``[..., 3]`` to CIELAB (D65)."""
-    c = np.asarray(rgb, dtype=np.float64) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    t = linear @ _RGB_TO_XYZ.T / _WHITE
-    f = np.where(t > _EPS, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
-
-
-def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
-    """CIELAB (D65) ``[..., 3]`` to 8-bit sRGB, clipped to the displayable range."""
-    lab = np.asarray(lab, dtype=np.float64)
-    fy = (lab[..., 0] + 16) / 116
-    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], axis=-1)
-    t = np.where(f > 6 / 29, f**3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * _WHITE
-    linear = np.clip(t @ _XYZ_TO_RGB.T, 0, 1)
-    c = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
-    return np.clip(np.round(c * 255), 0, 255).astype(np.uint8)
 
 
 _NAMES = list(NAMED_COLOURS)

@@ -34,6 +34,7 @@ from skulens.catalog.db import (
 from skulens.catalog.embedder import Embedder
 from skulens.catalog.index import choose_kind
 from skulens.catalog.products import Product, SearchHit, UpsertResult
+from skulens.data.colour_families import COLOUR_ATTRIBUTES, members
 from skulens.data.images import ImageSource
 from skulens.errors import SkulensError
 from skulens.files import sha256_file
@@ -566,15 +567,19 @@ class Catalog:
     def _allowed_ids(
         self, category: Iterable[str] | None, attributes: Mapping[str, str] | None = None
     ) -> list[int] | None:
-        """Image ids the filters let through (None: no filter). Attribute values match exactly, in the
-        database (JSON lookups in SQLite and PostgreSQL alike), so a filter costs one indexed query."""
+        """Image ids the filters let through (None: no filter). Attribute values match exactly, or by
+        colour family for a colour attribute (data/colour_families.toml), in the database (JSON lookups
+        in SQLite and PostgreSQL alike), so a filter costs one indexed query."""
         if not category and not attributes:
             return None
         query = select(ImageRow.id).join(ProductRow)
         if category:
             query = query.where(ProductRow.category_key.startswith(category_key(category), autoescape=True))
         for name, value in (attributes or {}).items():
-            query = query.where(ProductRow.attributes[str(name)].as_string() == str(value))
+            stored = ProductRow.attributes[str(name)].as_string()
+            family = members(str(value)) if str(name).lower() in COLOUR_ATTRIBUTES else None
+            # a colour family ("Blue") matches each of its values (Navy Blue, Teal...); a value, itself
+            query = query.where(stored.in_([str(value), *family]) if family else stored == str(value))
         with Session(self.engine) as session:
             return list(session.scalars(query))
 
