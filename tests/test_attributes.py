@@ -340,3 +340,21 @@ def test_onnx_export_carries_the_attribute_outputs(tmp_path):
         for name in SPECS:
             assert a.attributes[name]["value"] == b.attributes[name]["value"]
         assert abs(a.attributes["background"]["confidence"] - b.attributes["background"]["confidence"]) < 1e-3
+
+
+def test_a_colour_attribute_is_scored_by_family_too():
+    from types import SimpleNamespace
+
+    from skulens.models.attributes import family_accuracy
+
+    values = ["Blue", "Navy Blue", "Green", "Teal"]  # Teal is in the Blue family
+    probs = np.array([[0.1, 0.6, 0.3, 0.0], [0.3, 0.3, 0.4, 0.0], [0.0, 0.0, 0.2, 0.8], [0.2, 0.5, 0.3, 0.0]])
+    # Blue answered Navy Blue: wrong value, right family; Green answered Green at 0.4 while the Blue family
+    # sums 0.6: right value, wrong family; Green answered Teal: wrong both ways; Blue answered Navy Blue again
+    truth = np.array([0, 2, 2, 0])
+    assert family_accuracy(probs, truth, values) == pytest.approx(2 / 4)
+    specs = {"colour": {"kind": "softmax", "values": values}, "shade": {"kind": "softmax", "values": values}}
+    samples = [SimpleNamespace(attributes=(int(t), int(t))) for t in truth]
+    m = attribute_metrics({"colour": probs, "shade": probs}, samples, specs)
+    assert m["colour"]["accuracy"] == pytest.approx(1 / 4) and m["colour"]["family_accuracy"] == pytest.approx(2 / 4)
+    assert "family_accuracy" not in m["shade"]  # families belong to colour attributes only

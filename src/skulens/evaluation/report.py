@@ -240,7 +240,10 @@ def attributes_markdown(a: dict | None) -> list[str]:
     ]
     for name, m in a.items():
         if m["kind"] == "softmax":
-            lines.append(f"| {name} | one value | {m['n_known']} / {m['n_unknown']} | {pct(m['accuracy'])} | - |")
+            family = f" (colour family: {pct(m['family_accuracy'])})" if "family_accuracy" in m else ""
+            lines.append(
+                f"| {name} | one value | {m['n_known']} / {m['n_unknown']} | {pct(m['accuracy'])}{family} | - |"
+            )
         else:
             tuned = "" if m["thresholds_tuned"] else " (0.5, not tuned)"
             lines.append(

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skulens.data.colour_families import COLOUR_ATTRIBUTES, family_of
 from skulens.errors import SkulensError
 from skulens.models.outputs import ONNX_OUTPUT_PREFIX, describe  # noqa: F401 - re-exported (torch-free home)
 
@@ -157,6 +158,18 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     return float(precision_at[hits].mean())
 
 
+def family_accuracy(probs: np.ndarray, target: np.ndarray, values: list[str]) -> float:
+    """Colour scored by family (data/colour_families.toml): each family's probability is the sum of
+    its values', as a category tree's levels are, and the answer is right when its family is the
+    true value's (Navy Blue for Blue counts; Teal for Green does not)."""
+    families = [family_of(v) for v in values]
+    names = sorted(set(families))
+    column = np.array([names.index(f) for f in families])
+    summed = np.zeros((len(probs), len(names)))
+    np.add.at(summed.T, column, probs.T)
+    return float(np.mean(summed.argmax(1) == column[target]))
+
+
 def attribute_metrics(
     attr_probs: dict[str, np.ndarray], samples, specs: dict[str, dict], thresholds: dict[str, list[float]] | None = None
 ) -> dict[str, dict]:
@@ -175,6 +188,8 @@ def attribute_metrics(
                 "n_unknown": int((~known).sum()),
                 "accuracy": float(np.mean(pred[known] == target[known])) if known.any() else float("nan"),
             }
+            if name.lower() in COLOUR_ATTRIBUTES and known.any():
+                out[name]["family_accuracy"] = family_accuracy(probs[known], target[known], spec["values"])
             continue
         target = _tag_targets(samples, position, len(spec["values"]))
         known = target[:, 0] >= 0
