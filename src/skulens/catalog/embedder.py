@@ -137,6 +137,10 @@ class Embedder:
             projection=projection,
         )
 
+    def record(self) -> dict:
+        """What a catalog stores about the model that made its vectors (its ``embedding_model``)."""
+        return {"id": self.model_id, "dim": self.dim, "description": self.description, "source": self.source}
+
     @property
     def device(self) -> torch.device:
         return getattr(self.engine, "device", torch.device("cpu"))
@@ -160,10 +164,10 @@ class Embedder:
 
     def embed(self, images: Iterable[ImageSource]) -> np.ndarray:
         """Embeddings of readable images; raises ImageError on the first unusable one."""
-        tensors = [self.input_tensor(img) for img in images]
-        if not tensors:
+        inputs = [self.input_array(img) for img in images]
+        if not inputs:
             return np.zeros((0, self.dim), np.float32)
-        return self.embed_tensors(torch.stack(tensors))
+        return self.embed_tensors(self.engine.batch(inputs))
 
     def embed_many(
         self,

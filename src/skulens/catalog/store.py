@@ -113,16 +113,7 @@ class Catalog:
             stored = get_meta(session, "embedding_model")
             if embedder is not None:
                 if stored is None:
-                    set_meta(
-                        session,
-                        "embedding_model",
-                        {
-                            "id": embedder.model_id,
-                            "dim": embedder.dim,
-                            "description": embedder.description,
-                            "source": embedder.source,
-                        },
-                    )
+                    set_meta(session, "embedding_model", embedder.record())
                 elif stored["id"] != embedder.model_id:
                     raise SkulensError(
                         f"this catalog was indexed with {stored['description']} (model {stored['id']}); "
@@ -286,23 +277,9 @@ class Catalog:
                     row.vector = None if err else vec.astype(np.float32).tobytes()
                     updated += err is None
         with Session(self.engine) as session, session.begin():
-            set_meta(
-                session,
-                "embedding_model",
-                {
-                    "id": embedder.model_id,
-                    "dim": embedder.dim,
-                    "description": embedder.description,
-                    "source": embedder.source,
-                },
-            )
+            set_meta(session, "embedding_model", embedder.record())
         self.embedder = embedder
-        self.model_info = {
-            "id": embedder.model_id,
-            "dim": embedder.dim,
-            "description": embedder.description,
-            "source": embedder.source,
-        }
+        self.model_info = embedder.record()
         self.rebuild_index()
         return updated
 

@@ -72,17 +72,32 @@ def add_engine(p, default: str = "auto", help: str = ENGINE_HELP) -> None:
     p.add_argument("--engine", default=default, choices=ENGINES, help=f"{help} (default: {default})")
 
 
+def count_at_least(low: int):
+    """An argparse type: a whole number >= ``low`` (argparse answers anything else in one line, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+
+    return parse
+
+
 def add_threads(p) -> None:
     """The two thread pools of a bulk run: decoding photos and running the model, on the same cores."""
     p.add_argument(
         "--threads",
-        type=int,
+        type=count_at_least(1),
         default=None,
         help="ONNX Runtime threads for the model (default: the cores the decoding threads leave)",
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=count_at_least(0),
         default=None,
         help="threads decoding the next photos while the model runs (0: none; default: one per two cores)",
     )
