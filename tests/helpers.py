@@ -75,8 +75,9 @@ def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0
 
 
 def wait_healthy(base_url: str, proc: subprocess.Popen, timeout: float = 120, interval: float = 0.2):
-    """Poll ``BASE_URL/healthz`` until the server answers 200 and return that response; fails at once,
-    with the server's output, if the process exits first."""
+    """Poll ``BASE_URL/readyz`` until the server answers 200 (its model loaded: `skulens serve` binds
+    first and loads in the background) and return that response; fails at once, with the server's
+    output, if the process exits first."""
     import httpx
 
     def answer():
@@ -84,12 +85,12 @@ def wait_healthy(base_url: str, proc: subprocess.Popen, timeout: float = 120, in
             output = proc.stdout.read()[-3000:] if proc.stdout else ""
             raise AssertionError(f"the server exited with code {proc.returncode} before answering:\n{output}")
         try:
-            reply = httpx.get(f"{base_url}/healthz", timeout=2)
+            reply = httpx.get(f"{base_url}/readyz", timeout=5)
         except httpx.TransportError:
             return None
         return reply if reply.status_code == 200 else None
 
-    return wait_until(answer, timeout, interval, f"{base_url}/healthz did not answer 200 within {timeout} s")
+    return wait_until(answer, timeout, interval, f"{base_url}/readyz did not answer 200 within {timeout} s")
 
 
 def wait_for_job(client, url: str, timeout: float = 30, **request: Any) -> dict:
@@ -126,3 +127,16 @@ def noise_jpeg(size: int = 200, seed: int = 0, quality: int = 90) -> bytes:
 
     arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     return jpeg_bytes(Image.fromarray(arr), quality=quality)
+
+
+def drop_every_table(url: str) -> None:
+    """An empty database at ``url``: every table, Alembic's revision table included."""
+    from sqlalchemy import MetaData, create_engine
+
+    engine = create_engine(url)
+    try:
+        tables = MetaData()
+        tables.reflect(engine)
+        tables.drop_all(engine)
+    finally:
+        engine.dispose()

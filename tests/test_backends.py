@@ -17,7 +17,7 @@ import pytest
 from skulens.catalog import Catalog, Embedder, Product
 from skulens.errors import SkulensError
 from tests.conftest import COLOURS, coloured_photo
-from tests.helpers import ROOT, free_port, start_cli, stop, subprocess_env, wait_healthy
+from tests.helpers import ROOT, drop_every_table, free_port, start_cli, stop, subprocess_env, wait_healthy
 
 pytestmark = pytest.mark.services
 pytest.importorskip("pymilvus", reason="the milvus backend needs pymilvus (pip install 'skulens[scale]')")
@@ -166,10 +166,8 @@ def _postgres_url() -> str:
     except Exception as exc:  # noqa: BLE001 - any reason the server is not usable
         shown = make_url(url).render_as_string(hide_password=True)
         pytest.skip(f"PostgreSQL at {shown} is not reachable: {str(exc).splitlines()[0][:150]}")
-    from skulens.catalog.db import Base
-
-    Base.metadata.drop_all(engine)  # a clean catalog for each test
     engine.dispose()
+    drop_every_table(url)  # a clean catalog for each test
     return url
 
 
@@ -177,13 +175,7 @@ def _postgres_url() -> str:
 def postgres_url():
     url = _postgres_url()
     yield url
-    from sqlalchemy import create_engine
-
-    from skulens.catalog.db import Base
-
-    engine = create_engine(url)
-    Base.metadata.drop_all(engine)
-    engine.dispose()
+    drop_every_table(url)
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from skulens.errors import SkulensError
 from skulens.recognition.recognizer import Recognizer
 from skulens.serving import ServeConfig, create_app
 from skulens.serving.batching import MicroBatcher, Overloaded
-from skulens.serving.jobs import JobManager, JobsFull
 from skulens.serving.security import hash_key, key_matches, load_key_hashes, new_key
 from tests.helpers import (
     assert_json_error,
@@ -33,7 +32,6 @@ from tests.helpers import (
     stop,
     wait_for_job,
     wait_healthy,
-    wait_until,
 )
 from tests.hostile_corpus import png_header_only
 
@@ -526,63 +524,6 @@ def test_bulk_refuses_too_many_images(recognizer, photo):
         files = [("images", (f"{i}.jpg", photo, "image/jpeg")) for i in range(3)]
         error = assert_json_error(c.post("/v1/recognize/bulk", files=files), 400, "bad_multipart")
     assert "Too many files" in error["message"]
-
-
-def test_job_manager_is_bounded_and_reports_failures():
-    manager = JobManager(max_jobs=2, workers=1)
-    gate = threading.Event()
-    try:
-        first = manager.submit("slow", lambda ctx: gate.wait(5) and "done")
-        second = manager.submit("slow", lambda ctx: "second")
-        with pytest.raises(JobsFull):
-            manager.submit("slow", lambda ctx: None)
-        assert manager.cancel(second.id).status == "cancelled"  # queued: never starts
-        gate.set()
-        wait_until(lambda: manager.get(first.id).status == "succeeded", 5, 0.01)
-        assert manager.snapshot(first.id)["result"] == "done"
-        # Full of finished jobs: the oldest is forgotten to make room.
-        third = manager.submit("bad", lambda ctx: (_ for _ in ()).throw(SkulensError("no such catalog")))
-        assert manager.get(first.id) is None
-        wait_until(lambda: manager.get(third.id).status == "failed", 5, 0.01)
-        assert manager.snapshot(third.id)["error"] == {"code": "job_failed", "message": "no such catalog"}
-    finally:
-        gate.set()
-        manager.shutdown()
-
-
-def test_job_manager_limits_active_jobs():
-    manager = JobManager(max_jobs=10, max_active=1)
-    gate = threading.Event()
-    try:
-        manager.submit("slow", lambda ctx: gate.wait(5))
-        with pytest.raises(JobsFull):
-            manager.submit("slow", lambda ctx: None)
-    finally:
-        gate.set()
-        manager.shutdown()
-
-
-def test_running_job_stops_when_cancelled():
-    manager = JobManager(max_jobs=4)
-    started = threading.Event()
-
-    def long_job(ctx):
-        started.set()
-        for step in range(500):
-            ctx.check()
-            ctx.progress(step, 500)
-            time.sleep(0.01)
-        return "finished"
-
-    try:
-        job = manager.submit("long", long_job)
-        assert started.wait(5)
-        manager.cancel(job.id)
-        wait_until(lambda: manager.get(job.id).status != "running", 5, 0.01)
-        snap = manager.snapshot(job.id)
-        assert snap["status"] == "cancelled" and snap["result"] is None and snap["progress"]["done"] < 499
-    finally:
-        manager.shutdown()
 
 
 # --- skulens serve ---------------------------------------------------------------------------------------

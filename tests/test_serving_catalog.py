@@ -27,7 +27,7 @@ from skulens.errors import SkulensError
 from skulens.recognition.recognizer import Recognizer
 from skulens.serving import ServeConfig, create_app
 from skulens.serving import config as serving_config
-from skulens.serving.media import MediaStore
+from skulens.serving.media import FolderMedia
 from skulens.serving.security import hash_key, new_key
 from tests.conftest import COLOURS, coloured_photo, jpeg_bytes
 from tests.helpers import (
@@ -507,8 +507,12 @@ def test_import_runs_as_a_job_and_reports_bad_items(writable):
     ]
     submitted = c.post("/v1/products/import", json={"products": items}, headers=WRITE)
     assert submitted.status_code == 202, submitted.text
-    status = wait_for_job(c, submitted.json()["status_url"])
+    status = wait_for_job(c, submitted.json()["status_url"], headers=WRITE)
     assert status["status"] == "succeeded" and status["progress"] == {"done": 7, "total": 7}
+    # The job is the submitting key's: another key, or none, finds no such job (nor can cancel it).
+    assert_json_error(c.get(submitted.json()["status_url"]), 404, "job_not_found")
+    other = {"X-API-Key": new_key()}
+    assert_json_error(c.get(submitted.json()["status_url"], headers=other), 404, "job_not_found")
     result = status["result"]
     assert (result["added"], result["updated"], result["unchanged"]) == (2, 0, 0)
     reasons = {r["index"]: r["reason"] for r in result["rejected"]}
@@ -526,7 +530,7 @@ def test_import_runs_as_a_job_and_reports_bad_items(writable):
             "products": [{"sku": "red-0", "title": "Changed", "images": [b64(photo_of("red", 32))]}, items[0]],
         },
     )
-    result = wait_for_job(c, again.json()["status_url"])["result"]
+    result = wait_for_job(c, again.json()["status_url"], headers=WRITE)["result"]
     assert (result["added"], result["updated"], result["unchanged"], result["rejected"]) == (0, 1, 1, [])
     assert c.get("/v1/products/red-0").json()["title"] == "Changed"
 
@@ -562,7 +566,7 @@ def test_bad_imports_are_4xx_json(writable, recognizer, shop_db, tmp_path):
 
 
 def test_media_store_names_by_hash_and_strips_metadata(tmp_path):
-    store = MediaStore(tmp_path / "media", max_side=50)
+    store = FolderMedia(tmp_path / "media", max_side=50)
     image = Image.open(io.BytesIO(exif_photo()))
     encoded = store.encode("sku-1", image)
     assert encoded.name.endswith(".jpg") and "sku" not in encoded.name
@@ -697,16 +701,51 @@ def test_readyz_says_ready_and_why_not(writable, tmp_path):
         "checks": {"model": "ok", "database": "ok", "schema": "ok", "index": "ok"},
     }
     db = next((tmp_path / "shop").glob("*.db"))
-    with sqlite3.connect(db) as conn:  # as if an older skulens had made the catalog
-        conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    with sqlite3.connect(db) as conn:  # as if the schema had been changed under the running server
+        conn.execute("UPDATE alembic_version SET version_num = '0001'")
     not_ready = writable.get("/readyz")
     assert not_ready.status_code == 503
     body = not_ready.json()
-    assert body["status"] == "not ready" and body["checks"]["schema"] == "version 0, this server needs 1"
-    assert body["reason"] == "schema: version 0, this server needs 1"
+    assert body["status"] == "not ready" and body["checks"]["schema"] == (
+        f"catalog schema revision 0001 is older than this skulens needs (0002): run `skulens catalog upgrade {db}`"
+    )
+    assert body["reason"] == f"schema: {body['checks']['schema']}"
     assert writable.get("/healthz").status_code == 200  # liveness is another question
 
 
 def test_readyz_without_a_catalog_checks_the_model(recognizer):
     with serving(recognizer, None) as c:
         assert c.get("/readyz").json() == {"status": "ready", "reason": None, "checks": {"model": "ok"}}
+
+
+# --- a fleet: servers sharing one catalog database -----------------------------------------------------------
+
+
+def test_two_servers_share_product_photos_and_jobs_through_the_database(recognizer, embedder, trained_run, tmp_path):
+    """No media folder: a photo uploaded to server A is in the database, so server B serves it; an import
+    submitted to A is answered for by B; a product removed on B takes its photo with it."""
+    import sqlite3
+
+    db = make_shop(tmp_path / "shop", embedder)
+    with (
+        serving(recognizer, db, trained_run[0], api_key_hashes=KEYS, warmup=False) as a,
+        serving(recognizer, db, trained_run[0], api_key_hashes=KEYS, warmup=False) as b,
+    ):
+        photo = photo_of("blue", 41)
+        assert create(a, "blue-new", [photo]).status_code == 201
+        served = b.get("/v1/products/blue-new/image")
+        assert served.status_code == 200 and served.headers["content-type"] == "image/jpeg"
+        assert served.content == a.get("/v1/products/blue-new/image").content
+        assert not list(tmp_path.rglob("*.media"))  # no per-host folder was made
+
+        items = [{"sku": f"teal-{i}", "images": [b64(photo_of("green", 50 + i))]} for i in range(3)]
+        submitted = a.post("/v1/products/import", json={"products": items}, headers=WRITE)
+        job = wait_for_job(b, submitted.json()["status_url"], headers=WRITE)
+        assert job["status"] == "succeeded" and job["result"]["added"] == 3
+        assert b.get("/v1/products/teal-2/image").status_code == 200
+
+        assert b.delete("/v1/products/blue-new", headers=WRITE).status_code == 200
+        assert_json_error(a.get("/v1/products/blue-new/image"), 404, "product_not_found")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM media").fetchone() == (3,)  # the three teal photos only
+        assert conn.execute("SELECT count(*) FROM job_inputs").fetchone() == (0,)  # inputs go with the job

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from sqlalchemy import (
     JSON,
+    Boolean,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -27,9 +29,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from skulens.catalog.schema import check_revision, current_revision, ensure_schema
 from skulens.errors import SkulensError
 
-SCHEMA_VERSION = 1
+# Written to ``meta`` for skulens releases from before Alembic, which refuse a catalog whose number
+# is above theirs; the schema itself is versioned by Alembic revisions (catalog/schema.py).
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -78,6 +83,51 @@ class IndexLog(Base):
     op: Mapped[str] = mapped_column(String(8))  # "add" | "remove"
 
 
+class MediaRow(Base):
+    """A product photo uploaded through the API, kept in the database so every server can serve it
+    (the images' uri is then ``media:<name>``)."""
+
+    __tablename__ = "media"
+    name: Mapped[str] = mapped_column(String(96), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class JobRow(Base):
+    """A background job (bulk recognition, API import) that any server may run, answer for, or take
+    over: the server running it holds a lease it renews; an expired lease frees the job."""
+
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    owner: Mapped[str] = mapped_column(String(64), default="")  # hash of the API key that submitted it
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued running succeeded failed cancelled
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    options: Mapped[dict] = mapped_column(JSON, default=dict)
+    checkpoint: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the work kept so far
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+
+
+class JobInputRow(Base):
+    """A job's input (an uploaded photo, an import's JSON), deleted when the job finishes."""
+
+    __tablename__ = "job_inputs"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 def database_url(db: str | Path) -> str:
     """A SQLAlchemy URL as given, or a file path turned into a SQLite URL."""
     text = str(db)
@@ -86,7 +136,19 @@ def database_url(db: str | Path) -> str:
     return f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
+def _shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return repr(make_url(url).render_as_string(hide_password=True))
+    except Exception:  # noqa: BLE001 - not a URL at all
+        return "(unreadable URL)"
+
+
 def open_engine(db: str | Path) -> Engine:
+    """An engine on the catalog ``db``: a new database gets the newest schema; one at another schema
+    revision is refused with what to do (SchemaError)."""
     url = database_url(db)
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
@@ -95,7 +157,7 @@ def open_engine(db: str | Path) -> Engine:
     try:
         engine = create_engine(url, future=True)
     except Exception as exc:  # noqa: BLE001 - a bad URL or a missing driver
-        raise SkulensError(f"cannot open catalog database {url!r}: {exc}") from None
+        raise SkulensError(f"cannot open catalog database {_shown(url)}: {exc}") from None
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -109,20 +171,14 @@ def open_engine(db: str | Path) -> Engine:
             cur.close()
 
     try:
-        Base.metadata.create_all(engine)
+        ensure_schema(engine, Base.metadata, url)
         with Session(engine) as session, session.begin():
-            row = session.get(Meta, "schema_version")
-            if row is None:
+            if session.get(Meta, "schema_version") is None:  # a new catalog
                 session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row.value) > SCHEMA_VERSION:
-                raise SkulensError(
-                    f"catalog schema version {row.value} is newer than this skulens "
-                    f"understands ({SCHEMA_VERSION}); upgrade skulens"
-                )
     except SkulensError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise SkulensError(f"cannot open catalog database {url!r}: {exc}") from None
+        raise SkulensError(f"cannot open catalog database {_shown(url)}: {exc}") from None
     return engine
 
 
@@ -139,10 +195,9 @@ def set_meta(session: Session, key: str, value: dict) -> None:
         row.value = json.dumps(value)
 
 
-def schema_version(session: Session) -> int | None:
-    """The schema version the database records (None: not a skulens catalog yet)."""
-    row = session.get(Meta, "schema_version")
-    return int(row.value) if row else None
+def schema_problem(session: Session, url: str) -> str | None:
+    """Why this skulens cannot use the database's schema as it is (None: it can)."""
+    return check_revision(current_revision(session.connection()), url)
 
 
 def catalog_identity(engine) -> str:

@@ -18,9 +18,9 @@ import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
+from skulens.catalog import media
 from skulens.catalog.backends import SearchIndex, open_backend
 from skulens.catalog.db import (
-    SCHEMA_VERSION,
     ImageRow,
     IndexLog,
     ProductRow,
@@ -28,7 +28,7 @@ from skulens.catalog.db import (
     get_meta,
     last_log_seq,
     open_engine,
-    schema_version,
+    schema_problem,
     set_meta,
 )
 from skulens.catalog.embedder import Embedder
@@ -37,7 +37,6 @@ from skulens.catalog.products import Product, SearchHit, UpsertResult
 from skulens.data.colour_families import COLOUR_ATTRIBUTES, members
 from skulens.data.images import ImageSource
 from skulens.errors import SkulensError
-from skulens.files import sha256_file
 
 log = logging.getLogger("skulens.catalog")
 SKU_MAX = 128
@@ -212,22 +211,44 @@ class Catalog:
 
         return import_job(cls.open_with_model, db, source, run=run, **options)
 
+    @staticmethod
+    def upgrade(db: str | Path) -> tuple[str | None, str]:
+        """Bring the catalog ``db`` to the schema this skulens writes (Alembic revisions), keeping every
+        product, image, vector and index log entry: ``(revision before, revision after)``; a catalog made
+        by a newer skulens is refused (SchemaError)."""
+        from sqlalchemy import create_engine
+
+        from skulens.catalog.schema import upgrade
+
+        url = database_url(db)
+        engine = create_engine(url, future=True)
+        try:
+            return upgrade(engine, url)
+        finally:
+            engine.dispose()
+
+    @staticmethod
+    def check_schema(db: str | Path) -> None:
+        """Raise SchemaError (naming `skulens catalog upgrade`) unless ``db`` has the schema this skulens
+        writes; a database that holds no catalog yet gets it."""
+        open_engine(db).dispose()
+
     def readiness(self) -> dict[str, str]:
         """What a load balancer asks before sending traffic: ``{check: "ok" or why not}`` for the
-        database (reachable), its schema (the version this skulens writes) and the index (caught up
+        database (reachable), its schema (the revision this skulens writes) and the index (caught up
         with every change in the database; an empty catalog has nothing to catch up)."""
         checks = {"database": "ok", "schema": "ok", "index": "ok"}
         try:
             with Session(self.engine) as session:
-                version, seq = schema_version(session), last_log_seq(session)
+                problem, seq = schema_problem(session, self.url), last_log_seq(session)
         except Exception as exc:  # noqa: BLE001 - any driver error means "not reachable"
             return {
                 "database": f"unreachable: {str(exc).splitlines()[0][:200]}",
                 "schema": "unknown",
                 "index": "unknown",
             }
-        if version != SCHEMA_VERSION:
-            checks["schema"] = f"version {version}, this server needs {SCHEMA_VERSION}"
+        if problem:
+            checks["schema"] = problem
         if self.model_info is not None:
             try:
                 applied = self.index().state.log_seq
@@ -270,7 +291,7 @@ class Catalog:
         updated = 0
         for start in tqdm(range(0, len(images), batch_size), desc="re-embedding", disable=not progress):
             chunk = images[start : start + batch_size]
-            vectors, errors = embedder.embed_many([uri for _, uri in chunk])
+            vectors, errors = embedder.embed_many([self.image_source(uri) for _, uri in chunk])
             with Session(self.engine) as session, session.begin():
                 for (image_id, _), vec, err in zip(chunk, vectors, errors):
                     row = session.get(ImageRow, image_id)
@@ -282,6 +303,20 @@ class Catalog:
         self.model_info = embedder.record()
         self.rebuild_index()
         return updated
+
+    # -- product photos ---------------------------------------------------------------------------
+    def store_photo(self, name: str, data: bytes) -> tuple[str, bool]:
+        """Keep a photo in the database, where every server finds it: (its image URI, whether this
+        call stored it). ``name``: unique to the photo and its product (a content hash)."""
+        return media.put(self.engine, name, data)
+
+    def discard_photos(self, uris: Iterable[str]) -> None:
+        """Delete the stored photos among ``uris`` (files are never touched here)."""
+        media.remove(self.engine, uris)
+
+    def image_source(self, uri: str) -> bytes | Path:
+        """What a product image URI decodes from: its stored bytes, or its file."""
+        return media.source(self.engine, uri)
 
     def _default_index_dir(self) -> Path:
         if self.url.startswith("sqlite:///"):
@@ -346,19 +381,18 @@ class Catalog:
             self._write_products(todo, vectors, result)
         return result
 
-    @staticmethod
-    def _hash_products(products: list[Product], result: UpsertResult) -> list[tuple]:
+    def _hash_products(self, products: list[Product], result: UpsertResult) -> list[tuple]:
         """(pos, sku, product, image hashes, gallery hashes, content hash) of each product whose SKU
         is valid and whose images exist; the others go to ``result.rejected``."""
         prepared = []
         for pos, product in enumerate(products):
             try:
                 sku = check_sku(product.sku)
-                missing = [p for p in product.images + product.gallery_images if not Path(p).is_file()]
+                missing = [p for p in product.images + product.gallery_images if not media.exists(self.engine, p)]
                 if missing:
                     raise SkulensError(f"image not found: {missing[0]}")
-                hashes = [sha256_file(p) for p in product.images]
-                gallery = [sha256_file(p) for p in product.gallery_images]
+                hashes = [media.sha256(self.engine, p) for p in product.images]
+                gallery = [media.sha256(self.engine, p) for p in product.gallery_images]
                 prepared.append((pos, sku, product, hashes, gallery, _content_hash(product, hashes, gallery)))
             except (SkulensError, OSError) as exc:
                 result.rejected.append((pos, str(product.sku), str(exc)))
@@ -402,7 +436,7 @@ class Catalog:
         if not todo:
             return todo, vectors
         embedder = self._require_embedder()
-        paths = [p for item in todo for p in item[2].images + item[2].gallery_images]
+        paths = [self.image_source(p) for item in todo for p in item[2].images + item[2].gallery_images]
         vecs, errors = embedder.embed_many(paths) if paths else (np.zeros((0, 1), np.float32), [])
         cursor = 0
         kept = []
@@ -460,7 +494,7 @@ class Catalog:
         for position, ((uri, sha, role), vec) in enumerate(zip(uris, vectors)):
             image = ImageRow(
                 position=position,
-                uri=str(Path(uri).resolve()),
+                uri=uri if media.is_stored(uri) else str(Path(uri).resolve()),
                 sha256=sha,
                 role=role,
                 vector=np.asarray(vec, np.float32).tobytes(),

@@ -1,4 +1,4 @@
-"""The catalog and visual search: `catalog import|fit-projection|info|list|remove|reindex|rebuild-index`,
+"""The catalog and visual search: `catalog import|fit-projection|upgrade|info|list|remove|reindex|rebuild-index`,
 `search`, `similar` and `evaluate-search` (each calls Catalog or skulens.catalog.operations)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from skulens.cli.options import EXIT_OK, EXIT_PARTIAL, add_device, add_engine, add_json, add_no_progress
+from skulens.errors import SkulensError
 
 RUN_HELP = "trained run whose embedding indexes the catalog (default: the catalog's own, or pretrained Lite0)"
 
@@ -74,7 +75,7 @@ def _csv_args(p) -> None:
 
 
 def add_parsers(sub) -> None:
-    cat = sub.add_parser("catalog", help="the product catalog: import, list, remove, re-embed")
+    cat = sub.add_parser("catalog", help="the product catalog: import, list, remove, re-embed, upgrade")
     csub = cat.add_subparsers(dest="catalog_command", required=True)
     _import_parser(csub)
     _fit_projection_parser(csub)
@@ -134,6 +135,13 @@ def _fit_projection_parser(csub) -> None:
 
 
 def _maintenance_parsers(csub) -> None:
+    up = csub.add_parser(
+        "upgrade",
+        help="bring the catalog's schema to this skulens's (every product, image and vector kept); "
+        "servers refuse an older schema until this has run",
+    )
+    up.add_argument("db", metavar="DB", help="a SQLite file path or a SQLAlchemy URL (postgresql://...)")
+    up.set_defaults(handler=cmd_catalog_upgrade)
     info = csub.add_parser("info", help="counts, embedding model, index")
     _db_args(info)
     info.set_defaults(handler=cmd_catalog_info)
@@ -308,6 +316,19 @@ def cmd_catalog_fit_projection(args) -> int:
         f"{embedder.description} ({info['skipped']} unreadable skipped; {info['explained_variance']:.1%} of the "
         f"variance kept): {args.out}"
     )
+    return EXIT_OK
+
+
+def cmd_catalog_upgrade(args) -> int:
+    from skulens.catalog.store import Catalog
+
+    if "://" not in args.db and not Path(args.db).is_file():
+        raise SkulensError(f"{args.db}: no such catalog database file")
+    before, after = Catalog.upgrade(args.db)
+    if before == after:
+        print(f"the catalog schema is current (revision {after})")
+    else:
+        print(f"catalog schema upgraded from revision {before or 'none'} to {after}")
     return EXIT_OK
 
 

@@ -32,7 +32,16 @@ def add_parsers(sub) -> None:
     sv.add_argument(
         "--media-dir",
         default=None,
-        help="where photos of products added through the API are stored (default: DB.media/ beside a SQLite catalog)",
+        help="store photos of products added through the API in this folder (shared by a fleet only if the "
+        "folder is; default: in the catalog's database, where every server reads them)",
+    )
+    sv.add_argument(
+        "--job-lease",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="bulk jobs live in the catalog's database; a job whose server stops renewing its lease for this "
+        "long is resumed by another server (default: 30)",
     )
     sv.add_argument("--products-k", type=int, default=12, help="products per answer (default 12)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -42,6 +51,12 @@ def add_parsers(sub) -> None:
     _limit_args(sv)
     add_serve_storage_args(sv)
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.add_argument(
+        "--load-first",
+        action="store_true",
+        help="load the model and catalog before listening (default: listen at once, load in the background, "
+        "and answer /readyz 503 until loaded)",
+    )
     sv.set_defaults(handler=cmd_serve)
     keys = sub.add_parser("keys", help="API keys for `skulens serve`")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -138,6 +153,7 @@ def config_from_args(args: argparse.Namespace):
         catalog_db=args.catalog,
         catalog_run=run if args.catalog else None,
         media_dir=Path(args.media_dir) if args.media_dir else None,
+        job_lease_s=args.job_lease,
         **serve_storage_settings(args),
     )
     if config.upload_store is not None:
@@ -155,7 +171,16 @@ def config_from_args(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     from skulens.serving.server import serve
 
-    serve(config_from_args(args), host=args.host, port=args.port, log_level=args.log_level)
+    config = config_from_args(args)
+    if config.catalog_db is not None:
+        from skulens.catalog import Catalog
+
+        # Before listening: a server on an older (or newer) schema refuses to start, naming the command.
+        Catalog.check_schema(config.catalog_db)
+    # Set here, not in config_from_args: only a real server gains from binding before loading (a load
+    # balancer sees it up but not ready); an app built in-process from these settings loads first.
+    config.load_in_background = not args.load_first
+    serve(config, host=args.host, port=args.port, log_level=args.log_level)
     return EXIT_OK
 
 

@@ -29,10 +29,11 @@ from skulens.serving import (
 )
 from skulens.serving.api_errors import install_error_handlers
 from skulens.serving.batching import MicroBatcher
+from skulens.serving.catalog_writes import ProductWriter
 from skulens.serving.config import ServeConfig
 from skulens.serving.deps import Services
-from skulens.serving.jobs import JobManager
-from skulens.serving.media import MediaStore
+from skulens.serving.jobs import JobManager, MemoryJobs
+from skulens.serving.media import DatabaseMedia, FolderMedia
 from skulens.serving.metrics import Metrics
 from skulens.serving.observe import ObserveMiddleware
 from skulens.serving.rate_limit import RateLimitMiddleware
@@ -141,54 +142,104 @@ def recognition_batcher(recognizer, config: ServeConfig, metrics: Metrics) -> Mi
     )
 
 
-def build_services(config: ServeConfig) -> Services:
-    """The models, batchers and stores the routes share (through ``app.state.services``)."""
+def load_models(svc: Services) -> None:
+    """Load the recognizer and the catalog into ``svc``, with their batchers, media store and explainer."""
+    config, metrics = svc.config, svc.metrics
     recognizer = load_recognizer(config)
-    metrics = Metrics()
     batcher = recognition_batcher(recognizer, config, metrics)
     catalog = load_catalog(config)
-    svc = Services(
-        config=config,
-        recognizer=recognizer,
-        batcher=batcher,
-        metrics=metrics,
-        engine_name=str(getattr(getattr(recognizer, "engine", None), "name", "model")),
-        catalog=catalog,
-    )
     if routes_explain.explainable(recognizer):
         svc.explainer = routes_explain.Explainer(recognizer, batcher.lock)
     if catalog is not None:
-        from skulens.serving.catalog_setup import default_media_dir
-
         svc.embed_batcher = embedding_batcher(catalog, config, metrics)
-        svc.media = MediaStore(config.media_dir or default_media_dir(catalog), max_side=config.media_max_side)
+        svc.media = (
+            FolderMedia(config.media_dir, max_side=config.media_max_side)
+            if config.media_dir
+            else DatabaseMedia(catalog, max_side=config.media_max_side)
+        )
+    svc.recognizer, svc.batcher, svc.catalog = recognizer, batcher, catalog
+    svc.engine_name = str(getattr(getattr(recognizer, "engine", None), "name", "model"))
+
+
+def build_services(config: ServeConfig) -> Services:
+    """The models, batchers and stores the routes share (through ``app.state.services``); with
+    ``load_in_background``, only the config and metrics: ``load_in_thread`` adds the rest once serving."""
+    svc = Services(config=config, recognizer=None, batcher=None, metrics=Metrics(), engine_name="loading")
+    if config.load_in_background:
+        svc.model_state = "loading"
+    else:
+        load_models(svc)
     return svc
 
 
-async def start_services(svc: Services) -> None:
+def load_in_thread(svc: Services, loop: asyncio.AbstractEventLoop) -> threading.Thread:
+    """Load on a daemon thread while the server already answers its probes; the batchers and thread pools
+    start back on ``loop`` (they are asyncio tasks), then warm-up, then /readyz turns 200."""
+
+    def load() -> None:
+        try:
+            load_models(svc)
+            asyncio.run_coroutine_threadsafe(start_services(svc), loop).result()
+        except Exception as exc:  # noqa: BLE001 - /readyz reports it; the process stays up so an operator sees why
+            lines = str(exc).strip().splitlines()
+            svc.model_state = f"failed: {lines[0] if lines else type(exc).__name__}"
+            log.error("could not load the model: %s", svc.model_state, exc_info=not isinstance(exc, SkulensError))
+            return
+        svc.model_state = "ok"
+        log.info("model loaded: ready")
+
+    thread = threading.Thread(target=load, name="skulens-load", daemon=True)
+    thread.start()
+    return thread
+
+
+def job_manager(svc: Services) -> JobManager:
+    """Jobs in the catalog's database when there is one (every server runs and answers for every job),
+    else in this process."""
     config, metrics = svc.config, svc.metrics
-    # Thread pools live with the server, so a second start (tests, reloads) gets fresh ones.
-    svc.decode_pool = ThreadPoolExecutor(max_workers=decode_workers(), thread_name_prefix="skulens-decode")
-    svc.jobs = JobManager(
-        max_jobs=config.max_jobs,
+    engine = getattr(svc.catalog, "engine", None)
+    if engine is not None:
+        from skulens.catalog.jobs import JobQueue
+
+        store = JobQueue(engine)
+    else:
+        store = MemoryJobs()
+    handlers = {"recognize_bulk": lambda ctx: routes_recognize.run_bulk_job(svc, ctx)}
+    if svc.catalog is not None and svc.media is not None:
+        handlers["import_products"] = lambda ctx: ProductWriter(svc).run_import_job(ctx)
+    return JobManager(
+        store,
+        handlers,
         max_active=config.max_active_jobs,
         workers=config.job_workers,
         ttl_s=config.job_ttl_s,
-        on_finish=lambda job: metrics.jobs.labels(kind=job.kind, status=job.status).inc(),
+        lease_s=config.job_lease_s,
+        on_finish=lambda kind, status: metrics.jobs.labels(kind=kind, status=status).inc(),
     )
+
+
+async def start_services(svc: Services) -> None:
+    config = svc.config
+    # Thread pools live with the server, so a second start (tests, reloads) gets fresh ones.
+    svc.decode_pool = ThreadPoolExecutor(max_workers=decode_workers(), thread_name_prefix="skulens-decode")
     await svc.batcher.start()
     if svc.embed_batcher is not None:
         await svc.embed_batcher.start()
     if config.warmup:
         await asyncio.get_running_loop().run_in_executor(None, warm_up_all, svc)
+    # Last: its workers may at once resume a job left by a server that died, and that needs the models.
+    svc.jobs = job_manager(svc)
 
 
 async def stop_services(svc: Services) -> None:
-    await svc.batcher.stop()
-    if svc.embed_batcher is not None:
-        await svc.embed_batcher.stop()
-    svc.jobs.shutdown()
-    svc.decode_pool.shutdown(wait=False, cancel_futures=True)
+    # Any part may be missing when the server stops before a background load finished (or after it failed).
+    for batcher in (svc.batcher, svc.embed_batcher):
+        if batcher is not None:
+            await batcher.stop()
+    if svc.jobs is not None:
+        svc.jobs.shutdown()
+    if svc.decode_pool is not None:
+        svc.decode_pool.shutdown(wait=False, cancel_futures=True)
     if svc.catalog is not None and hasattr(svc.catalog, "flush"):
         with svc.catalog_lock:
             # Saves the vector index, so the next start need not replay this run's changes.
@@ -198,7 +249,12 @@ async def stop_services(svc: Services) -> None:
 def services_lifespan(svc: Services):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await start_services(svc)
+        if svc.model_state != "ok":  # load_in_background (again, on a restart after a failure)
+            svc.model_state = "loading"
+            # Not awaited: uvicorn binds its socket only once start-up returns.
+            load_in_thread(svc, asyncio.get_running_loop())
+        else:
+            await start_services(svc)
         try:
             yield
         finally:

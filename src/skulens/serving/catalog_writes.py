@@ -159,36 +159,46 @@ class ProductWriter:
             self.media.discard([*old.images, *old.gallery_images])
 
     # -- bulk import ------------------------------------------------------------------------------
-    def run_import(self, request: ImportRequest, ctx) -> dict:
-        """The job: per item, a bad SKU or image rejects that item only; chunks commit one by one."""
-        result = ImportResult()
+    def run_import_job(self, ctx) -> dict:
+        """The import_products job, on whichever server runs it: per item, a bad SKU or image rejects
+        that item only; chunks commit one by one, each followed by a checkpoint. A server that takes
+        the job over resumes after the last checkpoint; a chunk committed after it (the server died in
+        between) is written again, and its products, being the same, count as unchanged."""
+        request = ImportRequest.model_validate_json(ctx.inputs()[0][1])
         items = request.products
-        first_at: dict[str, int] = {}
-        ctx.progress(0, len(items))
-        for start in range(0, len(items), IMPORT_CHUNK):
+        state = ctx.state or {}
+        result = ImportResult.model_validate(state.get("result") or {})
+        first_at: dict[str, int] = dict(state.get("first_at") or {})
+        for start in range(ctx.done, len(items), IMPORT_CHUNK):
             ctx.check()
-            chunk = []
-            for index in range(start, min(start + IMPORT_CHUNK, len(items))):
-                item = items[index]
-                try:
-                    sku = check_sku(item.sku)
-                    if sku in first_at:
-                        raise SkulensError(f"SKU repeated in this import (first at index {first_at[sku]})")
-                    first_at[sku] = index
-                    encoded = self.encode(sku, [base64_image(text) for text in item.images])
-                except SkulensError as exc:
-                    result.rejected.append(ImportRejection(index=index, sku=item.sku, reason=str(exc)))
-                    continue
-                finally:
-                    item.images = []  # the upload's bytes go as soon as they are re-encoded
-                chunk.append((index, sku, item, encoded))
+            stop = min(start + IMPORT_CHUNK, len(items))
+            chunk = self._prepare_chunk(items, range(start, stop), first_at, result)
             if chunk:
                 self._import_chunk(chunk, request.on_conflict, result)
-            ctx.progress(min(start + IMPORT_CHUNK, len(items)))
+            ctx.save(stop, {"result": result.model_dump(), "first_at": first_at})
         with self.lock:
             self.catalog.sync_index()
         result.rejected.sort(key=lambda r: r.index)
         return result.model_dump()
+
+    def _prepare_chunk(self, items: list[ImportProduct], positions, first_at: dict[str, int], result: ImportResult):
+        """(index, sku, item, re-encoded photos) of the chunk's valid items; the others are rejected."""
+        chunk = []
+        for index in positions:
+            item = items[index]
+            try:
+                sku = check_sku(item.sku)
+                if sku in first_at:
+                    raise SkulensError(f"SKU repeated in this import (first at index {first_at[sku]})")
+                first_at[sku] = index
+                encoded = self.encode(sku, [base64_image(text) for text in item.images])
+            except SkulensError as exc:
+                result.rejected.append(ImportRejection(index=index, sku=item.sku, reason=str(exc)))
+                continue
+            finally:
+                item.images = []  # the upload's bytes go as soon as they are re-encoded
+            chunk.append((index, sku, item, encoded))
+        return chunk
 
     def _import_chunk(
         self, chunk: list[tuple[int, str, ImportProduct, list[EncodedImage]]], on_conflict: str, result: ImportResult

@@ -41,6 +41,9 @@ class ServeConfig:
     max_queue: int = 256
     # One prediction at start-up, so the first real request does not pay for lazy initialisation.
     warmup: bool = True
+    # Bind first, load after: the model, catalog and warm-up load on a thread once the server starts, and
+    # /readyz answers 503 meanwhile (`skulens serve` does this; --load-first, and Python callers, do not).
+    load_in_background: bool = False
     request_timeout_s: float = 30.0
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000
@@ -55,17 +58,21 @@ class ServeConfig:
     rate_limit: str | None = None
     rate_limit_storage: str = "memory://"
     log_client_ips: bool = False
-    max_jobs: int = 64
-    # Unfinished jobs hold their uploads in memory: at most max_active_jobs x max_bulk_bytes.
+    # Unfinished jobs hold their uploads (in the catalog's database, else in memory): at most
+    # max_active_jobs x max_bulk_bytes, counted over every server sharing the database.
     max_active_jobs: int = 4
     job_workers: int = 1
     job_ttl_s: float = 3600.0
+    # A job's server renews its lease every lease/3 s; a job whose lease lapsed (its server died) is
+    # resumed by another server. Shorter: faster takeover, more database writes.
+    job_lease_s: float = 30.0
     # The product catalog: a pre-opened ``Catalog`` (tests, embedding), or ``catalog_db`` to open
     # with the model the catalog recorded (``catalog_run``'s embedder when the catalog is new).
     catalog: Any = None
     catalog_db: str | Path | None = None
     catalog_run: Path | None = None
-    # Photos uploaded with new products (re-encoded, named by hash); default: beside the database.
+    # Photos uploaded with new products (re-encoded, named by hash): in this folder (shared by the
+    # servers only if the folder is); default: in the catalog's database, where every server reads them.
     media_dir: Path | None = None
     # Longest side of a stored product photo: catalogs need thumbnails and embeddings, not 40 MP.
     media_max_side: int = 1600
@@ -87,7 +94,6 @@ class ServeConfig:
             "max_pixels": self.max_pixels,
             "max_bulk_images": self.max_bulk_images,
             "max_bulk_bytes": self.max_bulk_bytes,
-            "max_jobs": self.max_jobs,
             "max_active_jobs": self.max_active_jobs,
             "job_workers": self.job_workers,
             "media_max_side": self.media_max_side,
@@ -95,6 +101,8 @@ class ServeConfig:
         for name, value in positive.items():
             if value < 1:
                 raise SkulensError(f"{name.replace('_', '-')} must be at least 1 (got {value})")
+        if not 0.5 <= self.job_lease_s <= 3600:
+            raise SkulensError(f"job-lease must be between 0.5 and 3600 seconds (got {self.job_lease_s})")
         if self.max_wait_ms < 0:
             raise SkulensError(f"max-wait-ms must be 0 or more (got {self.max_wait_ms})")
         if self.request_timeout_s <= 0:

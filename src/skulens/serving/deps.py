@@ -1,7 +1,8 @@
 """What routes share: the services of the running app, and the API-key checks as FastAPI dependencies.
 
 Routers declare ``dependencies=[Depends(require_write)]`` (or ``require_read``) and get
-``services(request)`` for the recognizer, batchers, jobs, metrics, catalog and media store.
+``services(request)`` for the recognizer, batchers, jobs, metrics, catalog and media store (a 503 while
+they load; the probes, /metrics and the key checks read ``app_services(request)``).
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ from skulens.serving.jobs import JobManager
 from skulens.serving.media import MediaStore
 from skulens.serving.metrics import Metrics
 from skulens.serving.schemas import ProductHit
-from skulens.serving.security import key_matches, presented_key
+from skulens.serving.security import hash_key, key_matches, presented_key
 
 
 @dataclass
 class Services:
     config: ServeConfig
-    recognizer: Any
-    batcher: MicroBatcher
+    recognizer: Any  # None until loaded (see model_state)
+    batcher: MicroBatcher | None
     metrics: Metrics
     engine_name: str
+    # /readyz's "model" check: "ok" once loaded; "loading" while ServeConfig.load_in_background's
+    # thread loads the models; "failed: <why>" when that failed (the process stays up to say so).
+    model_state: str = "ok"
     catalog: Any = None
     # Held for every catalog call that writes or touches the in-memory vector index (search,
     # similar, upsert, remove): one Catalog instance is not safe for concurrent writes.
@@ -87,12 +91,31 @@ class Services:
             return list(self.embed_batcher.run_batch(tensors))
 
 
-def services(request: Request) -> Services:
+def app_services(request: Request) -> Services:
+    """The services whether or not the model is loaded: for liveness, readiness, metrics and key checks."""
     return request.app.state.services
 
 
+def services(request: Request) -> Services:
+    """The services of a loaded server. The one gate for every route that needs the model or the catalog:
+    while they load (or after they failed to), a 503 JSON error, never a 500 on a missing model."""
+    svc = app_services(request)
+    if svc.model_state == "loading":
+        raise ApiError(503, "not_ready", "the model is still loading; retry shortly", {"Retry-After": "5"})
+    if svc.model_state != "ok":
+        # No Retry-After: retrying will not help until an operator fixes what /readyz names.
+        raise ApiError(503, "not_ready", "the model could not be loaded; see /readyz and the server log")
+    return svc
+
+
+def job_owner(request: Request) -> str:
+    """Who a job belongs to: the hash of the API key the request presented ("" without one)."""
+    key = presented_key(request.headers)
+    return hash_key(key) if key else ""
+
+
 def _check_key(request: Request) -> None:
-    hashes = services(request).config.api_key_hashes
+    hashes = app_services(request).config.api_key_hashes
     key = presented_key(request.headers)
     challenge = {"WWW-Authenticate": 'Bearer realm="skulens"'}
     if key is None:
@@ -114,11 +137,11 @@ api_key_header = APIKeyHeader(
 
 
 async def require_read(request: Request, _key: str | None = Security(api_key_header)) -> None:
-    if services(request).config.protect_reads:
+    if app_services(request).config.protect_reads:
         _check_key(request)
 
 
 async def require_write(request: Request, _key: str | None = Security(api_key_header)) -> None:
-    if not services(request).config.api_key_hashes:
+    if not app_services(request).config.api_key_hashes:
         raise ApiError(403, "writes_disabled", "write endpoints are off: start the server with --api-keys-file")
     _check_key(request)

@@ -1,20 +1,22 @@
 """Background jobs for bulk work: submit -> job id -> poll status and result.
 
-In memory and bounded: at most ``max_active`` jobs wait or run at once (they may hold their input
-in memory), and at most ``max_jobs`` are kept; when full, the oldest finished job is forgotten.
-Finished jobs are forgotten after ``ttl_s``. Job ids are random, so one client cannot guess another's.
+A job is a kind (a registered handler), its inputs (bytes) and options, so that any server can run it.
+With a catalog database the jobs are its rows (``skulens.catalog.jobs.JobQueue``): every server of a
+fleet answers for every job, and a job whose server died is resumed by another from its last checkpoint
+once its lease lapses. Without a catalog they live in this process (``MemoryJobs``, same interface).
+Bounded: at most ``max_active`` jobs wait or run at once; finished jobs are forgotten after ``ttl_s``.
+Job ids are random, and a job submitted with an API key is visible to that key only.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from skulens.errors import SkulensError
@@ -31,151 +33,272 @@ class JobCancelled(Exception):
     """Raised inside a job by :meth:`JobContext.check` once the job has been cancelled."""
 
 
-@dataclass
-class Job:
-    id: str
-    kind: str
-    status: str = "queued"
-    done: int = 0
-    total: int | None = None
-    created_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    result: Any = None
-    error: tuple[str, str] | None = None  # (code, message)
-    cancel_requested: bool = False
+class JobStopped(Exception):
+    """Raised inside a job when this server stops running it (shutting down, or its lease was lost)."""
+
+
+class MemoryLeaseLost(SkulensError):
+    """The memory store's LeaseLost: the job is no longer this worker's (it was cancelled and forgotten)."""
+
+
+class MemoryJobs:
+    """Jobs of this process only (a server without a catalog database), with JobQueue's interface."""
+
+    def __init__(self):
+        self._jobs: dict[str, dict] = {}
+        self._lock = threading.Lock()
+
+    def create(self, kind: str, owner: str, inputs: list[tuple[str, bytes]], options: dict, total: int | None) -> str:
+        job_id = secrets.token_urlsafe(12)
+        row = {"id": job_id, "kind": kind, "owner": owner, "status": "queued", "done": 0, "total": total}
+        row |= {"options": options, "inputs": inputs, "checkpoint": None, "result": None, "error": None}
+        row |= {"created_at": time.time(), "started_at": None, "finished_at": None, "attempts": 0, "cancel": False}
+        with self._lock:
+            self._jobs[job_id] = row
+        return job_id
+
+    def claim(self, worker: str, lease_s: float) -> dict | None:
+        with self._lock:
+            row = next((r for r in self._jobs.values() if r["status"] == "queued"), None)
+            if row is None:
+                return None
+            row.update(status="running", attempts=row["attempts"] + 1, started_at=row["started_at"] or time.time())
+            return {k: row[k] for k in ("id", "kind", "options", "done", "total", "checkpoint", "attempts")}
+
+    def _running(self, job_id: str) -> dict:
+        row = self._jobs.get(job_id)
+        if row is None or row["status"] != "running":
+            raise MemoryLeaseLost(f"job {job_id} is not running")
+        return row
+
+    def renew(self, job_id: str, worker: str, lease_s: float) -> bool:
+        with self._lock:
+            return self._running(job_id)["cancel"]
+
+    def checkpoint(self, job_id: str, worker: str, done: int, state: dict | None, total: int | None = None) -> None:
+        with self._lock:
+            row = self._running(job_id)
+            row.update(done=done, checkpoint=state, total=row["total"] if total is None else total)
+
+    def finish(self, job_id: str, worker: str, status: str, result=None, error: tuple[str, str] | None = None) -> bool:
+        with self._lock:
+            row = self._jobs.get(job_id)
+            if row is None or row["status"] != "running":
+                return False
+            row.update(status=status, result=result, error=error, finished_at=time.time(), inputs=[], checkpoint=None)
+            return True
+
+    def release(self, job_id: str, worker: str) -> None:
+        self.finish(job_id, worker, "cancelled")  # nobody else can resume a job of this process
+
+    def inputs(self, job_id: str) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return list(self._jobs[job_id]["inputs"])
+
+    def snapshot(self, job_id: str) -> dict | None:
+        with self._lock:
+            row = self._jobs.get(job_id)
+            if row is None:
+                return None
+            error = {"code": row["error"][0], "message": row["error"][1]} if row["error"] else None
+            return {
+                "job_id": row["id"],
+                "kind": row["kind"],
+                "status": row["status"],
+                "progress": {"done": row["done"], "total": row["total"]},
+                "created_at": row["created_at"],
+                "started_at": row["started_at"],
+                "finished_at": row["finished_at"],
+                "result": row["result"] if row["status"] == "succeeded" else None,
+                "error": error,
+                "attempts": row["attempts"],
+                "owner": row["owner"],
+            }
+
+    def request_cancel(self, job_id: str) -> None:
+        with self._lock:
+            row = self._jobs.get(job_id)
+            if row is not None and row["status"] == "queued":
+                row.update(status="cancelled", finished_at=time.time(), inputs=[])
+            elif row is not None:
+                row["cancel"] = True
+
+    def unfinished(self) -> int:
+        with self._lock:
+            return sum(r["status"] not in FINISHED for r in self._jobs.values())
+
+    def forget_finished(self, older_than_s: float) -> None:
+        cutoff = time.time() - older_than_s
+        with self._lock:
+            for job_id in [j for j, r in self._jobs.items() if r["status"] in FINISHED and r["finished_at"] < cutoff]:
+                del self._jobs[job_id]
 
 
 class JobContext:
-    """What a running job sees: report progress, and stop early when cancelled."""
+    """What a running job sees: its inputs and options, where a previous holder stopped (``done``,
+    ``state``), and ``save`` to keep its own progress; ``check`` stops it when cancelled or lost."""
 
-    def __init__(self, job: Job, lock: threading.Lock):
-        self._job = job
-        self._lock = lock
+    def __init__(self, manager: JobManager, claimed: dict):
+        self._manager = manager
+        self.job_id = claimed["id"]
+        self.options = claimed["options"]
+        self.done = claimed["done"]
+        self.state = claimed["checkpoint"]
+        self.total = claimed["total"]
+        self.cancel_requested = False
+        self.stopped = False
 
-    def progress(self, done: int, total: int | None = None) -> None:
-        with self._lock:
-            self._job.done = done
-            if total is not None:
-                self._job.total = total
+    def inputs(self) -> list[tuple[str, bytes]]:
+        return self._manager.store.inputs(self.job_id)
+
+    def save(self, done: int, state: dict | None, total: int | None = None) -> None:
+        """A checkpoint: the next holder of this job resumes from here (JobStopped: no longer ours)."""
+        try:
+            self._manager.store.checkpoint(self.job_id, self._manager.worker, done, state, total)
+        except SkulensError as exc:
+            raise JobStopped(str(exc)) from None
+        self.done = done
 
     def check(self) -> None:
-        if self._job.cancel_requested:
+        if self.stopped:
+            raise JobStopped("this server stopped running the job")
+        if self.cancel_requested:
             raise JobCancelled()
 
 
+Handler = Callable[[JobContext], Any]
+
+
 class JobManager:
+    """Runs the jobs of ``store`` with ``workers`` threads, heartbeating their leases, and answers for
+    any job of the store."""
+
     def __init__(
         self,
+        store,
+        handlers: dict[str, Handler],
         *,
-        max_jobs: int = 64,
-        max_active: int | None = None,
+        max_active: int = 64,
         workers: int = 1,
         ttl_s: float = 3600.0,
-        on_finish: Callable[[Job], None] | None = None,
+        lease_s: float = 30.0,
+        on_finish: Callable[[str, str], None] | None = None,
     ):
-        self.max_jobs = max_jobs
-        self.max_active = max_active or max_jobs
+        self.store = store
+        self.handlers = handlers
+        self.max_active = max_active
         self.ttl_s = ttl_s
+        self.lease_s = lease_s
         self.on_finish = on_finish
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self.worker = f"{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._running: dict[str, JobContext] = {}
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skulens-job")
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"skulens-job-{i}", daemon=True) for i in range(workers)
+        ]
+        self._threads.append(threading.Thread(target=self._heartbeat, name="skulens-job-lease", daemon=True))
+        for thread in self._threads:
+            thread.start()
 
-    def submit(self, kind: str, fn: Callable[[JobContext], Any], total: int | None = None) -> Job:
-        """Run ``fn(context)`` in the background; its return value (JSON-able) becomes the job's result.
-        ``fn`` raising SkulensError fails the job with that message; anything else with a generic one."""
+    # -- what the routes call ----------------------------------------------------------------------
+    def submit(self, kind: str, inputs: list[tuple[str, bytes]], *, owner: str = "", options=None, total=None) -> str:
+        """Queue a job; any server's worker may run it. JobsFull when too many are unfinished."""
+        if self.store.unfinished() >= self.max_active:
+            raise JobsFull(f"too many unfinished jobs (at most {self.max_active}); retry when some have finished")
+        job_id = self.store.create(kind, owner, inputs, options or {}, total)
+        self._wake.set()
+        return job_id
+
+    def snapshot(self, job_id: str, owner: str = "") -> dict | None:
+        """The job's public fields; None when there is no such job for this caller."""
+        found = self.store.snapshot(job_id)
+        if found is None or (found.pop("owner") or "") not in ("", owner):
+            return None
+        return found
+
+    def cancel(self, job_id: str, owner: str = "") -> dict | None:
+        if self.snapshot(job_id, owner) is None:
+            return None
+        self.store.request_cancel(job_id)
+        self._wake.set()
+        return self.snapshot(job_id, owner)
+
+    def shutdown(self, wait_s: float = 10.0) -> None:
+        """Stop: running jobs stop at their next check and go back to the queue (another server, or
+        this one when it restarts, resumes them)."""
+        self._stop.set()
+        self._wake.set()
         with self._lock:
-            self._forget_old()
-            active = sum(1 for j in self._jobs.values() if j.status not in FINISHED)
-            if active >= self.max_active or len(self._jobs) >= self.max_jobs:
-                raise JobsFull(f"too many unfinished jobs ({active}); retry when some have finished")
-            job = Job(id=secrets.token_urlsafe(12), kind=kind, total=total)
-            self._jobs[job.id] = job
-        self._executor.submit(self._run, job, fn)
-        return job
+            for ctx in self._running.values():
+                ctx.stopped = True
+        for thread in self._threads:
+            thread.join(timeout=wait_s)
 
-    def get(self, job_id: str) -> Job | None:
-        with self._lock:
-            self._forget_old()
-            return self._jobs.get(job_id)
+    # -- workers -----------------------------------------------------------------------------------
+    def _poll_s(self) -> float:
+        return max(0.2, min(5.0, self.lease_s / 3))
 
-    def snapshot(self, job_id: str) -> dict | None:
-        """A consistent copy of a job's public fields."""
-        with self._lock:
-            self._forget_old()
-            job = self._jobs.get(job_id)
-            if job is None:
-                return None
-            return {
-                "job_id": job.id,
-                "kind": job.kind,
-                "status": job.status,
-                "progress": {"done": job.done, "total": job.total},
-                "created_at": job.created_at,
-                "started_at": job.started_at,
-                "finished_at": job.finished_at,
-                "result": job.result if job.status == "succeeded" else None,
-                "error": {"code": job.error[0], "message": job.error[1]} if job.error else None,
-            }
-
-    def cancel(self, job_id: str) -> Job | None:
-        """Ask a job to stop: a queued job never starts, a running one stops at its next ``check()``."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                return None
-            if job.status not in FINISHED:
-                job.cancel_requested = True
-                if job.status == "queued":
-                    self._finish(job, "cancelled")
-            return job
-
-    def shutdown(self) -> None:
-        with self._lock:
-            for job in self._jobs.values():
-                job.cancel_requested = True
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def _run(self, job: Job, fn: Callable[[JobContext], Any]) -> None:
-        with self._lock:
-            if job.cancel_requested:
-                return
-            job.status = "running"
-            job.started_at = time.time()
-        try:
-            result = fn(JobContext(job, self._lock))
-        except JobCancelled:
-            with self._lock:
-                self._finish(job, "cancelled")
-        except SkulensError as exc:
-            with self._lock:
-                job.error = ("job_failed", str(exc))
-                self._finish(job, "failed")
-        except Exception:  # noqa: BLE001 - logged here; the client sees a generic message
-            log.exception("job %s (%s) failed", job.id, job.kind)
-            with self._lock:
-                job.error = ("internal_error", "the job failed unexpectedly; see the server log")
-                self._finish(job, "failed")
-        else:
-            with self._lock:
-                job.result = result
-                self._finish(job, "cancelled" if job.cancel_requested else "succeeded")
-
-    def _finish(self, job: Job, status: str) -> None:
-        job.status = status
-        job.finished_at = time.time()
-        if self.on_finish:
-            self.on_finish(job)
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                claimed = self.store.claim(self.worker, self.lease_s)
+            except Exception as exc:  # noqa: BLE001 - the database may be away for a moment: try again
+                log.warning("cannot claim jobs: %s", exc)
+                claimed = None
+            if claimed is None:
+                self._wake.wait(self._poll_s())
+                self._wake.clear()
+                self._forget_old()
+                continue
+            self._run(claimed)
 
     def _forget_old(self) -> None:
-        now = time.time()
-        for job_id in [
-            j.id for j in self._jobs.values() if j.status in FINISHED and now - (j.finished_at or now) > self.ttl_s
-        ]:
-            del self._jobs[job_id]
-        if len(self._jobs) >= self.max_jobs:
-            for job in list(self._jobs.values()):  # oldest first
-                if job.status in FINISHED:
-                    del self._jobs[job.id]
-                    break
+        try:
+            self.store.forget_finished(self.ttl_s)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cannot forget old jobs: %s", exc)
+
+    def _run(self, claimed: dict) -> None:
+        ctx = JobContext(self, claimed)
+        handler = self.handlers.get(claimed["kind"])
+        with self._lock:
+            self._running[ctx.job_id] = ctx
+        try:
+            if handler is None:
+                raise SkulensError(f"this server cannot run jobs of kind {claimed['kind']!r}")
+            if claimed["attempts"] > 1:
+                log.info("job %s (%s): resuming after item %d", ctx.job_id, claimed["kind"], ctx.done)
+            self._end(ctx, "succeeded", result=handler(ctx))
+        except JobCancelled:
+            self._end(ctx, "cancelled")
+        except JobStopped:
+            self.store.release(ctx.job_id, self.worker)
+        except SkulensError as exc:
+            self._end(ctx, "failed", error=("job_failed", str(exc)))
+        except Exception:  # noqa: BLE001 - logged here; the client sees a generic message
+            log.exception("job %s (%s) failed", ctx.job_id, claimed["kind"])
+            self._end(ctx, "failed", error=("internal_error", "the job failed unexpectedly; see the server log"))
+        finally:
+            with self._lock:
+                self._running.pop(ctx.job_id, None)
+
+    def _end(self, ctx: JobContext, status: str, result=None, error=None) -> None:
+        if ctx.cancel_requested and status == "succeeded":
+            status = "cancelled"
+        if self.store.finish(ctx.job_id, self.worker, status, result, error) and self.on_finish:
+            self.on_finish(self.store.snapshot(ctx.job_id)["kind"], status)
+
+    def _heartbeat(self) -> None:
+        """Renew the leases of this server's running jobs; learn of cancels and of lost leases."""
+        while not self._stop.wait(self._poll_s()):
+            with self._lock:
+                running = list(self._running.values())
+            for ctx in running:
+                try:
+                    ctx.cancel_requested = self.store.renew(ctx.job_id, self.worker, self.lease_s)
+                except SkulensError:
+                    ctx.stopped = True  # another server has it now
+                except Exception as exc:  # noqa: BLE001 - the database may be away: the lease may lapse
+                    log.warning("cannot renew the lease of job %s: %s", ctx.job_id, exc)

@@ -1,5 +1,9 @@
 """Product photos: storing the ones uploaded through the API, and serving any the catalog references.
 
+Uploaded photos go to the catalog's database by default (every server of a fleet reads them there:
+``DatabaseMedia``), or to a folder (``FolderMedia``, ``skulens serve --media-dir``: shared by the
+servers only if the folder is, e.g. a network mount).
+
 An upload is never stored as sent. Only its decoded pixels are re-encoded, so EXIF (GPS position,
 camera serial numbers), ICC profiles and anything appended after the image data never reach the
 disk, and the file name is a hash: nothing the client chose (file name, SKU text) becomes a path.
@@ -34,8 +38,9 @@ class EncodedImage:
 
 
 class MediaStore:
-    def __init__(self, root: str | Path, max_side: int = 1600, quality: int = 90):
-        self.root = Path(root).expanduser().resolve()
+    """Re-encoding shared by both stores; ``write`` / ``owns`` / ``discard`` are each store's own."""
+
+    def __init__(self, max_side: int = 1600, quality: int = 90):
         self.max_side = max_side
         self.quality = quality
 
@@ -51,6 +56,31 @@ class MediaStore:
         # files can never break another product that was sent the same photo.
         digest = hashlib.sha256(sku.encode("utf-8") + b"\0" + data).hexdigest()
         return EncodedImage(f"{digest[:2]}/{digest[:40]}.jpg", data)
+
+
+class DatabaseMedia(MediaStore):
+    """Photos as rows of the catalog's database (``media:<name>`` URIs)."""
+
+    def __init__(self, catalog, max_side: int = 1600, quality: int = 90):
+        super().__init__(max_side, quality)
+        self.catalog = catalog
+
+    def write(self, encoded: EncodedImage) -> tuple[str, bool]:
+        return self.catalog.store_photo(encoded.name, encoded.data)
+
+    def owns(self, uri: str) -> bool:
+        return str(uri).startswith("media:")
+
+    def discard(self, uris) -> None:
+        self.catalog.discard_photos([uri for uri in uris if self.owns(uri)])
+
+
+class FolderMedia(MediaStore):
+    """Photos as files under ``root``."""
+
+    def __init__(self, root: str | Path, max_side: int = 1600, quality: int = 90):
+        super().__init__(max_side, quality)
+        self.root = Path(root).expanduser().resolve()
 
     def write(self, encoded: EncodedImage) -> tuple[Path, bool]:
         """Store the file (atomically); returns its path and whether this call created it."""
@@ -82,20 +112,25 @@ class MediaStore:
                     pass
 
 
-def image_response(path: str | Path) -> Response:
-    """A catalog image as JPEG or PNG. Files in other formats (a CSV import may reference WebP or
-    TIFF) are converted in memory, so clients only ever get the two formats every browser shows."""
-    path = Path(path)
-    with path.open("rb") as handle:
-        head = handle.read(8)
-    if head.startswith(JPEG_MAGIC):
-        return FileResponse(path, media_type="image/jpeg", headers=IMAGE_HEADERS)
-    if head.startswith(PNG_MAGIC):
-        return FileResponse(path, media_type="image/png", headers=IMAGE_HEADERS)
+def image_response(source: bytes | str | Path) -> Response:
+    """A catalog image (stored bytes or a file) as JPEG or PNG. Files in other formats (a CSV import
+    may reference WebP or TIFF) are converted in memory, so clients only ever get the two formats
+    every browser shows."""
+    if isinstance(source, bytes):
+        head = source[:8]
+    else:
+        source = Path(source)
+        with source.open("rb") as handle:
+            head = handle.read(8)
+    for magic, media_type in ((JPEG_MAGIC, "image/jpeg"), (PNG_MAGIC, "image/png")):
+        if head.startswith(magic):
+            if isinstance(source, bytes):
+                return Response(source, media_type=media_type, headers=IMAGE_HEADERS)
+            return FileResponse(source, media_type=media_type, headers=IMAGE_HEADERS)
     try:
-        image = load_image(path)
+        image = load_image(source)
     except ImageError:
-        raise FileNotFoundError(path) from None
+        raise FileNotFoundError("not an image") from None
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=90)
     return Response(buf.getvalue(), media_type="image/jpeg", headers=IMAGE_HEADERS)

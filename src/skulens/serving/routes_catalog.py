@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -153,11 +152,11 @@ def get_product(sku: str, request: Request) -> ProductDetail:
 )
 def product_image(sku: str, request: Request) -> Response:
     product = _product(request, sku)
-    # Only a path the catalog itself stored is ever opened; nothing in the request names a file.
+    # Only an image the catalog itself stored is ever opened; nothing in the request names a file.
     if not product.images:
         raise ApiError(404, "no_image", f"product {product.sku[:80]!r} has no photo")
     try:
-        return image_response(Path(product.images[0]))
+        return image_response(services(request).catalog.image_source(product.images[0]))
     except OSError:
         raise ApiError(404, "no_image", f"the photo of product {product.sku[:80]!r} is missing on the server") from None
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from skulens.serving.api_errors import ApiError, within_timeout
 from skulens.serving.catalog_views import product_detail
 from skulens.serving.catalog_writes import MAX_PRODUCT_IMAGES, ProductWriter, valid_sku
-from skulens.serving.deps import Services, require_write, services
+from skulens.serving.deps import Services, job_owner, require_write, services
 from skulens.serving.routes_catalog import catalog_of
 from skulens.serving.schemas import (
     DeletedResponse,
@@ -173,10 +173,9 @@ async def import_products(request: Request) -> JobSubmitted:
         request, svc.config.max_bulk_bytes, "application/json", 'send JSON: {"products": [...], "on_conflict": "error"}'
     )
     try:
-        payload = ImportRequest.model_validate_json(body)
+        count = len(ImportRequest.model_validate_json(body).products)  # a bad body is a 422 now, not a failed job
     except ValidationError as exc:  # malformed JSON included
         raise _invalid(exc, "body") from None
-    del body
-    writer = ProductWriter(svc)
-    job = svc.jobs.submit("import_products", lambda ctx: writer.run_import(payload, ctx), total=len(payload.products))
-    return JobSubmitted(job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}")
+    # The job's input is the request as sent: any server can run it, or take it over, from the database.
+    job_id = svc.jobs.submit("import_products", [("import.json", body)], owner=job_owner(request), total=count)
+    return JobSubmitted(job_id=job_id, status="queued", status_url=f"/v1/jobs/{job_id}")

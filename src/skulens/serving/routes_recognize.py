@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 
 from skulens.errors import ImageError, SkulensError
 from skulens.serving.api_errors import within_timeout
-from skulens.serving.deps import Services, require_read, services
+from skulens.serving.deps import Services, job_owner, require_read, services
 from skulens.serving.predictions import to_response
 from skulens.serving.schemas import BulkItem, ErrorResponse, JobSubmitted, RecognizeResponse
 from skulens.serving.uploads import BINARY, decode, decode_off_loop, multipart_doc, read_images
@@ -104,59 +104,63 @@ async def recognize_bulk(request: Request) -> JobSubmitted:
         max_file_bytes=cfg.max_upload_bytes,
         max_total_bytes=cfg.max_bulk_bytes,
     )
-    job = svc.jobs.submit("recognize_bulk", lambda ctx: _bulk_job(svc, uploads, ctx), total=len(uploads))
-    return JobSubmitted(job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}")
+    job_id = svc.jobs.submit(
+        "recognize_bulk",
+        [(upload.filename or "", upload.data) for upload in uploads],
+        owner=job_owner(request),
+        total=len(uploads),
+    )
+    return JobSubmitted(job_id=job_id, status="queued", status_url=f"/v1/jobs/{job_id}")
 
 
-def _bulk_job(svc: Services, uploads: list, ctx) -> dict:
-    """Runs in a job thread, in chunks of max_batch_size; the shared lock lets interactive
-    requests in between chunks, so a big job never starves the single-photo endpoint."""
+def run_bulk_job(svc: Services, ctx) -> dict:
+    """The recognize_bulk job, on whichever server runs it, in chunks of max_batch_size (the shared
+    lock lets interactive requests in between chunks, so a big job never starves the single-photo
+    endpoint). Each chunk's answers are a checkpoint: a server that takes the job over goes on from
+    there."""
+    photos = ctx.inputs()
+    items: list[dict] = list((ctx.state or {}).get("items", []))
+    step = svc.config.max_batch_size
+    for start in range(ctx.done, len(photos), step):
+        ctx.check()
+        chunk = [(index, *photos[index]) for index in range(start, min(start + step, len(photos)))]
+        items += [item.model_dump() for item in _bulk_chunk(svc, chunk)]
+        ctx.save(chunk[-1][0] + 1, {"items": items})
+    items.sort(key=lambda item: item["index"])
+    return {"items": items}
+
+
+def _bulk_chunk(svc: Services, chunk: list[tuple[int, str, bytes]]) -> list[BulkItem]:
     cfg = svc.config
     items: list[BulkItem] = []
-    step = cfg.max_batch_size
-    for start in range(0, len(uploads), step):
-        ctx.check()
-        chunk = list(enumerate(uploads[start : start + step], start))
-        images, ok = [], []
-        for index, upload in chunk:
-            began = time.perf_counter()
-            try:
-                images.append(
-                    decode(
-                        upload.data,
-                        max_pixels=cfg.max_pixels,
-                        max_bytes=cfg.max_upload_bytes,
-                        draft_size=svc.draft_size,
-                    )
-                )
-                ok.append((index, upload, began))
-                if cfg.upload_store is not None:
-                    cfg.upload_store.save(images[-1])
-            except ImageError as exc:
-                items.append(
-                    BulkItem(index=index, filename=upload.filename, error={"code": "bad_image", "message": str(exc)})
-                )
-            upload.data = b""  # drop the photo's bytes as soon as it is decoded
-        if images:
-            with svc.batcher.lock:
-                predictions = svc.batcher.run_batch(images)
-            svc.metrics.batch_size.observe(len(images))
-            vectors = svc.embed_now(images) if svc.catalog is not None else [None] * len(images)
-            for (index, upload, began), prediction, vector in zip(ok, predictions, vectors):
-                products = _products_now(svc, vector, cfg.products_k) if vector is not None else []
-                items.append(
-                    BulkItem(
-                        index=index,
-                        filename=upload.filename,
-                        prediction=to_response(
-                            prediction,
-                            top_k=cfg.top_k,
-                            products=products,
-                            engine=svc.engine_name,
-                            elapsed_ms=1000 * (time.perf_counter() - began),
-                        ),
-                    )
-                )
-        ctx.progress(min(start + step, len(uploads)))
-    items.sort(key=lambda item: item.index)
-    return {"items": [item.model_dump() for item in items]}
+    images, ok = [], []
+    for index, filename, data in chunk:
+        began = time.perf_counter()
+        try:
+            images.append(
+                decode(data, max_pixels=cfg.max_pixels, max_bytes=cfg.max_upload_bytes, draft_size=svc.draft_size)
+            )
+            ok.append((index, filename or None, began))
+            if cfg.upload_store is not None:
+                cfg.upload_store.save(images[-1])
+        except ImageError as exc:
+            items.append(
+                BulkItem(index=index, filename=filename or None, error={"code": "bad_image", "message": str(exc)})
+            )
+    if not images:
+        return items
+    with svc.batcher.lock:
+        predictions = svc.batcher.run_batch(images)
+    svc.metrics.batch_size.observe(len(images))
+    vectors = svc.embed_now(images) if svc.catalog is not None else [None] * len(images)
+    for (index, filename, began), prediction, vector in zip(ok, predictions, vectors):
+        products = _products_now(svc, vector, cfg.products_k) if vector is not None else []
+        answer = to_response(
+            prediction,
+            top_k=cfg.top_k,
+            products=products,
+            engine=svc.engine_name,
+            elapsed_ms=1000 * (time.perf_counter() - began),
+        )
+        items.append(BulkItem(index=index, filename=filename, prediction=answer))
+    return items

@@ -10,15 +10,19 @@ from fastapi.responses import JSONResponse, Response
 
 from skulens import __version__
 from skulens.data.images import ALLOWED_FORMATS
-from skulens.serving.deps import require_read, services
+from skulens.serving.deps import app_services, require_read, services
 from skulens.serving.schemas import AuthInfo, HealthResponse, InfoResponse, LimitsInfo, ModelInfo, ReadyResponse
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/healthz", response_model=HealthResponse, summary="Liveness: the model is loaded and the server answers")
+@router.get(
+    "/healthz",
+    response_model=HealthResponse,
+    summary="Liveness: the server answers (the model may still be loading: see /readyz)",
+)
 async def healthz(request: Request) -> HealthResponse:
-    svc = services(request)
+    svc = app_services(request)  # liveness: answers while the model loads, and after it failed to
     return HealthResponse(engine=svc.engine_name, catalog=svc.catalog is not None)
 
 
@@ -30,9 +34,12 @@ async def healthz(request: Request) -> HealthResponse:
     "index has caught up with it (503 with a JSON reason otherwise)",
 )
 async def readyz(request: Request):
-    svc = services(request)
-    checks = {"model": "ok" if svc.recognizer is not None else "not loaded"}
-    if svc.catalog is not None:
+    svc = app_services(request)
+    checks = {"model": svc.model_state}
+    if svc.model_state != "ok":
+        if svc.config.catalog is not None or svc.config.catalog_db is not None:
+            checks["catalog"] = "loading" if svc.model_state == "loading" else "not loaded"
+    elif svc.catalog is not None:
 
         def catalog_checks() -> dict[str, str]:
             with svc.catalog_lock:  # the index is shared with search: one user at a time
@@ -53,7 +60,7 @@ async def readyz(request: Request):
     summary="Prometheus metrics: requests, latencies, batch sizes, errors",
 )
 async def metrics(request: Request) -> Response:
-    m = services(request).metrics
+    m = app_services(request).metrics
     return Response(m.render(), media_type=m.content_type)
 
 

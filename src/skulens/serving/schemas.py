@@ -151,6 +151,9 @@ class JobStatus(BaseModel):
     finished_at: float | None
     result: Any | None = Field(default=None, description="the job's result once it has succeeded")
     error: ErrorBody | None = None
+    attempts: int = Field(
+        default=0, description="servers that have run the job: above 1 when one took it over from another"
+    )
 
 
 class BulkItem(BaseModel):
