@@ -163,3 +163,16 @@ def _pg_form(rows: list[tuple]) -> list[tuple]:
     for row in rows:
         out.append(tuple(json.loads(v) if isinstance(v, str) and v[:1] in ("[", "{") else v for v in row))
     return sorted(out)
+
+
+def test_skulens_serve_refuses_an_old_catalog_before_listening(old_catalog, capsys):
+    from skulens.serving import config as serving_config
+
+    if serving_config.demo_run_dir() is None:
+        pytest.skip("this install has no built-in demo model to serve")
+    assert main(["serve", "--catalog", str(old_catalog), "--port", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"skulens: error: catalog schema revision 0001 is older than this skulens needs (0002): "
+        f"run `skulens catalog upgrade {old_catalog}`"
+    )
