@@ -7,6 +7,7 @@ import json
 import threading
 
 import numpy as np
+import pytest
 
 from skulens.catalog import index as index_module
 from skulens.catalog.index import VectorIndex
@@ -66,3 +67,38 @@ def test_a_folder_saved_by_an_older_skulens_still_loads(tmp_path):
     state = {**index.state.__dict__, "file_size": (tmp_path / "vectors.faiss").stat().st_size}
     (tmp_path / "state.json").write_text(json.dumps(state))
     assert VectorIndex.load(tmp_path).state.ntotal == 12
+
+
+SAVER = """
+import sys
+import numpy as np
+from pathlib import Path
+from skulens.catalog.index import VectorIndex
+n, folder = int(sys.argv[1]), Path(sys.argv[2])
+vectors = np.random.default_rng(n).normal(size=(n, 16)).astype(np.float32)
+vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+index = VectorIndex.build(np.arange(n, dtype=np.int64), vectors, dim=16, model_id="m", kind="flat", log_seq=n)
+for _ in range(40):
+    index.save(folder)
+"""
+
+
+@pytest.mark.slow  # two Python processes importing faiss and numpy
+def test_two_processes_saving_at_once_many_times_leave_an_index_that_always_loads(tmp_path):
+    """Two server processes on one host, one catalog: each saves its index 40 times while this process
+    keeps loading it. Every load gets a whole index whose state is its own."""
+    import subprocess
+    import sys
+
+    _index(50, seed=50).save(tmp_path)
+    savers = [subprocess.Popen([sys.executable, "-c", SAVER, str(n), str(tmp_path)]) for n in (64, 96)]
+    loads = 0
+    while any(p.poll() is None for p in savers) or loads == 0:
+        loaded = VectorIndex.load(tmp_path)
+        assert loaded is not None and loaded.state.ntotal in (50, 64, 96)
+        assert loaded.index.ntotal == loaded.state.ntotal == loaded.state.log_seq
+        loads += 1
+    assert [p.wait() for p in savers] == [0, 0]
+    final = VectorIndex.load(tmp_path)
+    assert final.state.ntotal in (64, 96) and loads > 1
+    assert not list(tmp_path.glob(".vectors.*.tmp"))
