@@ -171,3 +171,13 @@ def test_two_servers_never_both_claim_a_job(tmp_path):
     for t in threads:
         t.join()
     assert sorted(job for _, job in won) == sorted(ids)  # each job claimed exactly once
+
+
+def test_finished_jobs_are_forgotten_after_their_time(store):
+    manager = JobManager(store, {"quick": lambda ctx: "ok"}, ttl_s=0.3, lease_s=0.6)
+    try:
+        job = manager.submit("quick", [("photo", b"bytes")])
+        wait_until(lambda: _status(manager, job) == "succeeded", 5, 0.01)
+        wait_until(lambda: manager.snapshot(job) is None, 5, 0.05, "a finished job outlived its time to live")
+    finally:
+        manager.shutdown()

@@ -192,6 +192,7 @@ class JobManager:
         self.on_finish = on_finish
         self.worker = f"{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(3)}"
         self._running: dict[str, JobContext] = {}
+        self._forgot_at = float("-inf")
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -255,6 +256,10 @@ class JobManager:
             self._run(claimed)
 
     def _forget_old(self) -> None:
+        now = time.monotonic()
+        if now - self._forgot_at < min(60.0, self.ttl_s):  # a write to the shared database: not every poll
+            return
+        self._forgot_at = now
         try:
             self.store.forget_finished(self.ttl_s)
         except Exception as exc:  # noqa: BLE001
