@@ -100,7 +100,7 @@ class JobRow(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
-    owner: Mapped[str] = mapped_column(String(64), default="")  # hash of the API key that submitted it
+    owner: Mapped[str] = mapped_column(String(80), default="")  # hash of the API key that submitted it
     status: Mapped[str] = mapped_column(String(16), index=True)  # queued running succeeded failed cancelled
     done: Mapped[int] = mapped_column(Integer, default=0)
     total: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -136,14 +136,18 @@ def database_url(db: str | Path) -> str:
     return f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
-def _shown(url: str) -> str:
-    """The URL without its password, for messages."""
+def redacted_url(url: str) -> str:
+    """The URL without its password, for messages, logs and `catalog info`."""
     from sqlalchemy.engine import make_url
 
     try:
-        return repr(make_url(url).render_as_string(hide_password=True))
+        return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - not a URL at all
         return "(unreadable URL)"
+
+
+def _shown(url: str) -> str:
+    return repr(redacted_url(url))
 
 
 def open_engine(db: str | Path) -> Engine:

@@ -28,6 +28,7 @@ from skulens.catalog.db import (
     get_meta,
     last_log_seq,
     open_engine,
+    redacted_url,
     schema_problem,
     set_meta,
 )
@@ -264,7 +265,7 @@ class Catalog:
             seq = last_log_seq(session)
         state = self.index().state if self.model_info else None
         return {
-            "database": self.url,
+            "database": redacted_url(self.url),
             "products": len(self),
             "images": n_images,
             "log_seq": seq,

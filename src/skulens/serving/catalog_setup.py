@@ -37,7 +37,11 @@ def open_catalog(db: str | Path, run: str | Path | None, device: str = "auto", e
     probe.engine.dispose()
     catalog = Catalog.open_with_model(db, run=None if recorded else run, device=device, engine=engine)
     if not recorded:
-        log.info("catalog %s is new: it will be indexed with %s", catalog.url, catalog.embedder.description)
+        from skulens.catalog.db import redacted_url
+
+        log.info(
+            "catalog %s is new: it will be indexed with %s", redacted_url(catalog.url), catalog.embedder.description
+        )
     return catalog
 
 

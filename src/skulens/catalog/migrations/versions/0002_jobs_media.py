@@ -24,7 +24,7 @@ def upgrade() -> None:
         "jobs",
         sa.Column("id", sa.String(32), primary_key=True),
         sa.Column("kind", sa.String(32), nullable=False),
-        sa.Column("owner", sa.String(64), nullable=False),
+        sa.Column("owner", sa.String(80), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("done", sa.Integer(), nullable=False),
         sa.Column("total", sa.Integer(), nullable=True),
