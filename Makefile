@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch 2.14.1 / torchvision 0.29.1 come from the machine's local wheel store when it has one.
-	$(PY) -m pip install --quiet -e ".[lite,dev,scale]"
+	$(PY) -m pip install --quiet -e ".[lite,dev,scale,text]"
 	touch $(STAMP)
 
 # The main job: the web page and HTTP API on the built-in model and 81-product grocery catalog.

@@ -14,12 +14,14 @@ from sqlalchemy import create_engine, text
 
 from skulens.catalog import Catalog
 from skulens.catalog.db import Base
-from skulens.catalog.schema import SchemaError, upgrade
+from skulens.catalog.db import SCHEMA_VERSION
+from skulens.catalog.schema import SchemaError, head_revision, upgrade
 from skulens.cli import main
 from tests.helpers import drop_every_table
 
 # Made by skulens at commit 4f24bf3 (schema_version 1, before Alembic): 3 products, 6 images with 4-d
 # vectors (one product updated once), 9 index log entries. SQLite, page size 512: 8 KB.
+HEAD = head_revision()
 FIXTURE = Path(__file__).parent / "fixtures" / "catalog-schema-1.db"
 TABLES = {
     "products": "SELECT id, sku, title, category_path, category_key, attributes, description, content_hash "
@@ -61,7 +63,7 @@ def test_a_catalog_from_before_migrations_is_refused_with_the_command_then_upgra
         Catalog.open(old_catalog)
     assert _rows(old_catalog) == before  # refusing changed nothing
 
-    assert Catalog.upgrade(old_catalog) == ("0001", "0002")
+    assert Catalog.upgrade(old_catalog) == ("0001", HEAD)
     assert _rows(old_catalog) == before
     assert _schema_diff(f"sqlite:///{old_catalog}") == []  # the revisions reach the models' schema
     with Catalog.open(old_catalog) as catalog:
@@ -69,7 +71,7 @@ def test_a_catalog_from_before_migrations_is_refused_with_the_command_then_upgra
         assert red.title == "Red paint, 1 l" and red.attributes == {"colour": "Red"}
         assert catalog.stored_vectors("paint-blue").shape == (2, 4)
         assert catalog.readiness()["schema"] == "ok"
-    assert Catalog.upgrade(old_catalog) == ("0002", "0002")  # a second run has nothing to do
+    assert Catalog.upgrade(old_catalog) == (HEAD, HEAD)  # a second run has nothing to do
 
 
 def test_the_cli_upgrades_and_every_command_names_it_until_then(old_catalog, capsys):
@@ -77,7 +79,7 @@ def test_the_cli_upgrades_and_every_command_names_it_until_then(old_catalog, cap
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"skulens catalog upgrade {old_catalog}" in err
     assert main(["catalog", "upgrade", str(old_catalog)]) == 0
-    assert "from revision 0001 to 0002" in capsys.readouterr().out
+    assert f"from revision 0001 to {HEAD}" in capsys.readouterr().out
     assert main(["catalog", "info", "--db", str(old_catalog)]) == 0
     assert '"products": 3' in capsys.readouterr().out
 
@@ -96,13 +98,15 @@ def test_a_new_catalog_is_made_at_the_newest_revision_and_upgrading_an_empty_dat
     made = tmp_path / "new.db"
     Catalog.open(made).engine.dispose()
     with sqlite3.connect(made) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [("2",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [
+            (str(SCHEMA_VERSION),)
+        ]
     assert _schema_diff(f"sqlite:///{made}") == []
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()
     engine = create_engine(f"sqlite:///{empty}")
-    assert upgrade(engine, str(empty)) == (None, "0002")  # every revision, from nothing
+    assert upgrade(engine, str(empty)) == (None, HEAD)  # every revision, from nothing
     engine.dispose()
     assert _schema_diff(f"sqlite:///{empty}") == []
 
@@ -118,7 +122,7 @@ def test_a_postgresql_catalog_at_the_baseline_upgrades_keeping_every_row(old_cat
         _write_baseline_with_the_fixture_rows(engine, old_catalog)
         with pytest.raises(SchemaError, match="older than this skulens needs"):
             Catalog.open(url)
-        assert Catalog.upgrade(url) == ("0001", "0002")
+        assert Catalog.upgrade(url) == ("0001", HEAD)
         with engine.connect() as conn:
             for name, query in TABLES.items():
                 assert sorted(tuple(r) for r in conn.execute(text(query)).fetchall()) == _pg_form(
@@ -173,6 +177,6 @@ def test_skulens_serve_refuses_an_old_catalog_before_listening(old_catalog, caps
     assert main(["serve", "--catalog", str(old_catalog), "--port", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
-        f"skulens: error: catalog schema revision 0001 is older than this skulens needs (0002): "
+        f"skulens: error: catalog schema revision 0001 is older than this skulens needs ({HEAD}): "
         f"run `skulens catalog upgrade {old_catalog}`"
     )

@@ -27,6 +27,7 @@ from skulens.errors import SkulensError
 from skulens.recognition.recognizer import Recognizer
 from skulens.serving import ServeConfig, create_app
 from skulens.serving import config as serving_config
+from skulens.catalog.schema import head_revision
 from skulens.serving.media import FolderMedia
 from skulens.serving.security import hash_key, new_key
 from tests.conftest import COLOURS, coloured_photo, jpeg_bytes
@@ -707,7 +708,8 @@ def test_readyz_says_ready_and_why_not(writable, tmp_path):
     assert not_ready.status_code == 503
     body = not_ready.json()
     assert body["status"] == "not ready" and body["checks"]["schema"] == (
-        f"catalog schema revision 0001 is older than this skulens needs (0002): run `skulens catalog upgrade {db}`"
+        f"catalog schema revision 0001 is older than this skulens needs ({head_revision()}): "
+        f"run `skulens catalog upgrade {db}`"
     )
     assert body["reason"] == f"schema: {body['checks']['schema']}"
     assert writable.get("/healthz").status_code == 200  # liveness is another question
@@ -749,3 +751,40 @@ def test_two_servers_share_product_photos_and_jobs_through_the_database(recogniz
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM media").fetchone() == (3,)  # the three teal photos only
         assert conn.execute("SELECT count(*) FROM job_inputs").fetchone() == (0,)  # inputs go with the job
+
+
+# --- text search ----------------------------------------------------------------------------------------------
+
+
+def test_text_search_over_http_and_its_bad_queries(client):
+    found = client.get("/v1/search", params={"q": "green paint", "top_k": 2, "mode": "lexical"})
+    assert found.status_code == 200, found.text
+    assert {p["sku"] for p in found.json()["products"]} == {"green-0", "green-1"}
+    assert (
+        client.get("/v1/search", params={"q": "paint", "attribute": "colour=blue"}).json()["products"][0]["sku"][:4]
+        == "blue"
+    )
+    for params, code in [
+        ({"q": ""}, "invalid_query"),
+        ({"q": "   "}, "invalid_query"),
+        ({"q": "the of and"}, "invalid_query"),
+        ({"q": "x" * 600}, "invalid_query"),
+        ({"q": "x" * 10_000}, "invalid_request"),
+        ({"q": "paint", "mode": "telepathic"}, "invalid_request"),
+        ({"q": "paint", "attribute": "colour=Bluish"}, "invalid_query"),
+        ({"q": "paint", "top_k": 0}, "invalid_request"),
+    ]:
+        assert_json_error(client.get("/v1/search", params=params), 422, code)
+    assert_json_error(client.get("/v1/search"), 422, "invalid_request")  # no q at all
+    other_script = client.get("/v1/search", params={"q": "运动鞋"})
+    assert other_script.status_code == 200  # answered: nothing shares its words, the sentence model may still guess
+
+
+def test_a_photo_refined_by_words_over_http(client):
+    red = photo_of("red", 77)
+    plain = search(client, red, params={"top_k": 3}).json()["products"]
+    assert plain[0]["sku"].startswith("red")
+    refined = client.post(
+        "/v1/search", files={"image": ("p.jpg", red, "image/jpeg")}, data={"q": "in blue", "top_k": "3"}
+    ).json()["products"]
+    assert refined[0]["sku"].startswith("blue") and refined[1]["sku"].startswith("blue")

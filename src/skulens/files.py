@@ -13,6 +13,16 @@ import tempfile
 from pathlib import Path
 
 
+def cache_dir() -> Path:
+    """Where skulens keeps derived files it can make again (the demo catalog, the unpacked text
+    model): ``$SKULENS_CACHE_DIR``, else ``$XDG_CACHE_HOME/skulens``, else ``~/.cache/skulens``."""
+    explicit = os.environ.get("SKULENS_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "skulens"
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:

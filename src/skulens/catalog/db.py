@@ -34,7 +34,7 @@ from skulens.errors import SkulensError
 
 # Written to ``meta`` for skulens releases from before Alembic, which refuse a catalog whose number
 # is above theirs; the schema itself is versioned by Alembic revisions (catalog/schema.py).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Base(DeclarativeBase):
@@ -58,6 +58,8 @@ class ProductRow(Base):
     attributes: Mapped[dict] = mapped_column(JSON, default=dict)
     description: Mapped[str] = mapped_column(Text, default="")
     content_hash: Mapped[str] = mapped_column(String(64))
+    # the sentence vector of the product's text (title, description, path, attributes) for text search
+    text_vector: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     images: Mapped[list[ImageRow]] = relationship(
         back_populates="product", cascade="all, delete-orphan", order_by="ImageRow.position"
     )

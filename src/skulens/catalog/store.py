@@ -35,7 +35,8 @@ from skulens.catalog.db import (
 from skulens.catalog.embedder import Embedder
 from skulens.catalog.index import choose_kind
 from skulens.catalog.products import Product, SearchHit, UpsertResult
-from skulens.data.colour_families import COLOUR_ATTRIBUTES, members
+from skulens.catalog.text_search import TextSearch, check_query, document, fuse, named_families, other_words
+from skulens.data.colour_families import COLOUR_ATTRIBUTES, family_of, load_families, members
 from skulens.data.images import ImageSource
 from skulens.errors import SkulensError
 
@@ -70,6 +71,17 @@ def _content_hash(p: Product, image_hashes: list[str], gallery_hashes: list[str]
         ensure_ascii=False,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _colour_family(attributes: dict) -> str | None:
+    for name, value in (attributes or {}).items():
+        if str(name).lower() in COLOUR_ATTRIBUTES:
+            return family_of(str(value))
+    return None
+
+
+def _document(p: Product) -> str:
+    return document(p.title, p.description, p.category_path, p.attributes)
 
 
 def _hit(product: ProductRow, score: float) -> SearchHit:
@@ -127,6 +139,7 @@ class Catalog:
         # else faiss), so `skulens serve` and every command switch by configuration; see backends.py.
         # The backend sees the catalog as an IndexSource: its database, model, index folder and kind.
         self.backend = open_backend(index_backend, self, milvus_uri)
+        self.text = TextSearch(self.engine)
 
     @classmethod
     def open(
@@ -379,7 +392,8 @@ class Catalog:
         # Embed outside the transaction: slow work must not hold database locks.
         todo, vectors = self._embed_products(todo, result)
         if todo:
-            self._write_products(todo, vectors, result)
+            texts = self.text.vectors_for([_document(item[2]) for item in todo])
+            self._write_products(todo, vectors, dict(zip([item[0] for item in todo], texts)), result)
         return result
 
     def _hash_products(self, products: list[Product], result: UpsertResult) -> list[tuple]:
@@ -452,9 +466,11 @@ class Catalog:
             cursor += n
         return kept, vectors
 
-    def _write_products(self, todo: list[tuple], vectors: dict[int, list[np.ndarray]], result: UpsertResult) -> None:
-        """One transaction: the product rows, their images, and the index log entries that bring the
-        vector index up to date."""
+    def _write_products(
+        self, todo: list[tuple], vectors: dict[int, list[np.ndarray]], texts: dict[int, bytes | None], result
+    ) -> None:
+        """One transaction: the product rows (with their text vector), their images, and the index log
+        entries that bring the vector indexes (image and text) up to date."""
         with Session(self.engine) as session, session.begin():
             rows = {
                 row.sku: row
@@ -477,6 +493,7 @@ class Catalog:
                     row.images.clear()
                     result.updated.append(sku)
                 new_images += self._fill_product_row(row, product, hashes, gallery, digest, vectors[pos])
+                row.text_vector = texts[pos]
             session.flush()  # assigns image ids
             for image in new_images:
                 session.add(IndexLog(image_id=image.id, op="add"))
@@ -576,15 +593,11 @@ class Catalog:
             raise SkulensError(f"unknown SKU {sku!r}")
         return np.stack([np.frombuffer(b, np.float32) for b in blobs])
 
-    def _allowed_ids(
-        self, category: Iterable[str] | None, attributes: Mapping[str, str] | None = None
-    ) -> list[int] | None:
-        """Image ids the filters let through (None: no filter). Attribute values match exactly, or by
-        colour family for a colour attribute (data/colour_families.toml), in the database (JSON lookups
-        in SQLite and PostgreSQL alike), so a filter costs one indexed query."""
-        if not category and not attributes:
-            return None
-        query = select(ImageRow.id).join(ProductRow)
+    @staticmethod
+    def _filtered(query, category: Iterable[str] | None, attributes: Mapping[str, str] | None):
+        """``query`` (over products) restricted to ``category`` and ``attributes``: values match exactly,
+        or by colour family for a colour attribute (data/colour_families.toml), in the database (JSON
+        lookups in SQLite and PostgreSQL alike), so a filter costs one indexed query."""
         if category:
             query = query.where(ProductRow.category_key.startswith(category_key(category), autoescape=True))
         for name, value in (attributes or {}).items():
@@ -592,8 +605,58 @@ class Catalog:
             family = members(str(value)) if str(name).lower() in COLOUR_ATTRIBUTES else None
             # a colour family ("Blue") matches each of its values (Navy Blue, Teal...); a value, itself
             query = query.where(stored.in_([str(value), *family]) if family else stored == str(value))
+        return query
+
+    def _check_colour_filter(self, attributes: Mapping[str, str] | None) -> None:
+        """A colour filter must name a family, a value the mapping lists, or a value some product has:
+        anything else is a typo to report, not an empty answer."""
+        for name, value in (attributes or {}).items():
+            value = str(value)
+            if str(name).lower() not in COLOUR_ATTRIBUTES or members(value) is not None:
+                continue
+            families, values = load_families()
+            if value in values:
+                continue
+            with Session(self.engine) as session:
+                stored = ProductRow.attributes[str(name)].as_string()
+                if session.scalar(select(ProductRow.id).where(stored == value).limit(1)) is None:
+                    raise SkulensError(
+                        f"unknown colour {value[:40]!r}: no product has it and it is not a colour family "
+                        f"({', '.join(sorted(families))})"
+                    )
+
+    def _allowed_ids(
+        self, category: Iterable[str] | None, attributes: Mapping[str, str] | None = None
+    ) -> list[int] | None:
+        """Image ids the filters let through (None: no filter)."""
+        if not category and not attributes:
+            return None
+        self._check_colour_filter(attributes)
         with Session(self.engine) as session:
-            return list(session.scalars(query))
+            return list(session.scalars(self._filtered(select(ImageRow.id).join(ProductRow), category, attributes)))
+
+    def _allowed_products(
+        self, category: Iterable[str] | None, attributes: Mapping[str, str] | None = None
+    ) -> set[int] | None:
+        """Product ids the filters let through (None: no filter)."""
+        if not category and not attributes:
+            return None
+        self._check_colour_filter(attributes)
+        with Session(self.engine) as session:
+            return set(session.scalars(self._filtered(select(ProductRow.id), category, attributes)))
+
+    def _product_hits(self, scored: list[tuple[int, float]]) -> list[SearchHit]:
+        """(product id, score) pairs, best first -> hits."""
+        with Session(self.engine) as session:
+            rows = {
+                r.id: r
+                for r in session.scalars(
+                    select(ProductRow)
+                    .options(selectinload(ProductRow.images))
+                    .where(ProductRow.id.in_([pid for pid, _ in scored]))
+                )
+            }
+        return [_hit(rows[pid], score) for pid, score in scored if pid in rows]
 
     def _rank(
         self, scores: np.ndarray, ids: np.ndarray, top_k: int, exclude: set[int] = frozenset()
@@ -613,16 +676,7 @@ class Catalog:
                     continue
                 if score > best.get(pid, -np.inf):
                     best[pid] = float(score)
-            chosen = sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
-            rows = {
-                r.id: r
-                for r in session.scalars(
-                    select(ProductRow)
-                    .options(selectinload(ProductRow.images))
-                    .where(ProductRow.id.in_([c[0] for c in chosen]))
-                )
-            }
-            return [_hit(rows[pid], score) for pid, score in chosen if pid in rows]
+        return self._product_hits(sorted(best.items(), key=lambda kv: -kv[1])[:top_k])
 
     def search_vectors(
         self,
@@ -644,15 +698,51 @@ class Catalog:
 
     def search(
         self,
-        image: ImageSource,
+        image: ImageSource | None = None,
         top_k: int = 10,
         category: Iterable[str] | None = None,
         attributes: Mapping[str, str] | None = None,
+        *,
+        text: str | None = None,
+        mode: str = "hybrid",
     ) -> list[SearchHit]:
-        """Products that look like ``image`` (a path, bytes, file object or PIL image); ``category`` and
-        ``attributes`` filter as in :meth:`search_vectors`."""
+        """Products that look like ``image`` (a path, bytes, file object or PIL image), or that ``text``
+        describes (``mode``: hybrid, lexical or semantic), or both: products that look like the photo,
+        re-ranked to the words ("this, but in blue"). ``category`` and ``attributes`` filter as in
+        :meth:`search_vectors`."""
+        if image is None and text is None:
+            raise SkulensError("search needs a photo, words, or both")
+        if image is None:
+            return self._product_hits(self.text.search(text, top_k, mode, self._allowed_products(category, attributes)))
         vector = self._require_embedder().embed([image])
-        return self.search_vectors(vector, top_k, category, attributes=attributes)
+        if text is None:
+            return self.search_vectors(vector, top_k, category, attributes=attributes)
+        return self.refine(vector, text, top_k, category, attributes, mode)
+
+    def refine(
+        self, vector, text: str, top_k: int, category=None, attributes=None, mode: str = "hybrid"
+    ) -> list[SearchHit]:
+        """Photo + words: the photo's nearest products (a pool of 200). A colour family the words name
+        ("in blue") ranks the pool's products of that family first, each group in the photo's order;
+        other words fuse the photo's order with the words' order over the pool."""
+        pool = self.search_vectors(vector, max(200, top_k), category, attributes=attributes)
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(ProductRow.sku, ProductRow.id, ProductRow.attributes).where(
+                    ProductRow.sku.in_([h.sku for h in pool])
+                )
+            ).all()
+        found = {r.sku: r for r in rows}
+        by_photo = [found[h.sku].id for h in pool if h.sku in found]
+        families = named_families(check_query(text))
+        if families and not other_words(text, families):  # only a colour: the photo keeps its order
+            fused = [(pid, 1.0 / (61 + rank)) for rank, pid in enumerate(by_photo)]
+        else:
+            fused = fuse([by_photo, self.text.rerank(text, by_photo, mode)])
+        if families:
+            wanted = {r.id for r in rows if _colour_family(r.attributes) in families}
+            fused = sorted(fused, key=lambda item: item[0] not in wanted)  # stable: keeps the fused order
+        return self._product_hits(fused[:top_k])
 
     def similar(
         self, sku: str, top_k: int = 10, same_category: bool = False, duplicate_threshold: float = 0.995

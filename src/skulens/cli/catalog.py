@@ -164,8 +164,21 @@ def _maintenance_parsers(csub) -> None:
 
 
 def _search_parsers(sub) -> None:
-    se = sub.add_parser("search", help="products that look like a photo")
-    se.add_argument("images", nargs="+")
+    se = sub.add_parser(
+        "search",
+        help="products that look like a photo, that words describe (--text), or both",
+        description="PHOTO...: products that look like each photo. --text WORDS alone: products the words "
+        "describe (titles, descriptions, categories, attributes). Both: products that look like the photo, "
+        're-ranked to the words ("in blue").',
+    )
+    se.add_argument("images", nargs="*", metavar="PHOTO")
+    se.add_argument("--text", default=None, metavar="WORDS", help='e.g. "apple juice", or with a photo "in blue"')
+    se.add_argument(
+        "--mode",
+        default="hybrid",
+        choices=["hybrid", "lexical", "semantic"],
+        help="text matching: BM25 and sentence vectors fused (hybrid, default), or one of them",
+    )
     _db_args(se)
     se.add_argument("--top-k", type=int, default=10, help="(default: 10)")
     se.add_argument("--category", default=None, help="only products under this category path, e.g. 'Fruit > Apple'")
@@ -374,19 +387,27 @@ def cmd_catalog_rebuild_index(args) -> int:
 def cmd_search(args) -> int:
     from skulens.errors import ImageError
 
+    if not args.images and args.text is None:
+        raise SkulensError("search needs a photo, --text WORDS, or both")
     failures, results = 0, []
-    attributes, category = _attributes(args.attribute), _category(args.category)
-    with _open(args) as catalog:
-        for image in args.images:
+    options = {
+        "top_k": args.top_k,
+        "category": _category(args.category),
+        "attributes": _attributes(args.attribute),
+        "text": args.text,
+        "mode": args.mode,
+    }
+    with _open(args, model=bool(args.images)) as catalog:
+        for image in args.images or [None]:
             try:
-                hits = catalog.search(image, top_k=args.top_k, category=category, attributes=attributes)
+                hits = catalog.search(image, **options)
             except ImageError as exc:
                 print(f"skulens: {exc}", file=sys.stderr)
                 failures += 1
                 continue
-            results.append({"image": image, "products": [h.to_dict() for h in hits]})
+            results.append({"image": image, "text": args.text, "products": [h.to_dict() for h in hits]})
             if not args.json:
-                _print_hits(hits, f"{image}:")
+                _print_hits(hits, f"{image}:" if image else f"{args.text!r}:")
     if args.json:
         print(json.dumps(results, indent=1))
     return EXIT_PARTIAL if failures else EXIT_OK

@@ -34,9 +34,16 @@ def load_families(path: str | Path = DEFAULT_FILE) -> tuple[dict[str, tuple[int,
     return families, values
 
 
+@lru_cache(maxsize=4)
+def _by_lower_case(path: str | Path) -> dict[str, str]:
+    families, values = load_families(path)
+    return {**{f.lower(): f for f in families}, **{v.lower(): f for v, f in values.items()}}
+
+
 def family_of(value: str, path: str | Path = DEFAULT_FILE) -> str:
-    """The family of a colour value (a value the file does not list is its own family)."""
-    return load_families(path)[1].get(value, value)
+    """The family of a colour value, whatever its case ("navy blue" -> Blue; a value the file does not
+    list is its own family)."""
+    return load_families(path)[1].get(value) or _by_lower_case(path).get(value.strip().lower(), value)
 
 
 def members(family: str, path: str | Path = DEFAULT_FILE) -> list[str] | None:

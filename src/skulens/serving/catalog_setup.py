@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 from skulens.errors import SkulensError
+from skulens.files import cache_dir
 
 log = logging.getLogger("skulens.serving")
 DEMO_TREE = ["department", "coarse", "fine"]
-
-
-def cache_dir() -> Path:
-    """``$SKULENS_CACHE_DIR``, else ``$XDG_CACHE_HOME/skulens``, else ``~/.cache/skulens``."""
-    explicit = os.environ.get("SKULENS_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "skulens"
 
 
 def open_catalog(db: str | Path, run: str | Path | None, device: str = "auto", engine: str = "auto"):
@@ -43,14 +34,6 @@ def open_catalog(db: str | Path, run: str | Path | None, device: str = "auto", e
             "catalog %s is new: it will be indexed with %s", redacted_url(catalog.url), catalog.embedder.description
         )
     return catalog
-
-
-def default_media_dir(catalog) -> Path:
-    """Beside a SQLite file (``shop.db.media/``); for a server database, in the cache folder."""
-    url = str(getattr(catalog, "url", ""))
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///") :] + ".media")
-    return cache_dir() / f"media-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
 
 
 def open_demo_catalog(run: Path, catalog_dir: Path, device: str = "auto", progress: bool = True):

@@ -76,13 +76,40 @@ class Services:
         return [product_hit(h) for h in hits]
 
     async def search_image(
-        self, image, k: int, category: list[str] | None = None, attributes: dict[str, str] | None = None
+        self,
+        image,
+        k: int,
+        category: list[str] | None = None,
+        attributes: dict[str, str] | None = None,
+        text: str | None = None,
+        mode: str = "hybrid",
     ) -> list[ProductHit]:
-        """Products that look like the photo: embedded in a micro-batch, then one index query."""
+        """Products that look like the photo (re-ranked to ``text`` when given): embedded in a
+        micro-batch, then one index query."""
         loop = asyncio.get_running_loop()
         tensor = await loop.run_in_executor(self.decode_pool, self.embedder.input_tensor, image)
         vector = await self.embed_batcher.submit(tensor)
-        return await loop.run_in_executor(None, self.search_vector, vector, k, category, attributes)
+        if text is None:
+            return await loop.run_in_executor(None, self.search_vector, vector, k, category, attributes)
+        return await loop.run_in_executor(None, self._refine, vector, text, k, category, attributes, mode)
+
+    def _refine(self, vector, text: str, k: int, category, attributes, mode: str) -> list[ProductHit]:
+        with self.catalog_lock:
+            hits = self.catalog.refine(vector, text, k, category or None, attributes or None, mode)
+        return [product_hit(h) for h in hits]
+
+    async def search_text(
+        self, text: str, k: int, category: list[str] | None, attributes: dict[str, str] | None, mode: str
+    ) -> list[ProductHit]:
+        """Products the words describe. No catalog lock: the text index has its own."""
+
+        def run() -> list[ProductHit]:
+            hits = self.catalog.search(
+                text=text, top_k=k, category=category or None, attributes=attributes or None, mode=mode
+            )
+            return [product_hit(h) for h in hits]
+
+        return await asyncio.get_running_loop().run_in_executor(None, run)
 
     def embed_now(self, images: list) -> list:
         """Embeddings of several photos from a job thread, sharing the batcher's lock."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
 from skulens.catalog.store import parse_attribute_filter
+from skulens.catalog.text_search import check_query
 from skulens.errors import SkulensError
 from skulens.serving.api_errors import ApiError, within_timeout
 from skulens.serving.catalog_views import category_tree, product_detail, product_hit, product_summary
@@ -48,19 +50,45 @@ class SearchOptions(BaseModel):
     top_k: int = Field(ge=1, le=MAX_K)
     category: list[str] = Field(default_factory=list, max_length=12)
     attributes: dict[str, str] = Field(default_factory=dict, max_length=12)
+    q: str | None = None
+    mode: Literal["hybrid", "lexical", "semantic"] = "hybrid"
+
+
+def _checked_query(q: str | None) -> str | None:
+    if q is None:
+        return None
+    try:
+        return check_query(q)
+    except SkulensError as exc:
+        raise ApiError(422, "invalid_query", str(exc)) from None
+
+
+def _form_list(form, name: str) -> list[str]:
+    return [v for v in form.getlist(name) if isinstance(v, str)] if form is not None else []
 
 
 def search_options(svc: Services, request: Request, form) -> SearchOptions:
-    """From the query string or, as curl -F sends them, from form fields of the upload."""
-    top_k = form_text(form, "top_k") or request.query_params.get("top_k") or svc.config.products_k
-    category = [c for c in form.getlist("category") if isinstance(c, str)] or request.query_params.getlist("category")
-    pairs = [a for a in form.getlist("attribute") if isinstance(a, str)] or request.query_params.getlist("attribute")
+    """From the query string or, as curl -F sends them, from form fields of the upload (``form``: None
+    for a GET)."""
+    top_k = (form_text(form, "top_k") if form is not None else None) or request.query_params.get("top_k")
+    top_k = top_k or svc.config.products_k
+    category = _form_list(form, "category") or request.query_params.getlist("category")
+    pairs = _form_list(form, "attribute") or request.query_params.getlist("attribute")
     try:
         attributes = parse_attribute_filter(pairs)
     except SkulensError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
+    q = form_text(form, "q") if form is not None else None
+    q = q if q is not None else request.query_params.get("q")
+    mode = (form_text(form, "mode") if form is not None else None) or request.query_params.get("mode") or "hybrid"
     try:
-        return SearchOptions(top_k=top_k, category=[c.strip() for c in category if c.strip()], attributes=attributes)
+        return SearchOptions(
+            top_k=top_k,
+            category=[c.strip() for c in category if c.strip()],
+            attributes=attributes,
+            q=_checked_query(q),
+            mode=mode,
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ApiError(422, "invalid_request", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -82,12 +110,14 @@ def search_options(svc: Services, request: Request, form) -> SearchOptions:
                 "items": {"type": "string"},
                 "description": "NAME=VALUE, e.g. colour=Blue; repeat for several (all must match)",
             },
+            "q": {"type": "string", "description": 'words that refine the photo, e.g. "in blue"'},
         },
     ),
-    summary="Products that look like a photo",
+    summary="Products that look like a photo (optionally refined by words)",
     description="Multipart upload in the field `image`; `top_k` (default: the server's products-k), "
-    "`category` (repeat per level) and `attribute` (NAME=VALUE, repeatable) as form fields or "
-    "query parameters. The photo is not stored.",
+    "`category` (repeat per level), `attribute` (NAME=VALUE, repeatable) and `q` (words: products "
+    "that look like the photo, re-ranked to them; a colour family named, e.g. 'in blue', comes first) "
+    "as form fields or query parameters. The photo is not stored.",
 )
 async def search(request: Request) -> SearchResponse:
     svc = services(request)
@@ -104,7 +134,37 @@ async def _search(svc: Services, request: Request, started: float) -> SearchResp
     finally:
         await form.close()
     image = await decode_off_loop(svc, upload.data)
-    products = await svc.search_image(image, options.top_k, options.category, options.attributes)
+    products = await _searching(
+        svc.search_image(image, options.top_k, options.category, options.attributes, options.q, options.mode)
+    )
+    return SearchResponse(products=products, elapsed_ms=round(1000 * (time.perf_counter() - started), 2))
+
+
+async def _searching(call):
+    """A search whose words or filter cannot be used is the client's error (422), not the server's."""
+    try:
+        return await call
+    except SkulensError as exc:
+        raise ApiError(422, "invalid_query", str(exc)) from None
+
+
+@router.get(
+    "/search",
+    response_model=SearchResponse,
+    responses=ERRORS,
+    summary="Products that words describe",
+    description="`q`: the words (at most 500 characters), matched against titles, descriptions, category "
+    "paths and attributes (colour families too: 'blue' finds Navy Blue). `mode`: hybrid (default: BM25 "
+    "and sentence vectors, fused by reciprocal rank), lexical or semantic. `top_k`, `category` and "
+    "`attribute` as for POST /v1/search.",
+)
+async def search_text(request: Request, q: str = Query(..., max_length=2000)) -> SearchResponse:
+    svc = services(request)
+    catalog_of(svc)
+    started = time.perf_counter()
+    options = search_options(svc, request, None)
+    call = svc.search_text(options.q, options.top_k, options.category, options.attributes, options.mode)
+    products = await within_timeout(_searching(call), svc.config.request_timeout_s)
     return SearchResponse(products=products, elapsed_ms=round(1000 * (time.perf_counter() - started), 2))
 
 
