@@ -13,8 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from skulens.catalog import Catalog
-from skulens.catalog.db import Base
-from skulens.catalog.db import SCHEMA_VERSION
+from skulens.catalog.db import SCHEMA_VERSION, Base
 from skulens.catalog.schema import SchemaError, head_revision, upgrade
 from skulens.cli import main
 from tests.helpers import drop_every_table

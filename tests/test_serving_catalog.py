@@ -21,13 +21,13 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from skulens.catalog import Catalog, Embedder, Product
+from skulens.catalog.schema import head_revision
 from skulens.cli import build_parser
 from skulens.cli.serve import config_from_args
 from skulens.errors import SkulensError
 from skulens.recognition.recognizer import Recognizer
 from skulens.serving import ServeConfig, create_app
 from skulens.serving import config as serving_config
-from skulens.catalog.schema import head_revision
 from skulens.serving.media import FolderMedia
 from skulens.serving.security import hash_key, new_key
 from tests.conftest import COLOURS, coloured_photo, jpeg_bytes
