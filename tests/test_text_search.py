@@ -151,3 +151,17 @@ def test_a_catalog_upgraded_from_before_text_search_gets_its_text_vectors_at_the
 
             with sqlite3.connect(db) as conn:
                 assert conn.execute("SELECT count(*) FROM products WHERE text_vector IS NULL").fetchone() == (0,)
+
+
+@needs_model
+def test_once_a_catalog_is_searched_by_meaning_each_write_brings_its_text_vector(shop, tmp_path):
+    import sqlite3
+
+    db = tmp_path / "shop.db"
+    with sqlite3.connect(db) as conn:  # an import alone never loads the sentence model
+        assert conn.execute("SELECT count(*) FROM products WHERE text_vector IS NOT NULL").fetchone() == (0,)
+    shop.search(text="shirt", mode="semantic")  # the first search by meaning makes them all
+    shop.upsert(_products(tmp_path / "img3", [("cap", "Baseball cap", ["Apparel", "Headwear"], {}, (10, 10, 10))]))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM products WHERE text_vector IS NULL").fetchone() == (0,)
+    assert _skus(shop.search(text="hat for the sun", mode="semantic", top_k=1)) == ["cap"]

@@ -745,25 +745,39 @@ class Catalog:
         return self._product_hits(fused[:top_k])
 
     def similar(
-        self, sku: str, top_k: int = 10, same_category: bool = False, duplicate_threshold: float = 0.995
+        self,
+        sku: str,
+        top_k: int = 10,
+        same_category: bool = False,
+        duplicate_threshold: float = 0.995,
+        tree: bool = True,
     ) -> list[SearchHit]:
         """Products like ``sku``, without the product itself and without near-identical copies
-        (cosine >= ``duplicate_threshold`` to the product or to a product already listed)."""
+        (cosine >= ``duplicate_threshold`` to the product or to a product already listed). ``tree``: the
+        category tree first: the products of its own category (siblings) by look, then those one
+        level up, and so on, then the rest, so a Granny Smith's neighbours are apples before they are
+        yoghurts of the same green. ``same_category``: siblings only."""
         vectors = self.stored_vectors(sku)
         with Session(self.engine) as session:
             row = session.scalar(select(ProductRow).where(ProductRow.sku == sku))
             pid, path = row.id, list(row.category_path)
-        candidates = self.search_vectors(
-            vectors, top_k=top_k * 3 + 10, category=path if same_category else None, exclude={pid}
-        )
+        if same_category:
+            scopes = [path]
+        elif tree and len(path) > 1:
+            scopes = [path[:depth] for depth in range(len(path) - 1, 0, -1)] + [None]
+        else:
+            scopes = [None]
         kept: list[SearchHit] = []
         kept_vectors: list[np.ndarray] = [vectors]
-        for hit in candidates:
-            vec = self.stored_vectors(hit.sku)
-            if any(float((vec @ other.T).max()) >= duplicate_threshold for other in kept_vectors):
-                continue
-            kept.append(hit)
-            kept_vectors.append(vec)
-            if len(kept) == top_k:
-                break
+        for scope in scopes:
+            for hit in self.search_vectors(vectors, top_k=top_k * 3 + 10, category=scope, exclude={pid}):
+                if len(kept) == top_k:
+                    return kept
+                if any(h.sku == hit.sku for h in kept):
+                    continue
+                vec = self.stored_vectors(hit.sku)
+                if any(float((vec @ other.T).max()) >= duplicate_threshold for other in kept_vectors):
+                    continue
+                kept.append(hit)
+                kept_vectors.append(vec)
         return kept

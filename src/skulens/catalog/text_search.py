@@ -2,11 +2,13 @@
 sentence vectors), fused by reciprocal rank fusion.
 
 Each product is one document: its title, description, category path and attribute values, plus the
-colour family of a colour attribute (so "blue" finds Navy Blue). The semantic vector of each product is
-computed when the product is written (``products.text_vector``, beside its image vectors) when the
-sentence model is installed, and caught up at the next search otherwise. The in-memory index is a
-cache of the database like the image index: it notes the index log position it was built at and is
-built again when a write has moved it, so every server's answers follow every server's writes.
+colour family of a colour attribute (so "blue" finds Navy Blue). The first text search of a catalog
+(with the sentence model installed) makes every product's sentence vector (``products.text_vector``)
+and records the model (``meta.text_model``); from then on each write brings its product's vector, in
+the same transaction as its image vectors. Catalogs never searched by text never load the model.
+The in-memory index is a cache of the database like the image index: it notes the index log position
+it was built at and is built again when a write has moved it, so every server's answers follow every
+server's writes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from skulens.catalog.db import ProductRow, last_log_seq
+from skulens.catalog.db import ProductRow, get_meta, last_log_seq, set_meta
 from skulens.data.colour_families import COLOUR_ATTRIBUTES, family_of
 from skulens.errors import SkulensError
 
@@ -107,6 +109,7 @@ class TextIndex:
         self.product_ids = product_ids
         self.position = {int(pid): i for i, pid in enumerate(product_ids)}
         self.vectors = vectors
+        self.documents = documents
         self.bm25 = bm25s.BM25()
         if documents:
             self.bm25.index(_tokenize(documents), show_progress=False)
@@ -154,6 +157,7 @@ class TextSearch:
     def __init__(self, engine):
         self.engine = engine
         self._index: TextIndex | None = None
+        self._rows: list = []
         self._lock = threading.Lock()
 
     @staticmethod
@@ -163,20 +167,30 @@ class TextSearch:
 
         return text_encoder.load_text_encoder() if text_encoder.available() else None
 
+    def _recorded_model(self) -> str | None:
+        with Session(self.engine) as session:
+            return (get_meta(session, "text_model") or {}).get("id")
+
     def vectors_for(self, documents: list[str]) -> list[bytes | None]:
-        """Sentence vectors for products being written (None each without the model)."""
-        encoder = self.encoder() if documents else None
-        if encoder is None:
+        """Sentence vectors for products being written, once the catalog has them (its first semantic
+        text search made them all); before that, None each, and an import never loads the model."""
+        if not documents or self._recorded_model() is None:
+            return [None] * len(documents)
+        encoder = self.encoder()
+        if encoder is None or encoder.model_id != self._recorded_model():
             return [None] * len(documents)
         return [v.tobytes() for v in encoder.encode(documents)]
 
-    def index(self) -> TextIndex:
-        """The index of the catalog as it is now (built again after any write, by any server)."""
+    def index(self, semantic: bool = True) -> TextIndex:
+        """The index of the catalog as it is now (built again after any write, by any server);
+        ``semantic``: with the sentence vectors (loading the model) when it is installed."""
         with self._lock:
             with Session(self.engine) as session:
                 seq = last_log_seq(session)
             if self._index is None or self._index.log_seq != seq:
                 self._index = self._build(seq)
+            if semantic and self._index.vectors is None and len(self._index):
+                self._index.vectors = self._vectors(self._rows, self._index.documents)
             return self._index
 
     def _build(self, seq: int) -> TextIndex:
@@ -192,8 +206,8 @@ class TextSearch:
                 ).order_by(ProductRow.id)
             ).all()
         documents = [document(r.title, r.description, r.category_path, r.attributes) for r in rows]
-        vectors = self._vectors(rows, documents)
-        return TextIndex(seq, np.array([r.id for r in rows], np.int64), documents, vectors)
+        self._rows = rows  # for the sentence vectors, made when a search first needs them
+        return TextIndex(seq, np.array([r.id for r in rows], np.int64), documents, None)
 
     def _vectors(self, rows, documents: list[str]) -> np.ndarray | None:
         """Every product's sentence vector; the missing ones (written without the model) are made and
@@ -201,19 +215,23 @@ class TextSearch:
         encoder = self.encoder()
         if encoder is None:
             return None
-        missing = [i for i, r in enumerate(rows) if r.text_vector is None]
+        same_model = self._recorded_model() == encoder.model_id
+        missing = [i for i, r in enumerate(rows) if r.text_vector is None or not same_model]
         made = encoder.encode([documents[i] for i in missing], progress=len(missing) > 2000) if missing else None
-        if missing:
-            with Session(self.engine) as session, session.begin():
-                for i, vector in zip(missing, made):
-                    session.execute(
-                        update(ProductRow).where(ProductRow.id == rows[i].id).values(text_vector=vector.tobytes())
-                    )
+        if missing or not same_model:
+            self._store_vectors([rows[i].id for i in missing], made, encoder)
         out = np.zeros((len(rows), encoder.dim), np.float32)
         fill = dict(zip(missing, made if made is not None else []))
         for i, row in enumerate(rows):
             out[i] = fill[i] if i in fill else np.frombuffer(row.text_vector, np.float32)
         return out
+
+    def _store_vectors(self, product_ids: list[int], vectors, encoder) -> None:
+        with Session(self.engine) as session, session.begin():
+            for pid, vector in zip(product_ids, vectors if vectors is not None else []):
+                session.execute(update(ProductRow).where(ProductRow.id == pid).values(text_vector=vector.tobytes()))
+            # from now on every write brings its product's vector (vectors_for)
+            set_meta(session, "text_model", {"id": encoder.model_id, "dim": encoder.dim})
 
     def search(
         self, query: str, k: int, mode: str = "hybrid", allowed: set[int] | None = None
@@ -222,7 +240,7 @@ class TextSearch:
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         query = check_query(query)
-        index = self.index()
+        index = self.index(semantic=mode != "lexical")
         depth = max(50, 2 * k)
         rankings = []
         if mode in ("hybrid", "lexical"):
@@ -240,7 +258,7 @@ class TextSearch:
     def rerank(self, query: str, candidates: list[int], mode: str = "hybrid") -> list[int]:
         """``candidates`` (product ids, e.g. by photo) ranked by the words alone, for fusing with theirs."""
         query = check_query(query)
-        index = self.index()
+        index = self.index(semantic=mode != "lexical")
         allowed = set(candidates)
         rankings = [index.lexical(query, len(candidates), allowed)] if mode != "semantic" else []
         encoder = self.encoder() if mode != "lexical" else None

@@ -195,7 +195,12 @@ def _search_parsers(sub) -> None:
     si.add_argument("sku")
     _db_args(si)
     si.add_argument("--top-k", type=int, default=10, help="(default: 10)")
-    si.add_argument("--same-category", action="store_true")
+    si.add_argument("--same-category", action="store_true", help="only products in the same category")
+    si.add_argument(
+        "--flat",
+        action="store_true",
+        help="by look alone (default: the product's own category first, then one level up, then the rest)",
+    )
     add_json(si)
     si.set_defaults(handler=cmd_similar)
     ev = sub.add_parser("evaluate-search", help="Recall@1/5/10 and mAP (or precision@k) of photo search")
@@ -415,7 +420,7 @@ def cmd_search(args) -> int:
 
 def cmd_similar(args) -> int:
     with _open(args, model=False) as catalog:
-        hits = catalog.similar(args.sku, top_k=args.top_k, same_category=args.same_category)
+        hits = catalog.similar(args.sku, top_k=args.top_k, same_category=args.same_category, tree=not args.flat)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=1))
     else:

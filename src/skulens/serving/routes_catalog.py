@@ -232,6 +232,9 @@ async def similar(
     request: Request,
     top_k: int | None = Query(None, ge=1, le=MAX_K),
     same_category: bool = Query(False, description="only products in the same category"),
+    tree: bool = Query(
+        True, description="the product's own category first, then one level up, then the rest (false: by look alone)"
+    ),
 ) -> SimilarResponse:
     svc = services(request)
     catalog = catalog_of(svc)
@@ -240,7 +243,8 @@ async def similar(
     def find():
         with svc.catalog_lock:
             try:
-                return catalog.similar(product.sku, top_k=top_k or svc.config.products_k, same_category=same_category)
+                k = top_k or svc.config.products_k
+                return catalog.similar(product.sku, top_k=k, same_category=same_category, tree=tree)
             except SkulensError:  # a product without photos (or removed meanwhile) has no neighbours
                 return []
 
