@@ -187,6 +187,23 @@ def test_products_grid_similar_products_category_tree_and_heat_map(page, recogni
         screenshot(page, "web-page-products.png", tmp_path)
         page.uncheck("#heatmap-toggle")
         page.wait_for_function("img => img.complete && img.naturalWidth === 48", arg=preview.element_handle())
+
+        # Words: alone, then refining the blue photo ("this, but green").
+        assert page.locator("#text-search").is_visible() and page.locator("#refine-row").is_visible()
+        page.uncheck("#refine-toggle")
+        page.fill("#search-words", "green paint")
+        page.locator("#text-search button").click()
+        # the first search by meaning loads the sentence model: seconds on a busy 2-core machine
+        sync_api.expect(page.locator("#products-title")).to_have_text("Products for “green paint”", timeout=60_000)
+        sync_api.expect(cards.first).to_contain_text("Green paint")
+        page.check("#refine-toggle")
+        page.fill("#search-words", "in green")
+        page.locator("#text-search button").click()
+        sync_api.expect(page.locator("#products-title")).to_have_text("Like the photo, in green", timeout=30_000)
+        sync_api.expect(cards.first).to_contain_text("Green paint")
+        page.fill("#search-words", "the of and")  # only common words: the server's message, not a crash
+        page.locator("#text-search button").click()
+        sync_api.expect(page.locator("#error")).to_contain_text("only common words")
     assert page.errors == []
 
 

@@ -73,11 +73,12 @@ def _content_hash(p: Product, image_hashes: list[str], gallery_hashes: list[str]
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _colour_family(attributes: dict) -> str | None:
-    for name, value in (attributes or {}).items():
+def _colour_families(row) -> set[str]:
+    """A product's colour family: its colour attribute's, else the families its words name."""
+    for name, value in (row.attributes or {}).items():
         if str(name).lower() in COLOUR_ATTRIBUTES:
-            return family_of(str(value))
-    return None
+            return {family_of(str(value))}
+    return named_families(" ".join([row.title, row.description, *row.category_path]))
 
 
 def _document(p: Product) -> str:
@@ -728,9 +729,14 @@ class Catalog:
         pool = self.search_vectors(vector, max(200, top_k), category, attributes=attributes)
         with Session(self.engine) as session:
             rows = session.execute(
-                select(ProductRow.sku, ProductRow.id, ProductRow.attributes).where(
-                    ProductRow.sku.in_([h.sku for h in pool])
-                )
+                select(
+                    ProductRow.sku,
+                    ProductRow.id,
+                    ProductRow.attributes,
+                    ProductRow.title,
+                    ProductRow.description,
+                    ProductRow.category_path,
+                ).where(ProductRow.sku.in_([h.sku for h in pool]))
             ).all()
         found = {r.sku: r for r in rows}
         by_photo = [found[h.sku].id for h in pool if h.sku in found]
@@ -740,7 +746,7 @@ class Catalog:
         else:
             fused = fuse([by_photo, self.text.rerank(text, by_photo, mode)])
         if families:
-            wanted = {r.id for r in rows if _colour_family(r.attributes) in families}
+            wanted = {r.id for r in rows if _colour_families(r) & families}
             fused = sorted(fused, key=lambda item: item[0] not in wanted)  # stable: keeps the fused order
         return self._product_hits(fused[:top_k])
 

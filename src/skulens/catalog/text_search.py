@@ -167,6 +167,10 @@ class TextSearch:
 
         return text_encoder.load_text_encoder() if text_encoder.available() else None
 
+    def searched_by_meaning(self) -> bool:
+        """Whether the catalog has its sentence vectors (a search by meaning has run on it)."""
+        return self._recorded_model() is not None
+
     def _recorded_model(self) -> str | None:
         with Session(self.engine) as session:
             return (get_meta(session, "text_model") or {}).get("id")

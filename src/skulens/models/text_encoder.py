@@ -73,6 +73,9 @@ class TextEncoder:
             raise SkulensError(f"semantic text search needs sentence-transformers: {INSTALL_HINT}")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never ask a hub
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # a bar per weight file, on every start: noise
 
         archive = _model_zip()
         self.model_id = f"all-MiniLM-L6-v2-{_weights_crc(archive)}"

@@ -118,6 +118,10 @@ def warm_up_all(svc: Services) -> None:
                 svc.catalog.index()
 
         warm_up("vector index", load_index)
+    text = getattr(svc.catalog, "text", None)
+    if text is not None:
+        # the sentence model only for a catalog already searched by meaning (else its first such search)
+        warm_up("text index", lambda: text.index(semantic=text.searched_by_meaning()))
 
 
 ROUTERS = (routes_system, routes_recognize, routes_jobs, routes_catalog, routes_products, routes_explain, routes_web)

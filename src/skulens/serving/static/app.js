@@ -102,7 +102,10 @@ async function loadInfo() {
   $("limits").textContent = `${info.limits.formats.join(", ")} · up to ${megabytes(info.limits.max_upload_bytes)}`;
   $("api-key-row").hidden = !info.auth.reads;
   $("heatmap-row").hidden = !info.explain;
-  if (info.catalog) loadTree();
+  if (info.catalog) {
+    loadTree();
+    $("text-search").hidden = false;
+  }
 }
 
 function showPreview(file) {
@@ -165,7 +168,9 @@ async function recognize(file) {
     if (token !== photoToken) return;
     renderPrediction(result);
     renderProducts($("products"), result.products);
+    $("products-title").textContent = "Matching products";
     $("products-panel").hidden = result.products.length === 0;
+    $("refine-row").hidden = !info || !info.catalog;
     $("similar-panel").hidden = true;
     setStatus(`Answered in ${Math.round(result.elapsed_ms)} ms.`);
     showHeatmap();
@@ -260,6 +265,35 @@ function renderTree(nodes) {
   }));
 }
 
+// The words alone (GET /v1/search?q=), or, with a photo on the page and "refine" ticked, the photo
+// refined by the words (POST /v1/search with q): "this, but in blue".
+async function searchWords(event) {
+  event.preventDefault();
+  clearError();
+  const words = $("search-words").value.trim();
+  if (!words) return;
+  const refine = lastFile && !$("refine-row").hidden && $("refine-toggle").checked;
+  setStatus(refine ? `Looking for products like the photo, ${words}…` : `Searching for ${words}…`);
+  try {
+    let result;
+    if (refine) {
+      const form = new FormData();
+      form.append("image", lastFile, lastFile.name || "photo.jpg");
+      form.append("q", words);
+      result = await api("/v1/search", { method: "POST", body: form });
+    } else {
+      result = await api(`/v1/search?${new URLSearchParams({ q: words })}`);
+    }
+    $("products-title").textContent = refine ? `Like the photo, ${words}` : `Products for “${words}”`;
+    renderProducts($("products"), result.products);
+    $("products-panel").hidden = false;
+    setStatus(result.products.length ? "" : "No product matches these words.");
+  } catch (error) {
+    setStatus("");
+    showError(error.message);
+  }
+}
+
 async function browseCategory(path, button = null, offset = 0) {
   clearError();
   if (button) {
@@ -297,6 +331,7 @@ async function loadTree() {
 }
 
 function wireInputs() {
+  $("text-search").addEventListener("submit", searchWords);
   $("heatmap-toggle").addEventListener("change", toggleHeatmap);
   $("browse-more").addEventListener("click", () => {
     if (browsing && browsing.nextOffset != null) browseCategory(browsing.path, null, browsing.nextOffset);
