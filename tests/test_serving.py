@@ -544,8 +544,8 @@ def test_skulens_serve_starts_and_answers(trained_run, photo):
     proc = start_cli("serve", trained_run[0], "--port", port, "--max-wait-ms", "100", "--log-level", "warning")
     base = f"http://127.0.0.1:{port}"
     try:
-        health = wait_healthy(base, proc, timeout=60)
-        assert health.json()["status"] == "ok"
+        ready = wait_healthy(base, proc, timeout=60)
+        assert ready.json()["status"] == "ready" and httpx.get(f"{base}/healthz").json()["status"] == "ok"
 
         async def burst():
             async with httpx.AsyncClient(base_url=base, timeout=30) as c:

@@ -75,38 +75,50 @@ class JobQueue:
             )
         return job_id
 
-    def claim(self, worker: str, lease_s: float) -> dict | None:
-        """Take the oldest queued job, or a running one whose server stopped renewing its lease: its id,
-        kind, options, done, total, checkpoint and attempts (this one included)."""
+    def claim(self, worker: str, lease_s: float, job_id: str | None = None, min_age_s: float = 0.0) -> dict | None:
+        """Take ``job_id``, or the oldest queued job (queued for ``min_age_s`` at least: the server it was
+        submitted to gets the first chance), or a running one whose server stopped renewing its lease:
+        its id, kind, options, done, total, checkpoint and attempts (this one included)."""
         now = time.time()
-        claimable = (JobRow.status == "queued") | ((JobRow.status == "running") & (JobRow.lease_until < now))
+        fresh = JobRow.attempts == 0  # never started: handed back or orphaned jobs are claimable at once
+        claimable = ((JobRow.status == "queued") & (~fresh | (JobRow.created_at <= now - min_age_s))) | (
+            (JobRow.status == "running") & (JobRow.lease_until < now)
+        )
+        if job_id is not None:
+            claimable = (JobRow.id == job_id) & (JobRow.status == "queued")
         with Session(self.engine) as session:
             candidates = session.scalars(select(JobRow.id).where(claimable).order_by(JobRow.created_at).limit(8)).all()
-        for job_id in candidates:
-            with Session(self.engine) as session, session.begin():
-                won = session.execute(
-                    update(JobRow)
-                    .where(JobRow.id == job_id, claimable)
-                    .values(
-                        status="running",
-                        lease_owner=worker,
-                        lease_until=now + lease_s,
-                        attempts=JobRow.attempts + 1,
-                        started_at=func.coalesce(JobRow.started_at, now),
-                    )
-                ).rowcount
-                if won:
-                    row = session.get(JobRow, job_id)
-                    return {
-                        "id": row.id,
-                        "kind": row.kind,
-                        "options": row.options or {},
-                        "done": row.done,
-                        "total": row.total,
-                        "checkpoint": row.checkpoint,
-                        "attempts": row.attempts,
-                    }
+        for candidate in candidates:
+            claimed = self._try_claim(candidate, claimable, worker, now + lease_s)
+            if claimed is not None:
+                return claimed
         return None
+
+    def _try_claim(self, job_id: str, claimable, worker: str, lease_until: float) -> dict | None:
+        with Session(self.engine) as session, session.begin():
+            won = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, claimable)
+                .values(
+                    status="running",
+                    lease_owner=worker,
+                    lease_until=lease_until,
+                    attempts=JobRow.attempts + 1,
+                    started_at=func.coalesce(JobRow.started_at, time.time()),
+                )
+            ).rowcount
+            if not won:
+                return None
+            row = session.get(JobRow, job_id)
+            return {
+                "id": row.id,
+                "kind": row.kind,
+                "options": row.options or {},
+                "done": row.done,
+                "total": row.total,
+                "checkpoint": row.checkpoint,
+                "attempts": row.attempts,
+            }
 
     def _held(self, job_id: str, worker: str):
         return (JobRow.id == job_id) & (JobRow.lease_owner == worker) & (JobRow.status == "running")

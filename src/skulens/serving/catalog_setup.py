@@ -40,6 +40,7 @@ def open_demo_catalog(run: Path, catalog_dir: Path, device: str = "auto", progre
     """The demo catalog, imported into its cache database (idempotent: later starts find every
     product unchanged and embed nothing)."""
     from skulens.catalog import Catalog, CsvMapping, import_products, load_embedder, read_products_csv
+    from skulens.catalog.schema import SchemaError
 
     embedder = load_embedder(run, device, "torch")
     place = hashlib.sha256(str(catalog_dir.resolve()).encode()).hexdigest()[:8]
@@ -51,7 +52,12 @@ def open_demo_catalog(run: Path, catalog_dir: Path, device: str = "auto", progre
             f"{folder}: cannot create the cache folder for the demo catalog ({exc.strerror}); "
             "set SKULENS_CACHE_DIR to a writable folder"
         ) from None
-    catalog = Catalog.open(folder / f"demo-catalog-{embedder.model_id}-{place}.db", embedder)
+    db = folder / f"demo-catalog-{embedder.model_id}-{place}.db"
+    try:
+        catalog = Catalog.open(db, embedder)
+    except SchemaError:  # made by an earlier skulens: the demo's own cache, so upgraded without asking
+        Catalog.upgrade(db)
+        catalog = Catalog.open(db, embedder)
     rows, bad = read_products_csv(catalog_dir / "products.csv", CsvMapping(tree=DEMO_TREE))
     report = import_products(catalog, rows, on_conflict="update", progress=progress, desc="demo catalog")
     for number, sku, reason in [*bad, *report.rejected]:

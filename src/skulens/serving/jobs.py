@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import secrets
 import socket
 import threading
@@ -57,9 +58,10 @@ class MemoryJobs:
             self._jobs[job_id] = row
         return job_id
 
-    def claim(self, worker: str, lease_s: float) -> dict | None:
+    def claim(self, worker: str, lease_s: float, job_id: str | None = None, min_age_s: float = 0.0) -> dict | None:
         with self._lock:
-            row = next((r for r in self._jobs.values() if r["status"] == "queued"), None)
+            queued = [r for r in self._jobs.values() if r["status"] == "queued"]
+            row = next((r for r in queued if job_id is None or r["id"] == job_id), None)
             if row is None:
                 return None
             row.update(status="running", attempts=row["attempts"] + 1, started_at=row["started_at"] or time.time())
@@ -193,6 +195,8 @@ class JobManager:
         self.worker = f"{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(3)}"
         self._running: dict[str, JobContext] = {}
         self._forgot_at = float("-inf")
+        self._mine: queue.Queue[dict] = queue.Queue()  # claimed at submission, for this server's workers
+        self._idle = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -209,6 +213,10 @@ class JobManager:
         if self.store.unfinished() >= self.max_active:
             raise JobsFull(f"too many unfinished jobs (at most {self.max_active}); retry when some have finished")
         job_id = self.store.create(kind, owner, inputs, options or {}, total)
+        if self._idle > self._mine.qsize():  # this server starts it: the others leave a fresh job to it for a moment
+            claimed = self.store.claim(self.worker, self.lease_s, job_id=job_id)
+            if claimed is not None:
+                self._mine.put(claimed)
         self._wake.set()
         return job_id
 
@@ -241,18 +249,32 @@ class JobManager:
     def _poll_s(self) -> float:
         return max(0.2, min(5.0, self.lease_s / 3))
 
+    def _next(self) -> dict | None:
+        """A job this server claimed at submission, else one from the store: queued for a poll interval
+        at least (its own server had its chance), or left by a server whose lease lapsed."""
+        try:
+            return self._mine.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            return self.store.claim(self.worker, self.lease_s, min_age_s=self._poll_s())
+        except Exception as exc:  # noqa: BLE001 - the database may be away for a moment: try again
+            log.warning("cannot claim jobs: %s", exc)
+            return None
+
     def _work(self) -> None:
         while not self._stop.is_set():
-            try:
-                claimed = self.store.claim(self.worker, self.lease_s)
-            except Exception as exc:  # noqa: BLE001 - the database may be away for a moment: try again
-                log.warning("cannot claim jobs: %s", exc)
-                claimed = None
+            claimed = self._next()
             if claimed is None:
+                with self._lock:
+                    self._idle += 1
                 self._wake.wait(self._poll_s())
+                with self._lock:
+                    self._idle -= 1
                 self._wake.clear()
                 self._forget_old()
                 continue
+            log.info("job %s (%s) runs here, attempt %d", claimed["id"], claimed["kind"], claimed["attempts"])
             self._run(claimed)
 
     def _forget_old(self) -> None:
