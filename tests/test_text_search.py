@@ -165,3 +165,16 @@ def test_once_a_catalog_is_searched_by_meaning_each_write_brings_its_text_vector
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM products WHERE text_vector IS NULL").fetchone() == (0,)
     assert _skus(shop.search(text="hat for the sun", mode="semantic", top_k=1)) == ["cap"]
+
+
+def test_the_colour_families_page_is_made_from_the_current_mapping():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "families_doc", Path(__file__).parents[1] / "scripts" / "colour_families_doc.py"
+    )
+    doc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(doc)
+    if not doc.CSV.is_file():
+        pytest.skip(f"{doc.CSV} is absent: the page counts fashion-small's products")
+    assert doc.OUT.read_text() == doc.render(doc.fashion_counts(doc.CSV)), "run scripts/colour_families_doc.py"
