@@ -178,3 +178,49 @@ def test_the_colour_families_page_is_made_from_the_current_mapping():
     if not doc.CSV.is_file():
         pytest.skip(f"{doc.CSV} is absent: the page counts fashion-small's products")
     assert doc.OUT.read_text() == doc.render(doc.fashion_counts(doc.CSV)), "run scripts/colour_families_doc.py"
+
+
+@needs_model
+def test_words_find_untitled_products_through_their_photos_with_a_text_projection(tmp_path):
+    """Learned on one catalog's titled products, used on a catalog whose products have no words at all."""
+    colours = {"red": (200, 20, 20), "green": (20, 160, 40), "blue": (20, 40, 200), "yellow": (230, 210, 30)}
+    nouns = ["mug", "scarf", "bucket", "lamp", "kite", "bowl"]
+    rng = np.random.default_rng(0)
+    titled = [
+        (
+            f"{name}-{noun}",
+            f"{name} {noun}",
+            ["Things"],
+            {},
+            tuple(int(c + d) for c, d in zip(rgb, rng.integers(-15, 15, 3))),
+        )
+        for name, rgb in colours.items()
+        for noun in nouns
+    ]
+    with Catalog(tmp_path / "titled.db", ColourEmbedder()) as teacher:
+        teacher.upsert(_products(tmp_path / "a", titled))
+        fitted = teacher.fit_text_projection(tmp_path / "words.safetensors", epochs=300, batch_size=24, progress=False)
+    assert fitted.info["pairs"] == 24 and fitted.image_model == "mean-colour"
+    untitled = [(f"item-{name}", "", [], {}, rgb) for name, rgb in colours.items()]
+    with Catalog(tmp_path / "bare.db", ColourEmbedder()) as bare:
+        bare.upsert(_products(tmp_path / "b", untitled))
+        assert _skus(bare.search(text="something red", mode="semantic")) == []  # no words to match
+        bare.use_text_projection(tmp_path / "words.safetensors")
+        for name in colours:
+            assert _skus(bare.search(text=f"a {name} thing", mode="semantic", top_k=1)) == [f"item-{name}"]
+        bare.use_text_projection(None)
+        assert _skus(bare.search(text="something red", mode="semantic")) == []
+
+
+def test_a_text_projection_for_another_image_model_is_refused(tmp_path):
+    from skulens.catalog.text_projection import TextProjection
+
+    other = TextProjection(np.zeros((4, 384), np.float32), np.zeros(4, np.float32), "t", "another-model")
+    other.save(tmp_path / "other.safetensors")
+    with Catalog(tmp_path / "shop.db", ColourEmbedder()) as shop:
+        shop.upsert(_products(tmp_path / "img"))
+        with pytest.raises(SkulensError, match="another-model"):
+            shop.use_text_projection(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file of tensors")
+    with pytest.raises(SkulensError, match="not a text projection"):
+        TextProjection.load(tmp_path / "junk.safetensors")

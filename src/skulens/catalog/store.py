@@ -35,6 +35,7 @@ from skulens.catalog.db import (
 from skulens.catalog.embedder import Embedder
 from skulens.catalog.index import choose_kind
 from skulens.catalog.products import Product, SearchHit, UpsertResult
+from skulens.catalog.text_projection import TextProjection
 from skulens.catalog.text_search import TextSearch, check_query, document, fuse, named_families, other_words
 from skulens.data.colour_families import COLOUR_ATTRIBUTES, family_of, load_families, members
 from skulens.data.images import ImageSource
@@ -241,6 +242,72 @@ class Catalog:
             return upgrade(engine, url)
         finally:
             engine.dispose()
+
+    # -- text -> photos -----------------------------------------------------------------------------
+    def fit_text_projection(self, out: str | Path, **options) -> TextProjection:
+        """Learn, from this catalog's products (their words, their photos' vectors), a map from sentence
+        vectors to this catalog's image space, and save it to ``out`` (text_projection.fit's options)."""
+        from skulens.catalog import text_projection
+
+        encoder = self._require_text_encoder()
+        texts, photos, skipped = text_projection.catalog_pairs(self, encoder)
+        model = self.model_info["id"]  # the vectors' model: the space the map lands in
+        fitted = text_projection.fit(texts, photos, text_model=encoder.model_id, image_model=model, **options)
+        fitted.info["skipped"] = skipped
+        fitted.save(out)
+        return fitted
+
+    def use_text_projection(self, path: str | Path | None) -> None:
+        """Search by words through the photos too (``path``: a file from :meth:`fit_text_projection` for this
+        catalog's image model; None: stop). Recorded in the catalog, so every server uses it."""
+        record = None
+        if path is not None:
+            projection = TextProjection.load(path)
+            if self.model_info is None or projection.image_model != self.model_info["id"]:
+                raise SkulensError(
+                    f"{path} maps words into the space of image model {projection.image_model}; this catalog's "
+                    f"vectors are {self.model_info['id'] if self.model_info else 'not made yet'}"
+                )
+            record = {"path": projection.path, "digest": projection.digest, "image_model": projection.image_model}
+        with Session(self.engine) as session, session.begin():
+            set_meta(session, "text_projection", record or {})
+        self._text_projection = None
+
+    def _projected_ranking(self, text: str, top_k: int, category, attributes) -> list[list[int]]:
+        """Products whose photos the words describe, through the catalog's text projection (none: [])."""
+        projection = self._loaded_text_projection()
+        if projection is None:
+            return []
+        query = projection.apply(self._require_text_encoder().encode([check_query(text)]))[0]
+        hits = self.search_vectors(query, max(50, 2 * top_k), category, attributes=attributes)
+        with Session(self.engine) as session:
+            ids = dict(
+                session.execute(
+                    select(ProductRow.sku, ProductRow.id).where(ProductRow.sku.in_([h.sku for h in hits]))
+                ).all()
+            )
+        return [[ids[h.sku] for h in hits if h.sku in ids]]
+
+    def _loaded_text_projection(self) -> TextProjection | None:
+        with Session(self.engine) as session:
+            record = get_meta(session, "text_projection") or {}
+        if not record.get("path"):
+            return None
+        cached = getattr(self, "_text_projection", None)
+        if cached is None or cached.digest != record["digest"]:
+            cached = TextProjection.load(record["path"])
+            if cached.digest != record["digest"]:
+                raise SkulensError(f"{record['path']} changed since the catalog recorded it: use_text_projection again")
+            self._text_projection = cached
+        return cached
+
+    def _require_text_encoder(self):
+        encoder = self.text.encoder()
+        if encoder is None:
+            from skulens.models.text_encoder import INSTALL_HINT
+
+            raise SkulensError(f"words through photos need the sentence model: {INSTALL_HINT}")
+        return encoder
 
     @staticmethod
     def check_schema(db: str | Path) -> None:
@@ -714,7 +781,9 @@ class Catalog:
         if image is None and text is None:
             raise SkulensError("search needs a photo, words, or both")
         if image is None:
-            return self._product_hits(self.text.search(text, top_k, mode, self._allowed_products(category, attributes)))
+            through_photos = self._projected_ranking(text, top_k, category, attributes) if mode != "lexical" else []
+            allowed = self._allowed_products(category, attributes)
+            return self._product_hits(self.text.search(text, top_k, mode, allowed, through_photos))
         vector = self._require_embedder().embed([image])
         if text is None:
             return self.search_vectors(vector, top_k, category, attributes=attributes)

@@ -110,9 +110,12 @@ class TextIndex:
         self.position = {int(pid): i for i, pid in enumerate(product_ids)}
         self.vectors = vectors
         self.documents = documents
+        self.has_words = np.array([bool(d.strip()) for d in documents], bool)
         self.bm25 = bm25s.BM25()
-        if documents:
-            self.bm25.index(_tokenize(documents), show_progress=False)
+        tokens = _tokenize(documents) if documents else None
+        self.lexical_ready = tokens is not None and any(word for word in tokens.vocab)  # bm25s needs a word
+        if self.lexical_ready:
+            self.bm25.index(tokens, show_progress=False)
 
     def __len__(self) -> int:
         return len(self.product_ids)
@@ -126,7 +129,7 @@ class TextIndex:
 
     def lexical_scores(self, query: str) -> np.ndarray:
         """BM25 score of every product (zeros when no query word is in any document)."""
-        tokens = [t for t in query_words(query) if t in self.bm25.vocab_dict] if len(self) else []
+        tokens = [t for t in query_words(query) if t in self.bm25.vocab_dict] if self.lexical_ready else []
         if not tokens:
             return np.zeros(len(self), np.float32)
         return np.asarray(self.bm25.get_scores(tokens), np.float32)
@@ -143,7 +146,7 @@ class TextIndex:
         return self.vectors @ query_vector if self.vectors is not None and len(self) else np.zeros(len(self))
 
     def semantic(self, query_vector: np.ndarray, k: int, allowed: set[int] | None = None) -> list[int]:
-        scores = self.semantic_scores(query_vector)
+        scores = np.where(self.has_words, self.semantic_scores(query_vector), -np.inf)  # no words: no meaning
         mask = self._mask(allowed)
         if mask is not None:
             scores = np.where(mask > 0, scores, -np.inf)
@@ -238,9 +241,15 @@ class TextSearch:
             set_meta(session, "text_model", {"id": encoder.model_id, "dim": encoder.dim})
 
     def search(
-        self, query: str, k: int, mode: str = "hybrid", allowed: set[int] | None = None
+        self,
+        query: str,
+        k: int,
+        mode: str = "hybrid",
+        allowed: set[int] | None = None,
+        more: list[list[int]] = (),
     ) -> list[tuple[int, float]]:
-        """Product ids for ``query``, best first, with their fused score."""
+        """Product ids for ``query``, best first, with their fused score; ``more``: other rankings of
+        product ids to fuse in (the words through the photos)."""
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         query = check_query(query)
@@ -257,7 +266,7 @@ class TextSearch:
                 raise QueryError(f"semantic text search needs the sentence model: {INSTALL_HINT}")
             if encoder is not None and index.vectors is not None:
                 rankings.append(index.semantic(encoder.encode([query])[0], depth, allowed))
-        return fuse(rankings)[:k]
+        return fuse([ranking for ranking in [*rankings, *more] if ranking])[:k]
 
     def rerank(self, query: str, candidates: list[int], mode: str = "hybrid") -> list[int]:
         """``candidates`` (product ids, e.g. by photo) ranked by the words alone, for fusing with theirs."""

@@ -134,7 +134,30 @@ def _fit_projection_parser(csub) -> None:
     fp.set_defaults(handler=cmd_catalog_fit_projection)
 
 
+def _text_projection_parsers(csub) -> None:
+    ft = csub.add_parser(
+        "fit-text-projection",
+        help="learn a map from words to this catalog's photo vectors (its products' words and photos), so "
+        "words find products through their photos",
+    )
+    _db_args(ft)
+    ft.add_argument("--out", required=True, metavar="FILE", help="where to save it (.safetensors)")
+    ft.add_argument("--epochs", type=int, default=20, help="(default: 20)")
+    ft.add_argument("--temperature", type=float, default=0.05, help="of the contrastive loss (default: 0.05)")
+    ft.add_argument("--use", action="store_true", help="and search this catalog with it")
+    add_no_progress(ft)
+    ft.set_defaults(handler=cmd_catalog_fit_text_projection)
+    ut = csub.add_parser(
+        "use-text-projection", help="search a catalog's photos by words with a text projection (or --none)"
+    )
+    ut.add_argument("file", nargs="?", default=None, metavar="FILE")
+    ut.add_argument("--none", action="store_true", help="stop using one")
+    _db_args(ut)
+    ut.set_defaults(handler=cmd_catalog_use_text_projection)
+
+
 def _maintenance_parsers(csub) -> None:
+    _text_projection_parsers(csub)
     up = csub.add_parser(
         "upgrade",
         help="bring the catalog's schema to this skulens's (every product, image and vector kept); "
@@ -333,6 +356,30 @@ def cmd_catalog_fit_projection(args) -> int:
         f"projection {embedder.dim} -> {projection.dim} dimensions fitted on {info['vectors']} vectors of "
         f"{embedder.description} ({info['skipped']} unreadable skipped; {info['explained_variance']:.1%} of the "
         f"variance kept): {args.out}"
+    )
+    return EXIT_OK
+
+
+def cmd_catalog_fit_text_projection(args) -> int:
+    with _open(args, model=False) as catalog:
+        fitted = catalog.fit_text_projection(
+            args.out, epochs=args.epochs, temperature=args.temperature, progress=not args.no_progress
+        )
+        if args.use:
+            catalog.use_text_projection(args.out)
+    print(f"text projection fitted on {fitted.info['pairs']} products' words and photos: {args.out}")
+    return EXIT_OK
+
+
+def cmd_catalog_use_text_projection(args) -> int:
+    if (args.file is None) == (not args.none):
+        raise SkulensError("name a text projection file, or --none")
+    with _open(args, model=False) as catalog:
+        catalog.use_text_projection(None if args.none else args.file)
+    print(
+        "text search no longer goes through the photos"
+        if args.none
+        else f"text search goes through the photos with {args.file}"
     )
     return EXIT_OK
 

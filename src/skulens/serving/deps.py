@@ -101,12 +101,14 @@ class Services:
     async def search_text(
         self, text: str, k: int, category: list[str] | None, attributes: dict[str, str] | None, mode: str
     ) -> list[ProductHit]:
-        """Products the words describe. No catalog lock: the text index has its own."""
+        """Products the words describe (through the photos too when the catalog has a text projection,
+        hence the catalog lock: the vector index is shared with photo search)."""
 
         def run() -> list[ProductHit]:
-            hits = self.catalog.search(
-                text=text, top_k=k, category=category or None, attributes=attributes or None, mode=mode
-            )
+            with self.catalog_lock:
+                hits = self.catalog.search(
+                    text=text, top_k=k, category=category or None, attributes=attributes or None, mode=mode
+                )
             return [product_hit(h) for h in hits]
 
         return await asyncio.get_running_loop().run_in_executor(None, run)
