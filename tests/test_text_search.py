@@ -224,3 +224,29 @@ def test_a_text_projection_for_another_image_model_is_refused(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a file of tensors")
     with pytest.raises(SkulensError, match="not a text projection"):
         TextProjection.load(tmp_path / "junk.safetensors")
+
+
+@pytest.mark.services
+def test_text_search_on_postgresql_follows_writes_of_another_process(tmp_path):
+    import os
+
+    from tests.helpers import drop_every_table
+
+    url = os.environ.get("SKULENS_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("SKULENS_TEST_POSTGRES_URL is not set: no PostgreSQL to test against (bash .ci/run starts one)")
+    drop_every_table(url)
+    try:
+        with (
+            Catalog(url, ColourEmbedder(), index_dir=tmp_path / "a") as writer,
+            Catalog(url, ColourEmbedder(), index_dir=tmp_path / "b") as reader,
+        ):
+            writer.upsert(_products(tmp_path / "img"))
+            assert _skus(reader.search(text="orange juice", mode="lexical", top_k=1)) == ["orange-juice"]
+            assert _skus(reader.search(text="shirt", attributes={"colour": "Blue"}, mode="lexical")) == ["navy-shirt"]
+            if SEMANTIC:
+                assert _skus(reader.search(text="sneakers for jogging", top_k=1)) == ["sneakers"]
+            writer.remove(["orange-juice"])
+            assert "orange-juice" not in _skus(reader.search(text="orange juice", mode="lexical"))
+    finally:
+        drop_every_table(url)
