@@ -267,8 +267,17 @@ def test_similar_leaves_out_itself_and_duplicates_and_filters_category(tmp_path,
         hits = catalog.similar("red-0", top_k=5)
         similar = [h.sku for h in hits]
         assert len(similar) == 5 and "red-0" not in similar and "red-copy" not in similar
-        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         assert all(h.score < 0.995 for h in hits)
+        # the category tree first: levels shared with red-0 never increase down the list, and within a
+        # level the order is by look
+        path = catalog.get("red-0").category_path
+        shared = [sum(1 for a, b in zip(h.category_path, path) if a == b) for h in hits]
+        assert shared == sorted(shared, reverse=True)
+        for level in set(shared):
+            scores = [h.score for h, s in zip(hits, shared) if s == level]
+            assert scores == sorted(scores, reverse=True)
+        by_look = catalog.similar("red-0", top_k=5, tree=False)
+        assert [h.score for h in by_look] == sorted((h.score for h in by_look), reverse=True)
         assert {h.category_path[0] for h in catalog.similar("red-0", top_k=5, same_category=True)} == {"Paint"}
         only_ink = catalog.search(photos["red"][0], top_k=5, category=["Ink"])
         assert only_ink and all(h.category_path[0] == "Ink" for h in only_ink)

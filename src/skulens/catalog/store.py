@@ -838,8 +838,8 @@ class Catalog:
             pid, path = row.id, list(row.category_path)
         if same_category:
             scopes = [path]
-        elif tree and len(path) > 1:
-            scopes = [path[:depth] for depth in range(len(path) - 1, 0, -1)] + [None]
+        elif tree and path:
+            scopes = [path[:depth] for depth in range(len(path), 0, -1)] + [None]
         else:
             scopes = [None]
         kept: list[SearchHit] = []
