@@ -123,15 +123,17 @@ def _clip_loss(projected, images, temperature: float):
 
 def catalog_pairs(catalog, encoder) -> tuple[np.ndarray, np.ndarray, int]:
     """(sentence vectors, photo vectors, products left out) of the catalog's products that have words
-    and a photo: each product's text and its first catalog photo's stored vector."""
+    and a photo: each product's text and its first catalog photo's stored vector. Sentence vectors the
+    catalog already keeps (made by this model) are reused."""
     from sqlalchemy import select
     from sqlalchemy.orm import Session, selectinload
 
-    from skulens.catalog.db import ProductRow
+    from skulens.catalog.db import ProductRow, get_meta
     from skulens.catalog.text_search import document
 
-    texts, vectors, skipped = [], [], 0
+    texts, stored, vectors, skipped = [], [], [], 0
     with Session(catalog.engine) as session:
+        same_model = (get_meta(session, "text_model") or {}).get("id") == encoder.model_id
         for row in session.scalars(select(ProductRow).options(selectinload(ProductRow.images))):
             photo = next((i for i in row.images if i.role == "catalog" and i.vector is not None), None)
             words = document(row.title, row.description, row.category_path, row.attributes)
@@ -139,7 +141,12 @@ def catalog_pairs(catalog, encoder) -> tuple[np.ndarray, np.ndarray, int]:
                 skipped += 1
                 continue
             texts.append(words)
+            stored.append(np.frombuffer(row.text_vector, np.float32) if same_model and row.text_vector else None)
             vectors.append(np.frombuffer(photo.vector, np.float32))
     if not texts:
         raise SkulensError("no product has both words and a photo to learn a text projection from")
-    return encoder.encode(texts, progress=len(texts) > 2000), np.stack(vectors), skipped
+    missing = [i for i, v in enumerate(stored) if v is None]
+    made = encoder.encode([texts[i] for i in missing], progress=len(missing) > 2000) if missing else []
+    for i, vector in zip(missing, made):
+        stored[i] = vector
+    return np.stack(stored), np.stack(vectors), skipped
