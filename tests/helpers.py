@@ -140,3 +140,15 @@ def drop_every_table(url: str) -> None:
         tables.drop_all(engine)
     finally:
         engine.dispose()
+
+
+def empty_postgres_url() -> str:
+    """``$SKULENS_TEST_POSTGRES_URL`` with every table dropped (the test skips without it); callers
+    drop the tables again when done."""
+    import pytest
+
+    url = os.environ.get("SKULENS_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("SKULENS_TEST_POSTGRES_URL is not set: no PostgreSQL to test against (bash .ci/run starts one)")
+    drop_every_table(url)
+    return url

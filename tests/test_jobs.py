@@ -3,7 +3,6 @@ database, shared by every server: a job whose server dies is resumed by another 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -13,7 +12,7 @@ from skulens.catalog.db import open_engine
 from skulens.catalog.jobs import JobQueue, LeaseLost
 from skulens.errors import SkulensError
 from skulens.serving.jobs import JobManager, JobsFull, MemoryJobs
-from tests.helpers import drop_every_table, wait_until
+from tests.helpers import drop_every_table, empty_postgres_url, wait_until
 
 
 @pytest.fixture(params=["memory", "database", pytest.param("postgresql", marks=pytest.mark.services)])
@@ -22,10 +21,7 @@ def store(request, tmp_path):
         return MemoryJobs()
     if request.param == "database":
         return JobQueue(open_engine(tmp_path / "jobs.db"))
-    url = os.environ.get("SKULENS_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("SKULENS_TEST_POSTGRES_URL is not set: no PostgreSQL to test against (bash .ci/run starts one)")
-    drop_every_table(url)
+    url = empty_postgres_url()
     request.addfinalizer(lambda: drop_every_table(url))
     return JobQueue(open_engine(url))
 

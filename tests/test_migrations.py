@@ -4,7 +4,6 @@ refused with what to do."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -16,7 +15,7 @@ from skulens.catalog import Catalog
 from skulens.catalog.db import SCHEMA_VERSION, Base
 from skulens.catalog.schema import SchemaError, head_revision, upgrade
 from skulens.cli import main
-from tests.helpers import drop_every_table
+from tests.helpers import drop_every_table, empty_postgres_url
 
 # Made by skulens at commit 4f24bf3 (schema_version 1, before Alembic): 3 products, 6 images with 4-d
 # vectors (one product updated once), 9 index log entries. SQLite, page size 512: 8 KB.
@@ -112,10 +111,7 @@ def test_a_new_catalog_is_made_at_the_newest_revision_and_upgrading_an_empty_dat
 
 @pytest.mark.services
 def test_a_postgresql_catalog_at_the_baseline_upgrades_keeping_every_row(old_catalog):
-    url = os.environ.get("SKULENS_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("SKULENS_TEST_POSTGRES_URL is not set: no PostgreSQL to test against (bash .ci/run starts one)")
-    drop_every_table(url)
+    url = empty_postgres_url()
     try:
         engine = create_engine(url)
         _write_baseline_with_the_fixture_rows(engine, old_catalog)

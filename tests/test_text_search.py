@@ -228,14 +228,9 @@ def test_a_text_projection_for_another_image_model_is_refused(tmp_path):
 
 @pytest.mark.services
 def test_text_search_on_postgresql_follows_writes_of_another_process(tmp_path):
-    import os
+    from tests.helpers import drop_every_table, empty_postgres_url
 
-    from tests.helpers import drop_every_table
-
-    url = os.environ.get("SKULENS_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("SKULENS_TEST_POSTGRES_URL is not set: no PostgreSQL to test against (bash .ci/run starts one)")
-    drop_every_table(url)
+    url = empty_postgres_url()
     try:
         with (
             Catalog(url, ColourEmbedder(), index_dir=tmp_path / "a") as writer,

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from skulens.catalog.schema import check_revision, current_revision, ensure_schema
+from skulens.catalog.schema import check_revision, current_revision, ensure_schema, redacted_url
 from skulens.errors import SkulensError
 
 # Written to ``meta`` for skulens releases from before Alembic, which refuse a catalog whose number
@@ -136,16 +136,6 @@ def database_url(db: str | Path) -> str:
     if "://" in text:
         return text
     return f"sqlite:///{Path(text).expanduser().resolve()}"
-
-
-def redacted_url(url: str) -> str:
-    """The URL without its password, for messages, logs and `catalog info`."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL at all
-        return "(unreadable URL)"
 
 
 def _shown(url: str) -> str:

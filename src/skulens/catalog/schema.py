@@ -61,13 +61,19 @@ def _lock(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
 
 
-def _upgrade_hint(url: str) -> str:
+def redacted_url(url: str) -> str:
+    """The URL without its password, for messages, logs and `catalog info`."""
     from sqlalchemy.engine import make_url
 
-    if url.startswith("sqlite:///"):
-        shown = url[len("sqlite:///") :]  # the file, as the user names it
-    else:
-        shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL at all
+        return "(unreadable URL)"
+
+
+def _upgrade_hint(url: str) -> str:
+    # a SQLite catalog by its file, as the user names it
+    shown = url[len("sqlite:///") :] if url.startswith("sqlite:///") else redacted_url(url)
     return f"run `skulens catalog upgrade {shown}`"
 
 

@@ -280,12 +280,7 @@ class Catalog:
             return []
         query = projection.apply(self._require_text_encoder().encode([check_query(text)]))[0]
         hits = self.search_vectors(query, max(50, 2 * top_k), category, attributes=attributes)
-        with Session(self.engine) as session:
-            ids = dict(
-                session.execute(
-                    select(ProductRow.sku, ProductRow.id).where(ProductRow.sku.in_([h.sku for h in hits]))
-                ).all()
-            )
+        ids = {row.sku: row.id for row in self._rows_of(hits, ProductRow.sku, ProductRow.id)}
         return [[ids[h.sku] for h in hits if h.sku in ids]]
 
     def _loaded_text_projection(self) -> TextProjection | None:
@@ -302,12 +297,7 @@ class Catalog:
         return cached
 
     def _require_text_encoder(self):
-        encoder = self.text.encoder()
-        if encoder is None:
-            from skulens.models.text_encoder import INSTALL_HINT
-
-            raise SkulensError(f"words through photos need the sentence model: {INSTALL_HINT}")
-        return encoder
+        return self.text.require_encoder("words through photos")
 
     @staticmethod
     def check_schema(db: str | Path) -> None:
@@ -713,6 +703,11 @@ class Catalog:
         with Session(self.engine) as session:
             return set(session.scalars(self._filtered(select(ProductRow.id), category, attributes)))
 
+    def _rows_of(self, hits: list[SearchHit], *columns) -> list:
+        """``columns`` of the products behind ``hits`` (hits name products by SKU)."""
+        with Session(self.engine) as session:
+            return session.execute(select(*columns).where(ProductRow.sku.in_([h.sku for h in hits]))).all()
+
     def _product_hits(self, scored: list[tuple[int, float]]) -> list[SearchHit]:
         """(product id, score) pairs, best first -> hits."""
         with Session(self.engine) as session:
@@ -796,17 +791,15 @@ class Catalog:
         ("in blue") ranks the pool's products of that family first, each group in the photo's order;
         other words fuse the photo's order with the words' order over the pool."""
         pool = self.search_vectors(vector, max(200, top_k), category, attributes=attributes)
-        with Session(self.engine) as session:
-            rows = session.execute(
-                select(
-                    ProductRow.sku,
-                    ProductRow.id,
-                    ProductRow.attributes,
-                    ProductRow.title,
-                    ProductRow.description,
-                    ProductRow.category_path,
-                ).where(ProductRow.sku.in_([h.sku for h in pool]))
-            ).all()
+        rows = self._rows_of(
+            pool,
+            ProductRow.sku,
+            ProductRow.id,
+            ProductRow.attributes,
+            ProductRow.title,
+            ProductRow.description,
+            ProductRow.category_path,
+        )
         found = {r.sku: r for r in rows}
         by_photo = [found[h.sku].id for h in pool if h.sku in found]
         families = named_families(check_query(text))

@@ -170,6 +170,15 @@ class TextSearch:
 
         return text_encoder.load_text_encoder() if text_encoder.available() else None
 
+    def require_encoder(self, what: str = "semantic text search"):
+        """The sentence model, or QueryError saying how to install it."""
+        encoder = self.encoder()
+        if encoder is None:
+            from skulens.models.text_encoder import INSTALL_HINT
+
+            raise QueryError(f"{what} needs the sentence model: {INSTALL_HINT}")
+        return encoder
+
     def searched_by_meaning(self) -> bool:
         """Whether the catalog has its sentence vectors (a search by meaning has run on it)."""
         return self._recorded_model() is not None
@@ -181,10 +190,11 @@ class TextSearch:
     def vectors_for(self, documents: list[str]) -> list[bytes | None]:
         """Sentence vectors for products being written, once the catalog has them (its first semantic
         text search made them all); before that, None each, and an import never loads the model."""
-        if not documents or self._recorded_model() is None:
+        recorded = self._recorded_model() if documents else None
+        if recorded is None:
             return [None] * len(documents)
         encoder = self.encoder()
-        if encoder is None or encoder.model_id != self._recorded_model():
+        if encoder is None or encoder.model_id != recorded:
             return [None] * len(documents)
         return [v.tobytes() for v in encoder.encode(documents)]
 
@@ -259,11 +269,7 @@ class TextSearch:
         if mode in ("hybrid", "lexical"):
             rankings.append(index.lexical(query, depth, allowed))
         if mode in ("hybrid", "semantic"):
-            encoder = self.encoder()
-            if encoder is None and mode == "semantic":
-                from skulens.models.text_encoder import INSTALL_HINT
-
-                raise QueryError(f"semantic text search needs the sentence model: {INSTALL_HINT}")
+            encoder = self.require_encoder() if mode == "semantic" else self.encoder()
             if encoder is not None and index.vectors is not None:
                 rankings.append(index.semantic(encoder.encode([query])[0], depth, allowed))
         return fuse([ranking for ranking in [*rankings, *more] if ranking])[:k]
