@@ -3,9 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-train test test-fast lint browser benchmark clean
+.PHONY: install web-runtime demo demo-train test test-fast lint browser benchmark clean
 
-install: $(STAMP)
+install: $(STAMP) web-runtime
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 	# torch 2.14.1 / torchvision 0.29.1 come from the machine's local wheel store when it has one.
 	$(PY) -m pip install --quiet -e ".[lite,dev,scale,text]"
 	touch $(STAMP)
+
+# onnxruntime-web for the page's on-device mode (pinned npm tarball, checked, unpacked into the package;
+# skulens serves it itself). Best effort: without network the page simply keeps to server mode.
+web-runtime: $(STAMP)
+	@$(PY) -m skulens.serving.web_runtime
 
 # The main job: the web page and HTTP API on the built-in model and 81-product grocery catalog.
 demo: install

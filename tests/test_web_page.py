@@ -37,12 +37,13 @@ sync_api = pytest.importorskip(
 
 
 @contextmanager
-def live_server(config: ServeConfig):
-    """The real app under uvicorn on a free loopback port, in a thread of this process."""
+def live_server(config: ServeConfig, app=None):
+    """The real app under uvicorn on a free loopback port, in a thread of this process (``app``: the
+    app made from ``config``, wrapped, e.g. to log requests)."""
     import uvicorn
 
     server = uvicorn.Server(
-        uvicorn.Config(create_app(config), host="127.0.0.1", port=0, log_level="warning", access_log=False)
+        uvicorn.Config(app or create_app(config), host="127.0.0.1", port=0, log_level="warning", access_log=False)
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

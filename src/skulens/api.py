@@ -304,9 +304,11 @@ class Run:
         check_images: int = 500,
         max_top1_drop: float = 1.0,
         calibration_method: str = "minmax",
+        int8_only: bool = False,
     ):
         """ONNX (and INT8) export checked against PyTorch on ``dataset``'s images (None: the run's own
-        dataset when it is here, else random inputs only); returns the ExportReport."""
+        dataset when it is here, else random inputs only); returns the ExportReport. ``int8_only``:
+        keep the INT8 file alone (no FP32 file in the run)."""
         from skulens.engines.onnx_export import export_onnx
 
         report = export_onnx(
@@ -317,6 +319,7 @@ class Run:
             check_images=check_images,
             max_top1_drop_int8=max_top1_drop,
             calibration_method=calibration_method,
+            int8_only=int8_only,
         )
         self._recognizers.clear()  # engine "auto" may pick the new export
         return report

@@ -22,6 +22,7 @@ from skulens.data.transforms import Preprocessing, image_to_array, image_to_inpu
 from skulens.engines import Engine, TorchEngine, load_engine
 from skulens.errors import SkulensError
 from skulens.files import sha256_file
+from skulens.models.outputs import unit_rows
 from skulens.models.pretrained import has_packaged_weights, packaged_weights_path
 from skulens.models.registry import NATIVE_SIZES, ModelSpec, create_model, default_normalization
 from skulens.runs import RunConfig, RunFolder
@@ -161,6 +162,17 @@ class Embedder:
     def model_vectors(self, x: torch.Tensor) -> np.ndarray:
         """The vectors before the projection: what a projection is fitted on."""
         return self.engine.embeddings(x, tta=self.flip)
+
+    @property
+    def model_dim(self) -> int:
+        """The size of the model's own vectors (before the projection)."""
+        return self.projection.in_dim if self.projection is not None else self.dim
+
+    def search_vectors_of(self, model_vectors: np.ndarray) -> np.ndarray:
+        """Vectors as the model gives them (computed elsewhere, e.g. in a shopper's browser running the
+        same INT8 file) -> this embedder's search vectors: unit length, then the projection."""
+        vectors = unit_rows(np.atleast_2d(np.asarray(model_vectors, dtype=np.float32)))
+        return vectors if self.projection is None else self.projection.transform(vectors)
 
     def embed(self, images: Iterable[ImageSource]) -> np.ndarray:
         """Embeddings of readable images; raises ImageError on the first unusable one."""

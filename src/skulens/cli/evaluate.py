@@ -101,6 +101,9 @@ def _export_parser(sub) -> None:
     ex.add_argument("--format", default="onnx", choices=["onnx"], help="(default: onnx)")
     ex.add_argument("--int8", action="store_true", help="also write a static-quantized INT8 model")
     ex.add_argument(
+        "--int8-only", action="store_true", help="keep only the INT8 model (implies --int8; what a CPU server needs)"
+    )
+    ex.add_argument(
         "--calibration",
         metavar="DATASET",
         default=None,
@@ -249,12 +252,13 @@ def cmd_export(args) -> int:
     run = Run(args.run)
     dataset = run_dataset(run, args, args.calibration, required=False)
     report = run.export(
-        args.int8,
+        args.int8 or args.int8_only,
         dataset,
         calibration_images=args.calibration_images,
         check_images=args.check_images,
         max_top1_drop=args.max_top1_drop,
         calibration_method=args.calibration_method,
+        int8_only=args.int8_only,
     )
     if args.json:
         print_json(report.to_dict())

@@ -164,7 +164,7 @@ def config_from_args(args: argparse.Namespace):
 
         # After every setting is checked: a typo must not cost the first start's embedding work.
         print("opening the demo catalog (the first start embeds its photos)", file=sys.stderr)
-        config.catalog = open_demo_catalog(run, demo_products, args.device)
+        config.catalog = open_demo_catalog(run, demo_products, args.device, engine=args.engine)
     return config
 
 

@@ -20,6 +20,7 @@ from skulens import __version__
 from skulens.errors import SkulensError
 from skulens.serving import (
     routes_catalog,
+    routes_device,
     routes_explain,
     routes_jobs,
     routes_products,
@@ -124,7 +125,16 @@ def warm_up_all(svc: Services) -> None:
         warm_up("text index", lambda: text.index(semantic=text.searched_by_meaning()))
 
 
-ROUTERS = (routes_system, routes_recognize, routes_jobs, routes_catalog, routes_products, routes_explain, routes_web)
+ROUTERS = (
+    routes_system,
+    routes_recognize,
+    routes_jobs,
+    routes_catalog,
+    routes_device,
+    routes_products,
+    routes_explain,
+    routes_web,
+)
 
 
 def recognition_batcher(recognizer, config: ServeConfig, metrics: Metrics) -> MicroBatcher:

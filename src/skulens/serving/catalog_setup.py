@@ -36,13 +36,15 @@ def open_catalog(db: str | Path, run: str | Path | None, device: str = "auto", e
     return catalog
 
 
-def open_demo_catalog(run: Path, catalog_dir: Path, device: str = "auto", progress: bool = True):
+def open_demo_catalog(run: Path, catalog_dir: Path, device: str = "auto", progress: bool = True, engine: str = "auto"):
     """The demo catalog, imported into its cache database (idempotent: later starts find every
-    product unchanged and embed nothing)."""
+    product unchanged and embed nothing). ``engine`` as the server's: with ``auto`` on a CPU the demo
+    model's INT8 export embeds, the file the web page runs on the shopper's device too, so the page
+    can search by the vector it computed (issue 19). The engine is part of the cache's name."""
     from skulens.catalog import Catalog, CsvMapping, import_products, load_embedder, read_products_csv
     from skulens.catalog.schema import SchemaError
 
-    embedder = load_embedder(run, device, "torch")
+    embedder = load_embedder(run, device, engine)
     place = hashlib.sha256(str(catalog_dir.resolve()).encode()).hexdigest()[:8]
     folder = cache_dir()
     try:

@@ -272,3 +272,50 @@ class CategoryNode(BaseModel):
 
 class CategoryTreeResponse(BaseModel):
     roots: list[CategoryNode]
+
+
+class DeviceModel(BaseModel):
+    url: str = Field(description="the INT8 ONNX file; its name is its SHA-256, so it may be cached forever")
+    sha256: str
+    bytes: int
+    name: str = Field(description="the architecture, e.g. efficientnet_lite0")
+    input: str
+    outputs: list[str]
+
+
+class DeviceLimits(BaseModel):
+    max_bytes: int
+    max_pixels: int
+    max_aspect_ratio: int
+    formats: list[str]
+
+
+class DeviceSearch(BaseModel):
+    url: str = Field(description="POST the vector here (JSON)")
+    model: str = Field(description="the identity to send with the vector: the catalog's search model")
+    dim: int
+    flip: bool = Field(description="send the mean of the photo's and its mirror image's embedding outputs")
+
+
+class DeviceManifest(BaseModel):
+    """What the web page needs to recognise a photo in the browser (``available`` false: why not)."""
+
+    available: bool
+    reason: str | None = None
+    runtime: str | None = Field(default=None, description="URL of onnxruntime-web's ES module, served here")
+    model: DeviceModel | None = None
+    preprocessing: dict = Field(default_factory=dict, description="the run's recorded preprocessing")
+    limits: DeviceLimits | None = None
+    classes: list[str] = Field(default_factory=list)
+    paths: list[list[str]] = Field(default_factory=list, description="each class's category path")
+    top_k: int = 5
+    search: DeviceSearch | None = None
+    search_reason: str | None = None
+
+
+class VectorSearchRequest(BaseModel):
+    vector: list[float] = Field(min_length=1, max_length=8192, description="the model's embedding output")
+    model: str = Field(min_length=1, max_length=64, description="GET /v1/device/manifest's search.model")
+    top_k: int | None = Field(default=None, ge=1, le=100)
+    category: list[str] = Field(default_factory=list, max_length=12)
+    attributes: dict[str, str] = Field(default_factory=dict, max_length=12)

@@ -1,7 +1,9 @@
 // skulens web page: send a photo to /v1/recognize and show the answer, the matching products, similar
 // products, the category tree and (on request) a Grad-CAM heat map. Plain JS, no build step.
 // Everything from the server is written with textContent (never innerHTML), so titles cannot inject markup.
-"use strict";
+// Two ways to recognise (?engine=device|server, and a toggle): on this device (device.js: the photo stays in
+// the browser, only its embedding is sent to search) or on the server (the photo is uploaded).
+import { DeviceEngine, deviceSupported } from "./device.js";
 
 const $ = (id) => document.getElementById(id);
 const PAGE_SIZE = 24;
@@ -11,6 +13,9 @@ let heatmapUrl = null;
 let lastFile = null;
 let photoToken = 0;  // answers for an older photo than the one on screen are dropped
 let browsing = null;  // {path, nextOffset} of the category being listed
+let manifest = null;  // GET /v1/device/manifest: what on-device mode needs, or why it is off
+let mode = "server";  // where photos are recognised: "device" or "server"
+let deviceEngine = null;  // a promise of the loaded DeviceEngine, made on first use
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -101,11 +106,57 @@ async function loadInfo() {
   $("model-info").textContent = `${m.name} · ${m.classes} classes · ${m.engine}`;
   $("limits").textContent = `${info.limits.formats.join(", ")} · up to ${megabytes(info.limits.max_upload_bytes)}`;
   $("api-key-row").hidden = !info.auth.reads;
-  $("heatmap-row").hidden = !info.explain;
   if (info.catalog) {
     loadTree();
     $("text-search").hidden = false;
   }
+  await loadManifest();
+}
+
+async function loadManifest() {
+  try {
+    manifest = await api("/v1/device/manifest");
+  } catch (_) {
+    manifest = null;  // an older server, or the network is down and nothing was cached
+  }
+  const possible = Boolean(manifest && manifest.available && deviceSupported());
+  $("engine-row").hidden = !possible;
+  const asked = new URLSearchParams(window.location.search).get("engine");
+  if (asked === "device" && !possible) {
+    const why = manifest && manifest.reason ? manifest.reason : "this browser cannot run the model";
+    showError(`On-device recognition is not available here: ${why}. Photos are recognised on the server.`);
+  }
+  setMode(possible && asked !== "server" ? "device" : "server");
+}
+
+function setMode(next) {
+  mode = next;
+  $(`engine-${mode}`).checked = true;
+  const onDevice = mode === "device";
+  $("privacy-note").textContent = onDevice
+    ? "On this device: your photo stays in this browser. To find matching products, only a list of numbers computed from it is sent, never the photo."
+    : "Photos are analysed and then discarded; the server does not keep them.";
+  // The heat map and "refine the photo" need the photo on the server: offered in server mode only.
+  $("heatmap-row").hidden = onDevice || !info || !info.explain;
+  if (onDevice && !deviceEngine) loadDevice();
+}
+
+function loadDevice() {
+  setStatus(`Loading the model for this device (${megabytes(manifest.model.bytes)}, once)…`);
+  deviceEngine = DeviceEngine.load(manifest, authHeaders());
+  deviceEngine.then(
+    (engine) => {
+      $("model-info").textContent = `${info.model.name} · ${info.model.classes} classes · ${engine.backend} on this device`;
+      setStatus("Ready: photos are recognised on this device.");
+    },
+    (error) => {
+      deviceEngine = null;
+      setStatus("");
+      showError(`The model could not start on this device (${error.message}); photos are recognised on the server.`);
+      setMode("server");
+    },
+  );
+  return deviceEngine;
 }
 
 function showPreview(file) {
@@ -160,26 +211,52 @@ async function recognize(file) {
     return;
   }
   setStatus("Recognizing…");
-  const form = new FormData();
-  form.append("image", file, file.name || "photo.jpg");
   try {
     const token = photoToken;
-    const result = await api("/v1/recognize", { method: "POST", body: form });
+    const result = mode === "device" ? await recognizeOnDevice(file) : await recognizeOnServer(file);
     if (token !== photoToken) return;
     renderPrediction(result);
     renderProducts($("products"), result.products);
     $("products-title").textContent = "Matching products";
     $("products-panel").hidden = result.products.length === 0;
-    $("refine-row").hidden = !info || !info.catalog;
+    $("refine-row").hidden = !info || !info.catalog || mode === "device";
     $("similar-panel").hidden = true;
-    setStatus(`Answered in ${Math.round(result.elapsed_ms)} ms.`);
-    showHeatmap();
+    const where = mode === "device" ? " on this device" : "";
+    setStatus(`Answered${where} in ${Math.round(result.elapsed_ms)} ms.${result.note ? ` ${result.note}` : ""}`);
+    if (mode === "server") showHeatmap();
   } catch (error) {
     $("result").hidden = true;
     $("products-panel").hidden = true;
     setStatus("");
     showError(error.message);
   }
+}
+
+async function recognizeOnServer(file) {
+  const form = new FormData();
+  form.append("image", file, file.name || "photo.jpg");
+  return api("/v1/recognize", { method: "POST", body: form });
+}
+
+// Recognised in the browser; the catalog is searched with the photo's embedding alone.
+async function recognizeOnDevice(file) {
+  const engine = await (deviceEngine || loadDevice());
+  const { answer, vector } = await engine.recognize(file);
+  if (vector && manifest.search) {
+    try {
+      const found = await api(manifest.search.url, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ vector, model: manifest.search.model }),
+      });
+      answer.products = found.products;
+    } catch (error) {
+      answer.note = error instanceof TypeError
+        ? "Matching products need the network: search runs on the server."
+        : `No matching products: ${error.message}`;
+    }
+  }
+  return answer;
 }
 
 function renderPath(levels) {
@@ -189,6 +266,8 @@ function renderPath(levels) {
 }
 
 function renderPrediction(result) {
+  $("top-label").textContent = `${result.label} (${pct(result.confidence)})`;
+  $("top-label").dataset.label = result.label;
   $("category-path").replaceChildren(...renderPath(result.path));
   const note = $("answer-note");
   if (result.unknown) {
@@ -331,6 +410,11 @@ async function loadTree() {
 }
 
 function wireInputs() {
+  for (const id of ["engine-device", "engine-server"]) {
+    $(id).addEventListener("change", (event) => {
+      if (event.target.checked) setMode(event.target.value);
+    });
+  }
   $("text-search").addEventListener("submit", searchWords);
   $("heatmap-toggle").addEventListener("change", toggleHeatmap);
   $("browse-more").addEventListener("click", () => {
@@ -360,5 +444,7 @@ function wireInputs() {
   });
 }
 
+// After the first visit the page, the runtime and the model load from the browser, also offline (sw.js).
+if ("serviceWorker" in navigator) navigator.serviceWorker.register("/sw.js").catch(() => {});
 wireInputs();
 loadInfo();
