@@ -25,7 +25,7 @@ from skulens.data.datasets import load_dataset
 from skulens.data.transforms import image_to_array
 from skulens.engines.select import ONNX_INT8, OnnxEngine, current_export
 from skulens.evaluation.report import evaluate_run
-from skulens.runs import load_run
+from skulens.runs import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "grocery-store"
@@ -33,7 +33,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "grocery-store"
 
 def speed(run: Path, photos: list[Path], min_seconds: float = 5.0) -> float:
     """Photos per second, batch 1, JPEG bytes to probabilities (decode, preprocessing, INT8 model)."""
-    config = load_run(run)
+    config = RunFolder(run).config()
     engine = OnnxEngine(run / ONNX_INT8, config)
     engine.probabilities(engine.batch([image_to_array(photos[0], config.preprocessing)]))  # warm-up
     n, start = 0, time.perf_counter()
@@ -50,7 +50,7 @@ def candidate(run: Path, dataset, budget_bytes: int) -> dict:
         raise SystemExit(f"{run}: no checked INT8 export; run `skulens export {run} --int8-only --calibration DATA`")
     size = (run / ONNX_INT8).stat().st_size
     metrics = evaluate_run(run, dataset, "test", engine="onnx", device="cpu", out_dir=run / "eval-test-int8")
-    config = load_run(run)
+    config = RunFolder(run).config()
     photos = [s.path for s in dataset.split("test")][:40]
     return {
         "run": str(run),

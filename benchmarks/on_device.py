@@ -84,10 +84,10 @@ class ByteCounter:
         return await self.app(scope, receive, counted)
 
     def take(self) -> dict:
-        total = sum(n for _, n in self.sent)
+        total, requests = sum(n for _, n in self.sent), len(self.sent)
         biggest = sorted(self.sent, key=lambda e: -e[1])[:5]
         self.sent = []
-        return {"bytes": total, "requests": len(biggest), "largest": [{"path": p, "bytes": n} for p, n in biggest]}
+        return {"bytes": total, "requests": requests, "largest": [{"path": p, "bytes": n} for p, n in biggest]}
 
 
 def serve(app) -> tuple[str, object]:

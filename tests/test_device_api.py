@@ -81,7 +81,8 @@ def test_manifest_describes_the_servers_own_int8_model(client, manifest):
     assert manifest["classes"] == recognizer.classes
     assert manifest["paths"][1] == recognizer.category_path(1) and len(manifest["paths"]) == len(recognizer.classes)
     assert manifest["limits"]["max_pixels"] == ServeConfig.__dataclass_fields__["max_pixels"].default
-    assert manifest["search"]["dim"] == 512 and not manifest["search"]["flip"]
+    assert manifest["search"]["dim"] == Embedder.from_run(DEMO, device="cpu", engine="auto").model_dim
+    assert not manifest["search"]["flip"]
     assert client.get(manifest["runtime"]).status_code == 200
 
 

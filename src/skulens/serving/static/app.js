@@ -228,7 +228,9 @@ async function recognize(file) {
     $("result").hidden = true;
     $("products-panel").hidden = true;
     setStatus("");
-    showError(error.message);
+    // A photo the browser cannot decode (TIFF) is never sent without asking: the shopper chose the device.
+    const hint = error.code === "unsupported_on_device" ? " Choose “on the server” above to send it there." : "";
+    showError(error.message + hint);
   }
 }
 
