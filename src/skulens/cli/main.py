@@ -11,11 +11,11 @@ import os
 import sys
 
 from skulens import __version__
-from skulens.cli import catalog, data, demo, evaluate, privacy, report, serve, train
+from skulens.cli import catalog, data, demo, detector, evaluate, privacy, report, serve, train
 from skulens.cli.options import EXIT_ERROR, LazyParser, error
 from skulens.errors import SkulensError
 
-COMMAND_GROUPS = (data, train, evaluate, report, demo, catalog, serve, privacy)
+COMMAND_GROUPS = (data, train, evaluate, report, demo, catalog, serve, privacy, detector)
 
 
 def build_parser() -> argparse.ArgumentParser:

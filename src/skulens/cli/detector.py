@@ -1,0 +1,76 @@
+"""`skulens detector train` and `skulens detector evaluate`: the class-agnostic product detector
+(issue 18). Parsing only; the work is in training.detector and evaluation.detection."""
+
+from __future__ import annotations
+
+import json
+
+from skulens.cli.options import EXIT_OK, count_at_least
+
+
+def add_parsers(sub) -> None:
+    group = sub.add_parser("detector", help="find the products in a photo (class-agnostic detector)")
+    commands = group.add_subparsers(dest="detector_command", required=True)
+    train = commands.add_parser("train", help="train a detector on composed scenes of a dataset (no boxes needed)")
+    train.add_argument("dataset", help="folder, CSV manifest or Grocery Store root")
+    train.add_argument("--out", required=True, help="detector folder to write")
+    train.add_argument("--config", metavar="RECIPE", default=None, help="recipe file (.toml) of DetectorConfig fields")
+    train.add_argument("--steps", type=count_at_least(1), default=None, help="training steps (default: the recipe's)")
+    train.add_argument("--seed", type=int, default=None, help="seed of the composites and the head's init")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(handler=cmd_train)
+    evaluate = commands.add_parser("evaluate", help="mAP@0.5, found rate and false boxes on composites of a split")
+    evaluate.add_argument("detector", help="detector folder (detector.json + detector.safetensors)")
+    evaluate.add_argument("dataset", help="folder, CSV manifest or Grocery Store root")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: test")
+    evaluate.add_argument("--n", type=count_at_least(1), default=200, help="composites to score (default: 200)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the composites (default: 0)")
+    evaluate.add_argument(
+        "--cutouts",
+        type=float,
+        default=0.0,
+        help="share of pieces cut out of catalog images (default: 0, shopper photos only)",
+    )
+    evaluate.add_argument(
+        "--pieces", choices=("photo", "cutout"), default="photo", help="paste the split's images whole or cut out"
+    )
+    evaluate.add_argument("--threshold", type=float, default=None, help="score threshold (default: the detector's)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+
+def cmd_train(args) -> int:
+    from skulens.training.detector import load_detector_config, train_detector
+
+    progress = False if args.no_progress else None
+    config = load_detector_config(args.config, steps=args.steps, seed=args.seed, progress=progress)
+    record = train_detector(args.dataset, args.out, config)
+    val = record["val"]
+    print(
+        f"trained {config.steps} steps in {record['train_seconds']:.0f} s; val ({val['images']} composites): "
+        f"mAP@0.5 {val['map50']:.3f}, found {100 * val['found_rate']:.1f}%, "
+        f"{val['false_per_image']:.2f} false boxes/image at score >= {record['score_threshold']}"
+    )
+    print(f"detector folder: {args.out}")
+    return EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    from dataclasses import replace
+
+    from skulens.data.composition import CompositionConfig, make_eval_set
+    from skulens.data.datasets import load_dataset
+    from skulens.engines.detector import Detector
+    from skulens.evaluation.detection import evaluate_detector
+
+    detector = Detector.load(args.detector)
+    recorded = CompositionConfig.from_dict(detector.record.get("composition", {}))
+    config = replace(recorded, cutout_share=args.cutouts, split_pieces=args.pieces)
+    config.check()
+    dataset = load_dataset(args.dataset)
+    composites = make_eval_set(
+        dataset, args.split, args.n, seed=args.seed, config=config, progress=not args.no_progress
+    )
+    figures = evaluate_detector(detector, composites, score_threshold=args.threshold, progress=not args.no_progress)
+    print(json.dumps({"split": args.split, **figures}, indent=2))
+    return EXIT_OK
