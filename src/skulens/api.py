@@ -326,15 +326,42 @@ class Run:
 
     # --- recognising ----------------------------------------------------------------------------
 
-    def recognizer(self, engine: str = "auto", device: str = "auto", tta: bool = False, threads: int | None = None):
+    def recognizer(
+        self,
+        engine: str = "auto",
+        device: str = "auto",
+        tta: bool = False,
+        threads: int | None = None,
+        detector: str | Path | None = None,
+    ):
         """A :class:`~skulens.recognition.recognizer.Recognizer` on this run (kept for the next call);
-        ``threads``: ONNX Runtime's threads (None: one per core)."""
+        ``threads``: ONNX Runtime's threads (None: one per core); ``detector``: a product detector's
+        folder, for photos of several products."""
         from skulens.recognition.recognizer import Recognizer
 
-        key = (engine, device, tta, threads)
+        key = (engine, device, tta, threads, str(detector) if detector else None)
         if key not in self._recognizers:
-            self._recognizers[key] = Recognizer.load(self.path, engine=engine, device=device, tta=tta, threads=threads)
+            self._recognizers[key] = Recognizer.load(
+                self.path, engine=engine, device=device, tta=tta, threads=threads, detector=detector
+            )
         return self._recognizers[key]
+
+    def predict_objects(
+        self,
+        image,
+        detector: str | Path,
+        *,
+        top_k: int = 5,
+        single: bool = False,
+        score_threshold: float | None = None,
+        engine: str = "auto",
+        device: str = "auto",
+    ) -> list:
+        """Each product in a photo of several: ``ObjectPrediction`` (box in the upright photo's pixels,
+        detector score, prediction) per product the detector (`skulens detector train`) finds; nothing
+        found: the whole photo. ``single``: only the largest, most central product."""
+        recognizer = self.recognizer(engine, device, detector=detector)
+        return recognizer.predict_objects(image, top_k, single=single, score_threshold=score_threshold)
 
     def predict(self, images, *, top_k: int = 5, engine: str = "auto", device: str = "auto", tta: bool = False) -> list:
         """Predictions for images: a path, a folder (its images), bytes, a file object or a PIL image,

@@ -73,6 +73,10 @@ def _predict_parser(sub) -> None:
     add_engine(pr)
     add_threads(pr)
     add_json(pr, "print a JSON list")
+    pr.add_argument("--objects", action="store_true", help="find each product of the photo, then recognise each")
+    pr.add_argument("--detector", default=None, metavar="DIR", help="the product detector (skulens detector train)")
+    pr.add_argument("--single-object", action="store_true", help="with --objects: only the largest, most central one")
+    pr.add_argument("--detector-threshold", type=float, default=None, help="detector score (default: its own)")
     pr.set_defaults(handler=cmd_predict)
 
 
@@ -197,6 +201,8 @@ def _print_metrics(m: dict, split: str) -> None:
 def cmd_predict(args) -> int:
     from skulens.api import Run
 
+    if args.objects or args.detector:
+        return _predict_objects(Run(args.run), args)
     answered, failed, records = 0, False, []
     run = Run(args.run)
     options = {"engine": args.engine, "device": args.device, "tta": args.tta, "threads": args.threads}
@@ -214,6 +220,37 @@ def cmd_predict(args) -> int:
     if args.json:
         print_json(records)
     return EXIT_PARTIAL if failed or not answered else EXIT_OK
+
+
+def _predict_objects(run, args) -> int:
+    """One line per product found (image, object number, box, detector score, label, confidence, path);
+    a bad file costs one error line, the rest still run."""
+    from skulens.api import expand_paths
+
+    if not args.detector:
+        raise SkulensError("--objects needs --detector DIR (a folder made by skulens detector train)")
+    files, problems = expand_paths(args.images)
+    failed, records = bool(problems), []
+    for _, message in problems:
+        error(message)
+    options = {"single": args.single_object, "score_threshold": args.detector_threshold, "engine": args.engine}
+    for path in files:
+        try:
+            objects = run.predict_objects(path, args.detector, top_k=args.top_k, device=args.device, **options)
+        except SkulensError as exc:
+            failed = True
+            error(str(exc))
+            continue
+        for i, obj in enumerate(objects, 1):
+            p = obj.prediction
+            score = "whole photo" if obj.score is None else f"{100 * obj.score:.0f}%"
+            box = ",".join(f"{v:.0f}" for v in obj.box)
+            records.append({"source": str(path), "object": i, **obj.to_dict()})
+            if not args.json:
+                print(f"{path}\t#{i}\t{box}\t{score}\t{p.label}\t{100 * p.confidence:.1f}%\t{' > '.join(p.path)}")
+    if args.json:
+        print_json(records)
+    return EXIT_PARTIAL if failed or not records else EXIT_OK
 
 
 def _attribute_text(a: dict) -> str:

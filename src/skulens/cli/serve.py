@@ -30,6 +30,12 @@ def add_parsers(sub) -> None:
     )
     sv.add_argument("--no-catalog", action="store_true", help="no product catalog, not even the demo one")
     sv.add_argument(
+        "--detector",
+        default=None,
+        metavar="DIR",
+        help="a product detector (skulens detector train): POST /v1/recognize?objects=true finds each product",
+    )
+    sv.add_argument(
         "--media-dir",
         default=None,
         help="store photos of products added through the API in this folder (shared by a fleet only if the "
@@ -133,8 +139,13 @@ def config_from_args(args: argparse.Namespace):
         )
     if not args.run:
         print(f"serving the built-in demo model ({run})", file=sys.stderr)
+    if args.detector and not (Path(args.detector) / "detector.json").is_file():
+        raise SkulensError(
+            f"{args.detector}: not a product detector folder (no detector.json; see skulens detector train)"
+        )
     config = ServeConfig(
         run_dir=run,
+        detector_dir=Path(args.detector) if args.detector else None,
         engine=args.engine,
         device=args.device,
         top_k=args.top_k,

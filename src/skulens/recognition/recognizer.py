@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from skulens.data.images import ImageSource
+from skulens.data.images import ImageSource, load_image
 from skulens.data.pipeline import ordered_map
 from skulens.data.transforms import image_to_array
 from skulens.engines import Engine, load_engine
+from skulens.errors import ImageError, SkulensError
 from skulens.evaluation.backoff import Backoff, tree_or_flat
 from skulens.evaluation.thresholds import load_thresholds
 from skulens.models.outputs import describe
@@ -51,6 +52,23 @@ class Prediction:
         return asdict(self)
 
 
+@dataclass
+class ObjectPrediction:
+    """One product found in a photo of several: its box (pixels of the upright photo: x1, y1, x2, y2),
+    the detector's score (None for the whole-photo fallback when nothing was found) and its prediction."""
+
+    box: list[float]
+    score: float | None
+    prediction: Prediction
+
+    def to_dict(self) -> dict:
+        return {"box": self.box, "score": self.score, **self.prediction.to_dict()}
+
+
+# A box narrower than this (pixels) is no product the classifier could name: left out.
+MIN_OBJECT_SIDE = 8
+
+
 class Recognizer:
     """A trained run, ready to predict. Build with :meth:`load`."""
 
@@ -60,8 +78,10 @@ class Recognizer:
         tta: bool = False,
         thresholds: list[float | None] | None = None,
         attribute_thresholds: dict[str, list[float]] | None = None,
+        detector=None,
     ):
         self.engine = engine
+        self.detector = detector  # engines.detector.Detector: finds the products of a multi-product photo
         self.attribute_thresholds = attribute_thresholds
         self.config = engine.config
         self.tta = tta
@@ -77,11 +97,19 @@ class Recognizer:
         device: str = "auto",
         tta: bool = False,
         threads: int | None = None,
+        detector: str | Path | None = None,
     ) -> Recognizer:
         """``engine``: ``auto`` (ONNX Runtime when an up-to-date export exists and we are on a CPU),
-        ``torch`` or ``onnx``."""
+        ``torch`` or ``onnx``. ``detector``: a trained product detector's folder (`skulens detector
+        train`), for photos of several products (``predict(..., objects=True)``)."""
         runner = load_engine(run_dir, engine, device, threads=threads)
-        return cls(runner, tta, load_thresholds(run_dir, runner.config), RunFolder(run_dir).attribute_thresholds())
+        found = None
+        if detector is not None:
+            from skulens.engines.detector import Detector  # torch: only when a detector is asked for
+
+            found = Detector.load(detector)
+        thresholds = load_thresholds(run_dir, runner.config)
+        return cls(runner, tta, thresholds, RunFolder(run_dir).attribute_thresholds(), detector=found)
 
     @property
     def classes(self) -> list[str]:
@@ -95,9 +123,51 @@ class Recognizer:
     def _input(self, image: ImageSource) -> np.ndarray:
         return image_to_array(image, self.config.preprocessing)
 
-    def predict(self, image: ImageSource, top_k: int = 5) -> Prediction:
-        """Predict one image (a path, bytes, a file object or a PIL image). Raises ImageError if unusable."""
+    def predict(self, image: ImageSource, top_k: int = 5, *, objects: bool = False, **find):
+        """Predict one image (a path, bytes, a file object or a PIL image). Raises ImageError if unusable.
+        ``objects=True``: a list of :class:`ObjectPrediction`, one per product found (``find``: the
+        options of :meth:`predict_objects`)."""
+        if objects:
+            return self.predict_objects(image, top_k, **find)
         return self.predict_batch([image], top_k=top_k)[0]
+
+    def predict_objects(
+        self,
+        image: ImageSource,
+        top_k: int = 5,
+        *,
+        single: bool = False,
+        score_threshold: float | None = None,
+        max_objects: int = 20,
+    ) -> list[ObjectPrediction]:
+        """Each product of a photo of several: the detector's boxes, best first, each crop recognised.
+        Nothing found: the whole photo is the one object (score None), so a single-product photo gets
+        today's answer. ``single``: only the largest, most central product; ``score_threshold``: the
+        detector's (default: its own, chosen on val)."""
+        if self.detector is None:
+            raise SkulensError(
+                "no product detector loaded: pass detector=DIR (a folder made by skulens detector train)"
+            )
+        photo = load_image(image)
+        found = self.detector.detect(photo, score_threshold=score_threshold, max_objects=max_objects, single=single)
+        boxes = [(b.box, b.score) for b in found if min(b.box[2] - b.box[0], b.box[3] - b.box[1]) >= MIN_OBJECT_SIDE]
+        crops, kept = [], []
+        for box, score in boxes:
+            try:  # a crop is an image like any other: the same checks (a sliver is no photo)
+                crops.append(self._input(photo.crop(tuple(round(v) for v in box))))
+                kept.append((box, score))
+            except ImageError:
+                continue
+        if not kept:
+            whole = [0.0, 0.0, float(photo.width), float(photo.height)]
+            return [ObjectPrediction(whole, None, self.predict_batch([photo], top_k=top_k)[0])]
+        probs, attrs = self.engine.outputs(self.engine.batch(crops), self.tta)
+        return [
+            ObjectPrediction(
+                [round(v, 1) for v in box], round(score, 4), self._prediction(row, None, top_k, _row(attrs, i))
+            )
+            for i, ((box, score), row) in enumerate(zip(kept, probs))
+        ]
 
     def predict_batch(self, images: Iterable[ImageSource], top_k: int = 5) -> list[Prediction]:
         images = list(images)

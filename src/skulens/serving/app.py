@@ -53,7 +53,7 @@ def load_recognizer(config: ServeConfig):
         return config.recognizer
     from skulens.recognition.recognizer import Recognizer
 
-    return Recognizer.load(config.run_dir, engine=config.engine, device=config.device)
+    return Recognizer.load(config.run_dir, engine=config.engine, device=config.device, detector=config.detector_dir)
 
 
 def decode_workers() -> int:

@@ -30,6 +30,8 @@ class ServeConfig:
     otherwise it is loaded from ``run_dir``. ``catalog`` is the product catalog for visual search (or None)."""
 
     run_dir: Path | None = None
+    # A product detector's folder (skulens detector train): POST /v1/recognize?objects=true finds each product.
+    detector_dir: Path | None = None
     engine: str = "auto"
     device: str = "auto"
     top_k: int = 5

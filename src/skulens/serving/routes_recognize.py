@@ -9,10 +9,10 @@ import time
 from fastapi import APIRouter, Depends, Request
 
 from skulens.errors import ImageError, SkulensError
-from skulens.serving.api_errors import within_timeout
+from skulens.serving.api_errors import ApiError, within_timeout
 from skulens.serving.deps import Services, job_owner, require_read, services
 from skulens.serving.predictions import to_response
-from skulens.serving.schemas import BulkItem, ErrorResponse, JobSubmitted, RecognizeResponse
+from skulens.serving.schemas import BulkItem, ErrorResponse, JobSubmitted, ObjectAnswer, RecognizeResponse
 from skulens.serving.uploads import BINARY, decode, decode_off_loop, multipart_doc, read_images
 
 log = logging.getLogger("skulens.serving")
@@ -35,7 +35,10 @@ def _multipart_doc(field: str, many: bool) -> dict:
     description="Multipart upload in the field `image`. Answers the category path with a confidence "
     "per level, the top-k classes, attributes when the model has them and the matching "
     "catalog products (empty without a catalog). The photo is not stored unless the operator "
-    "turned storage on, and then without its metadata (PRIVACY.md).",
+    "turned storage on, and then without its metadata (PRIVACY.md). `?objects=true` (on a server "
+    "started with --detector): each product of a photo of several, in `objects`, with its box, the "
+    "detector's score, its answer and products; `single=true` keeps the largest, most central one; "
+    "`detector_threshold` overrides the detector's score threshold.",
 )
 async def recognize(request: Request) -> RecognizeResponse:
     svc = services(request)
@@ -51,9 +54,12 @@ async def _recognize(svc: Services, request: Request, started: float) -> Recogni
             request, "image", max_files=1, max_file_bytes=cfg.max_upload_bytes, max_total_bytes=cfg.max_upload_bytes
         )
     )[0]
+    find = object_options(request)
     image = await decode_off_loop(svc, upload.data)
     if cfg.upload_store is not None:  # opt-in (PRIVACY.md); stored before answering: answered means on disk
         await asyncio.get_running_loop().run_in_executor(svc.decode_pool, cfg.upload_store.save, image)
+    if find is not None:
+        return await _recognize_objects(svc, image, find, started)
     if svc.catalog is None:
         prediction, products = await svc.batcher.submit(image), []
     else:  # both models at once: the answer waits for the slower, not for the sum
@@ -65,6 +71,50 @@ async def _recognize(svc: Services, request: Request, started: float) -> Recogni
         engine=svc.engine_name,
         elapsed_ms=1000 * (time.perf_counter() - started),
     )
+
+
+def object_options(request: Request) -> dict | None:
+    """``?objects=true`` (with ``single=true``, ``detector_threshold=0.4``): the detector's options, else None."""
+    query = request.query_params
+    if query.get("objects", "false").lower() not in ("true", "1", "yes"):
+        return None
+    try:
+        threshold = query.get("detector_threshold")
+        threshold = None if threshold is None else float(threshold)
+    except ValueError:
+        raise ApiError(422, "invalid_request", "detector_threshold must be a number between 0 and 1") from None
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ApiError(422, "invalid_request", "detector_threshold must be a number between 0 and 1")
+    return {"single": query.get("single", "false").lower() in ("true", "1", "yes"), "score_threshold": threshold}
+
+
+async def _recognize_objects(svc: Services, image, find: dict, started: float) -> RecognizeResponse:
+    """Each product of the photo: found by the detector, recognised, and matched to catalog products by
+    its crop. The top-level fields answer the first (best) object, so a client that ignores
+    ``objects`` still gets an answer; nothing found: the whole photo is the one object."""
+    recognizer = svc.recognizer
+    if getattr(recognizer, "detector", None) is None:
+        raise ApiError(422, "no_detector", "this server has no product detector (start it with --detector DIR)")
+    loop = asyncio.get_running_loop()
+    n = len(recognizer.classes)  # every class: the path's confidences sum over all of them
+    found = await loop.run_in_executor(svc.decode_pool, lambda: recognizer.predict_objects(image, n, **find))
+    answers = []
+    for obj in found:
+        crop = image.crop(tuple(round(v) for v in obj.box))
+        products = await _products(svc, crop, svc.config.products_k) if svc.catalog is not None else []
+        answer = to_response(
+            obj.prediction, top_k=svc.config.top_k, products=products, engine=svc.engine_name, elapsed_ms=0
+        )
+        answers.append(
+            ObjectAnswer(box=obj.box, score=obj.score, **answer.model_dump(include=set(ObjectAnswer.model_fields)))
+        )
+    first = answers[0]
+    elapsed = 1000 * (time.perf_counter() - started)
+    top = to_response(
+        found[0].prediction, top_k=svc.config.top_k, products=first.products, engine=svc.engine_name, elapsed_ms=elapsed
+    )
+    top.objects = answers
+    return top
 
 
 async def _products(svc: Services, image, k: int) -> list:

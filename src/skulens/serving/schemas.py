@@ -63,6 +63,19 @@ class ProductHit(BaseModel):
     attributes: dict[str, str] = Field(default_factory=dict)
 
 
+class ObjectAnswer(BaseModel):
+    """One product of a photo of several (``objects=true``)."""
+
+    box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the photo as sent, EXIF orientation applied")
+    score: float | None = Field(description="the detector's score; null: nothing was found, the whole photo")
+    label: str
+    confidence: float
+    path: list[CategoryLevel]
+    top_k: list[ScoredClass]
+    attributes: list[Attribute] = Field(default_factory=list)
+    products: list[ProductHit] = Field(default_factory=list)
+
+
 class RecognizeResponse(BaseModel):
     label: str
     confidence: float
@@ -80,6 +93,10 @@ class RecognizeResponse(BaseModel):
     )
     engine: str
     elapsed_ms: float
+    objects: list[ObjectAnswer] | None = Field(
+        default=None,
+        description="with objects=true: each product found, best first (the fields above answer the first one)",
+    )
 
 
 class HealthResponse(BaseModel):

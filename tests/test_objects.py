@@ -1,0 +1,115 @@
+"""Photos of several products (issue 18): find each one, then recognise it, through the Python API, the CLI
+and POST /v1/recognize?objects=true. The detector is trained here for a few steps on composites of the
+colour shop (tests/conftest.py); the recogniser is the colour shop's run, so each product's answer can be
+checked against the colour that was pasted there."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from skulens.data.composition import CompositionConfig, make_eval_set
+from skulens.data.datasets import load_dataset
+from skulens.evaluation.detection import box_iou
+from skulens.recognition.recognizer import Recognizer
+from skulens.serving import ServeConfig, create_app
+
+pytestmark = pytest.mark.slow
+COMPOSITION = CompositionConfig(canvas_size=160, min_pieces=2, max_pieces=2, cutout_share=0.0, backgrounds=["plain"])
+
+
+@pytest.fixture(scope="module")
+def detector_dir(trained_run, tmp_path_factory):
+    from skulens.training.detector import DetectorConfig, train_detector
+
+    out = tmp_path_factory.mktemp("detector") / "det"
+    config = DetectorConfig(
+        input_size=128, steps=60, batch_size=4, lr=2e-3, warmup_steps=5, eval_every=60, val_composites=4,
+        progress=False, composition=COMPOSITION,
+    )  # fmt: skip
+    train_detector(trained_run[1], out, config)
+    return out
+
+
+@pytest.fixture(scope="module")
+def recognizer(trained_run, detector_dir):
+    return Recognizer.load(trained_run[0], detector=detector_dir)
+
+
+@pytest.fixture(scope="module")
+def scenes(trained_run):
+    return make_eval_set(load_dataset(trained_run[1]), "test", 6, seed=3, config=COMPOSITION, progress=False)
+
+
+def png(image) -> bytes:
+    buf = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_each_product_is_found_and_recognised_on_its_own(recognizer, scenes, trained_run):
+    classes = load_dataset(trained_run[1]).classes
+    found = right = total = 0
+    for scene in scenes:
+        objects = [o for o in recognizer.predict(scene.pil(), objects=True) if o.score is not None]
+        boxes = np.array([o.box for o in objects], np.float32).reshape(-1, 4)
+        iou = box_iou(scene.boxes, boxes) if len(boxes) else np.zeros((len(scene.boxes), 1))
+        for t, label in enumerate(scene.labels):
+            total += 1
+            if iou[t].max() >= 0.5:
+                found += 1
+                right += objects[int(iou[t].argmax())].prediction.label == classes[label]
+    assert found >= total // 2, f"{found} of {total} products found"
+    assert right >= 0.7 * found, f"{right} of {found} found products recognised as the colour pasted there"
+
+
+def test_single_mode_and_the_whole_photo_fallback(recognizer, scenes):
+    one = recognizer.predict_objects(scenes[0].pil(), single=True)
+    assert len(one) == 1
+    blank = Image.new("RGB", (120, 90), (128, 128, 128))
+    fallback = recognizer.predict_objects(blank, score_threshold=1.0)  # nothing can pass: the whole photo
+    assert len(fallback) == 1 and fallback[0].score is None and fallback[0].box == [0.0, 0.0, 120.0, 90.0]
+    assert fallback[0].prediction.label == recognizer.predict(blank).label
+
+
+def test_the_api_answers_an_object_list(recognizer, scenes, trained_run):
+    app = create_app(ServeConfig(recognizer=recognizer, warmup=False))
+    scene = scenes[0]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        files = {"image": ("scene.png", png(scene.image), "image/png")}
+        body = client.post("/v1/recognize?objects=true", files=files).json()
+        assert body["objects"], body
+        assert body["label"] == body["objects"][0]["label"]
+        for obj in body["objects"]:
+            x1, y1, x2, y2 = obj["box"]
+            assert 0 <= x1 < x2 <= scene.image.shape[1] and 0 <= y1 < y2 <= scene.image.shape[0]
+            assert obj["path"] and obj["top_k"]
+        assert len(client.post("/v1/recognize?objects=true&single=true", files=files).json()["objects"]) == 1
+        assert client.post("/v1/recognize", files=files).json()["objects"] is None
+        bad = client.post("/v1/recognize?objects=true&detector_threshold=2", files=files)
+        assert bad.status_code == 422 and "detector_threshold" in bad.json()["error"]["message"]
+        strip = client.post("/v1/recognize?objects=true", files={"image": ("s.png", png(Image.new("RGB", (1, 5000))))})
+        assert strip.status_code == 422 and strip.json()["error"]["code"] == "bad_image"
+    plain = Recognizer.load(trained_run[0])
+    with TestClient(create_app(ServeConfig(recognizer=plain, warmup=False)), raise_server_exceptions=False) as client:
+        answer = client.post("/v1/recognize?objects=true", files=files)
+        assert answer.status_code == 422 and answer.json()["error"]["code"] == "no_detector"
+
+
+def test_the_cli_prints_one_line_per_product(trained_run, detector_dir, scenes, tmp_path):
+    photo = tmp_path / "scene.png"
+    photo.write_bytes(png(scenes[1].image))
+    cmd = [sys.executable, "-m", "skulens", "predict", str(trained_run[0]), str(photo), "--objects"]
+    done = subprocess.run([*cmd, "--detector", str(detector_dir), "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    records = json.loads(done.stdout)
+    assert records and all(len(r["box"]) == 4 and r["label"] for r in records)
+    missing = subprocess.run(cmd, capture_output=True, text=True)
+    assert missing.returncode != 0 and missing.stderr.count("\n") == 1 and "--detector" in missing.stderr
