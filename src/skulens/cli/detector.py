@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
-from skulens.cli.options import EXIT_OK, count_at_least
+from skulens.cli.options import EXIT_OK, add_csv_columns, count_at_least, load_dataset
 
 
 def add_parsers(sub) -> None:
@@ -18,6 +19,7 @@ def add_parsers(sub) -> None:
     train.add_argument("--steps", type=count_at_least(1), default=None, help="training steps (default: the recipe's)")
     train.add_argument("--seed", type=int, default=None, help="seed of the composites and the head's init")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_csv_columns(train)
     train.set_defaults(handler=cmd_train)
     evaluate = commands.add_parser("evaluate", help="mAP@0.5, found rate and false boxes on composites of a split")
     evaluate.add_argument("detector", help="detector folder (detector.json + detector.safetensors)")
@@ -36,6 +38,7 @@ def add_parsers(sub) -> None:
     )
     evaluate.add_argument("--threshold", type=float, default=None, help="score threshold (default: the detector's)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_csv_columns(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
 
@@ -44,7 +47,8 @@ def cmd_train(args) -> int:
 
     progress = False if args.no_progress else None
     config = load_detector_config(args.config, steps=args.steps, seed=args.seed, progress=progress)
-    record = train_detector(args.dataset, args.out, config)
+    dataset = load_dataset(argparse.Namespace(**{**vars(args), "seed": config.seed}))  # CSV columns as given
+    record = train_detector(dataset, args.out, config)
     val = record["val"]
     print(
         f"trained {config.steps} steps in {record['train_seconds']:.0f} s; val ({val['images']} composites): "
@@ -59,7 +63,6 @@ def cmd_evaluate(args) -> int:
     from dataclasses import replace
 
     from skulens.data.composition import CompositionConfig, make_eval_set
-    from skulens.data.datasets import load_dataset
     from skulens.engines.detector import Detector
     from skulens.evaluation.detection import evaluate_detector
 
@@ -67,7 +70,7 @@ def cmd_evaluate(args) -> int:
     recorded = CompositionConfig.from_dict(detector.record.get("composition", {}))
     config = replace(recorded, cutout_share=args.cutouts, split_pieces=args.pieces)
     config.check()
-    dataset = load_dataset(args.dataset)
+    dataset = load_dataset(args)
     composites = make_eval_set(
         dataset, args.split, args.n, seed=args.seed, config=config, progress=not args.no_progress
     )
