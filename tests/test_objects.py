@@ -113,3 +113,30 @@ def test_the_cli_prints_one_line_per_product(trained_run, detector_dir, scenes, 
     assert records and all(len(r["box"]) == 4 and r["label"] for r in records)
     missing = subprocess.run(cmd, capture_output=True, text=True)
     assert missing.returncode != 0 and missing.stderr.count("\n") == 1 and "--detector" in missing.stderr
+
+
+@pytest.mark.browser
+def test_the_page_draws_a_box_per_product_and_answers_each(recognizer, scenes):
+    from tests.test_web_page import CHROMIUM, CHROMIUM_ARGS, live_server
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (`make test` installs it)")
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium; `make test` does it)")
+    scene = next(s for s in scenes if sum(o.score is not None for o in recognizer.predict_objects(s.pil())) >= 2)
+    objects = [o for o in recognizer.predict_objects(scene.pil()) if o.score is not None]
+    with live_server(ServeConfig(recognizer=recognizer, warmup=False)) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#limits:not(:empty)")
+        page.set_input_files(
+            "#file-input", files=[{"name": "s.png", "mimeType": "image/png", "buffer": png(scene.image)}]
+        )
+        page.wait_for_selector(".object-box")
+        boxes = page.query_selector_all(".object-box")
+        assert len(boxes) == len(objects)
+        for box, obj in reversed(list(zip(boxes, objects))):
+            box.click()
+            assert page.get_attribute("[data-testid=top-label]", "data-label") == obj.prediction.label
+            assert "current" in box.get_attribute("class")
+        browser.close()

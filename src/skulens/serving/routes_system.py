@@ -82,6 +82,7 @@ async def info(request: Request) -> InfoResponse:
         ),
         catalog=svc.catalog is not None,
         explain=svc.explainer is not None,
+        objects=getattr(rec, "detector", None) is not None,
         auth=AuthInfo(reads=cfg.protect_reads, writes=bool(cfg.api_key_hashes)),
         limits=LimitsInfo(
             max_upload_bytes=cfg.max_upload_bytes,

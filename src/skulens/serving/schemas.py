@@ -138,6 +138,7 @@ class InfoResponse(BaseModel):
     model: ModelInfo
     catalog: bool
     explain: bool = Field(default=False, description="POST /v1/explain can draw Grad-CAM heat maps for this model")
+    objects: bool = Field(default=False, description="POST /v1/recognize?objects=true finds each product (a detector)")
     auth: AuthInfo
     limits: LimitsInfo
     max_batch_size: int

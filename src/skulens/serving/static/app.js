@@ -160,6 +160,7 @@ function loadDevice() {
 }
 
 function showPreview(file) {
+  $("preview-boxes").replaceChildren();
   if (previewUrl) URL.revokeObjectURL(previewUrl);
   if (heatmapUrl) URL.revokeObjectURL(heatmapUrl);
   heatmapUrl = null;
@@ -216,6 +217,7 @@ async function recognize(file) {
     const result = mode === "device" ? await recognizeOnDevice(file) : await recognizeOnServer(file);
     if (token !== photoToken) return;
     renderPrediction(result);
+    renderObjects(result);
     renderProducts($("products"), result.products);
     $("products-title").textContent = "Matching products";
     $("products-panel").hidden = result.products.length === 0;
@@ -237,7 +239,46 @@ async function recognize(file) {
 async function recognizeOnServer(file) {
   const form = new FormData();
   form.append("image", file, file.name || "photo.jpg");
-  return api("/v1/recognize", { method: "POST", body: form });
+  // With a detector on the server, every product of the photo is found and answered on its own.
+  return api(info && info.objects ? "/v1/recognize?objects=true" : "/v1/recognize", { method: "POST", body: form });
+}
+
+// Boxes over the photo, one per product found (a photo of several); clicking one shows that product's
+// answer and matching products. Nothing found (the whole photo answered): no boxes.
+function renderObjects(result) {
+  const frame = $("preview-boxes");
+  frame.replaceChildren();
+  const objects = (result.objects || []).filter((o) => o.score !== null);
+  if (objects.length === 0) return;
+  const img = $("preview");
+  const place = () => {
+    const w = img.naturalWidth;
+    const h = img.naturalHeight;
+    const boxes = objects.map((obj, i) => {
+      const [x1, y1, x2, y2] = obj.box;
+      const box = el("button", { type: "button", className: "object-box", title: `${obj.label} (${pct(obj.confidence)})` },
+        el("span", { textContent: `${i + 1}. ${obj.label}` }));
+      box.setAttribute("aria-label", `product ${i + 1}: ${obj.label}`);
+      Object.assign(box.style, {
+        left: `${(100 * x1) / w}%`, top: `${(100 * y1) / h}%`,
+        width: `${(100 * (x2 - x1)) / w}%`, height: `${(100 * (y2 - y1)) / h}%`,
+      });
+      box.addEventListener("click", () => showObject(obj, box));
+      return box;
+    });
+    frame.replaceChildren(...boxes);
+    boxes[0].classList.add("current");
+  };
+  if (img.complete && img.naturalWidth) place();
+  else img.addEventListener("load", place, { once: true });
+}
+
+function showObject(obj, box) {
+  for (const other of document.querySelectorAll("#preview-boxes .object-box")) other.classList.remove("current");
+  box.classList.add("current");
+  renderPrediction(obj);
+  renderProducts($("products"), obj.products);
+  $("products-panel").hidden = obj.products.length === 0;
 }
 
 // Recognised in the browser; the catalog is searched with the photo's embedding alone.
