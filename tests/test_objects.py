@@ -92,6 +92,12 @@ def test_the_api_answers_an_object_list(recognizer, scenes, trained_run):
             assert 0 <= x1 < x2 <= scene.image.shape[1] and 0 <= y1 < y2 <= scene.image.shape[0]
             assert obj["path"] and obj["top_k"]
         assert len(client.post("/v1/recognize?objects=true&single=true", files=files).json()["objects"]) == 1
+        # a big JPEG: boxes in its own pixels (decoded at full size, not at the recogniser's draft scale)
+        big = io.BytesIO()
+        scene.pil().resize((4 * scene.image.shape[1], 4 * scene.image.shape[0]), Image.NEAREST).save(big, "JPEG")
+        big_body = client.post("/v1/recognize?objects=true", files={"image": ("big.jpg", big.getvalue())}).json()
+        small_right = max(o["box"][2] for o in body["objects"])
+        assert max(o["box"][2] for o in big_body["objects"]) > 3 * small_right
         assert client.post("/v1/recognize", files=files).json()["objects"] is None
         bad = client.post("/v1/recognize?objects=true&detector_threshold=2", files=files)
         assert bad.status_code == 422 and "detector_threshold" in bad.json()["error"]["message"]

@@ -55,7 +55,11 @@ async def _recognize(svc: Services, request: Request, started: float) -> Recogni
         )
     )[0]
     find = object_options(request)
-    image = await decode_off_loop(svc, upload.data)
+    if find is None:
+        image = await decode_off_loop(svc, upload.data)
+    else:  # at full size: the boxes are in the photo's own pixels (a JPEG draft would shrink them)
+        limits = {"max_pixels": cfg.max_pixels, "max_bytes": cfg.max_upload_bytes, "draft_size": None}
+        image = await asyncio.get_running_loop().run_in_executor(svc.decode_pool, lambda: decode(upload.data, **limits))
     if cfg.upload_store is not None:  # opt-in (PRIVACY.md); stored before answering: answered means on disk
         await asyncio.get_running_loop().run_in_executor(svc.decode_pool, cfg.upload_store.save, image)
     if find is not None:
