@@ -285,6 +285,9 @@ function showObject(obj, box) {
 async function recognizeOnDevice(file) {
   const engine = await (deviceEngine || loadDevice());
   const { answer, vector } = await engine.recognize(file);
+  if (info && info.catalog && !manifest.search) {
+    answer.note = `No matching products on this device (${manifest.search_reason}); choose “on the server” for them.`;
+  }
   if (vector && manifest.search) {
     try {
       const found = await api(manifest.search.url, {
