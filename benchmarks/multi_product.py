@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from skulens.data.composition import CompositionConfig, make_eval_set
 from skulens.data.datasets import load_dataset
-from skulens.evaluation.detection import box_iou
+from skulens.evaluation.detection import match_boxes
 from skulens.recognition.recognizer import Recognizer
 from skulens.serving.config import demo_run_dir
 
@@ -35,32 +35,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "grocery-store"
 
 
-def match(truth: np.ndarray, found: np.ndarray) -> list[int | None]:
-    """For each true box, the index of the detected box it is matched to (IoU >= 0.5, greedy by IoU)."""
-    if len(found) == 0:
-        return [None] * len(truth)
-    iou = box_iou(truth, found)
-    pairs = sorted(((iou[t, f], t, f) for t in range(len(truth)) for f in range(len(found))), reverse=True)
-    out: list[int | None] = [None] * len(truth)
-    used: set[int] = set()
-    for value, t, f in pairs:
-        if value >= 0.5 and out[t] is None and f not in used:
-            out[t], used = f, used | {f}
-    return out
-
-
 def score_composites(recognizer: Recognizer, composites, classes: list[str]) -> dict:
     found = correct = total = false = 0
     for comp in tqdm(composites, desc="composites", unit="scene"):
         objects = [o for o in recognizer.predict_objects(comp.pil()) if o.score is not None]
         boxes = np.array([o.box for o in objects], np.float32).reshape(-1, 4)
-        matched = match(comp.boxes, boxes)
+        matched = match_boxes(boxes, comp.boxes)  # the objects come best score first
         total += len(comp.labels)
-        found += sum(m is not None for m in matched)
-        correct += sum(
-            m is not None and objects[m].prediction.label == classes[lab] for m, lab in zip(matched, comp.labels)
-        )
-        false += len(objects) - sum(m is not None for m in matched)
+        found += int((matched >= 0).sum())
+        correct += sum(m >= 0 and objects[m].prediction.label == classes[lab] for m, lab in zip(matched, comp.labels))
+        false += len(objects) - int((matched >= 0).sum())
     return {
         "products": total,
         "found": found / total,

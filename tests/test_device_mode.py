@@ -20,7 +20,7 @@ from skulens.serving import ServeConfig, web_runtime
 from skulens.serving.config import demo_catalog_dir, demo_run_dir
 from tests.conftest import GROCERY
 from tests.helpers import wait_until
-from tests.test_web_page import CHROMIUM, CHROMIUM_ARGS, live_server, sync_api
+from tests.test_web_page import CHROMIUM, browser, live_server  # noqa: F401 - browser: the shared fixture
 
 pytestmark = [
     pytest.mark.browser,
@@ -87,16 +87,8 @@ def server_recognizer():
     return recognizer
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
-def context(browser):
+def context(browser):  # noqa: F811 - the fixture imported from test_web_page
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     yield context
     context.close()

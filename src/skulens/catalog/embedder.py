@@ -155,8 +155,7 @@ class Embedder:
 
     @torch.inference_mode()
     def embed_tensors(self, x: torch.Tensor) -> np.ndarray:
-        vectors = self.model_vectors(x)
-        return vectors if self.projection is None else self.projection.transform(vectors)
+        return self._projected(self.model_vectors(x))
 
     @torch.inference_mode()
     def model_vectors(self, x: torch.Tensor) -> np.ndarray:
@@ -171,7 +170,9 @@ class Embedder:
     def search_vectors_of(self, model_vectors: np.ndarray) -> np.ndarray:
         """Vectors as the model gives them (computed elsewhere, e.g. in a shopper's browser running the
         same INT8 file) -> this embedder's search vectors: unit length, then the projection."""
-        vectors = unit_rows(np.atleast_2d(np.asarray(model_vectors, dtype=np.float32)))
+        return self._projected(unit_rows(np.atleast_2d(np.asarray(model_vectors, dtype=np.float32))))
+
+    def _projected(self, vectors: np.ndarray) -> np.ndarray:
         return vectors if self.projection is None else self.projection.transform(vectors)
 
     def embed(self, images: Iterable[ImageSource]) -> np.ndarray:

@@ -167,15 +167,22 @@ def filter_boxes(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> tup
     return boxes[keep], scores[keep]
 
 
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def intersection_areas(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """inter[i, j]: the area box a[i] (x1 y1 x2 y2) shares with box b[j]; IoU and nesting both start here."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    return np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+
+
 def _inside_share(boxes: np.ndarray) -> np.ndarray:
     """share[i, j]: the share of box i's area that lies inside box j."""
-    x1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    x2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area[:, None], 1e-6)
+    return intersection_areas(boxes, boxes) / np.maximum(box_areas(boxes)[:, None], 1e-6)
 
 
 def suppress_nested(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -190,7 +197,7 @@ def suppress_nested(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     n = len(boxes)
     inside = _inside_share(boxes) >= NESTED_SHARE
     np.fill_diagonal(inside, False)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area = box_areas(boxes)
     drop = np.zeros(n, bool)
     for j in np.argsort(-area):  # biggest first
         held = [i for i in range(n) if inside[i, j] and area[i] < area[j] and not drop[i]]
@@ -205,7 +212,7 @@ def suppress_nested(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
 def most_central_largest(boxes: np.ndarray, width: int, height: int) -> int:
     """The index of the box a single-product photo is about: the largest share of the photo, weighed
     down by its centre's distance from the photo's centre (1 at the centre, 0 at a corner)."""
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / max(1.0, width * height)
+    area = box_areas(boxes) / max(1.0, width * height)
     cx = (boxes[:, 0] + boxes[:, 2]) / 2 - width / 2
     cy = (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2
     distance = np.hypot(cx, cy) / max(1e-6, np.hypot(width / 2, height / 2))

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from skulens.data.composition import Composite
-from skulens.engines.detector import Detector, filter_boxes
+from skulens.engines.detector import Detector, box_areas, filter_boxes, intersection_areas
 from skulens.errors import SkulensError
 
 MATCH_IOU = 0.5
@@ -22,28 +22,27 @@ RawBoxes = list[tuple[np.ndarray, np.ndarray]]
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4), x1 y1 x2 y2."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)
+    inter = intersection_areas(a, b)
+    return inter / np.maximum(box_areas(a)[:, None] + box_areas(b)[None, :] - inter, 1e-6)
+
+
+def match_boxes(predicted: np.ndarray, truth: np.ndarray, iou: float = MATCH_IOU) -> np.ndarray:
+    """For each true box, the index of the prediction matched to it one-to-one (predictions taken in
+    their order, best score first, each to its best free true box at IoU >= ``iou``), or -1."""
+    matched = np.full(len(truth), -1)
+    if not len(predicted) or not len(truth):
+        return matched
+    for p, row in enumerate(box_iou(predicted, truth)):
+        row = np.where(matched >= 0, -1.0, row)
+        best = int(np.argmax(row))
+        if row[best] >= iou:
+            matched[best] = p
+    return matched
 
 
 def match_count(predicted: np.ndarray, truth: np.ndarray, iou: float = MATCH_IOU) -> int:
     """True boxes matched one-to-one by predictions (taken best score first) at IoU >= ``iou``."""
-    if not len(predicted) or not len(truth):
-        return 0
-    overlaps = box_iou(predicted, truth)
-    taken = np.zeros(len(truth), bool)
-    for row in overlaps:
-        row = np.where(taken, -1.0, row)
-        best = int(np.argmax(row))
-        if row[best] >= iou:
-            taken[best] = True
-    return int(taken.sum())
+    return int((match_boxes(predicted, truth, iou) >= 0).sum())
 
 
 def found_and_false(raw: RawBoxes, composites: list[Composite], threshold: float) -> tuple[float, float]:

@@ -80,7 +80,7 @@ async def _recognize(svc: Services, request: Request, started: float) -> Recogni
 def object_options(request: Request) -> dict | None:
     """``?objects=true`` (with ``single=true``, ``detector_threshold=0.4``): the detector's options, else None."""
     query = request.query_params
-    if query.get("objects", "false").lower() not in ("true", "1", "yes"):
+    if not _flag(query, "objects"):
         return None
     try:
         threshold = query.get("detector_threshold")
@@ -89,7 +89,11 @@ def object_options(request: Request) -> dict | None:
         raise ApiError(422, "invalid_request", "detector_threshold must be a number between 0 and 1") from None
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ApiError(422, "invalid_request", "detector_threshold must be a number between 0 and 1")
-    return {"single": query.get("single", "false").lower() in ("true", "1", "yes"), "score_threshold": threshold}
+    return {"single": _flag(query, "single"), "score_threshold": threshold}
+
+
+def _flag(query, name: str) -> bool:
+    return query.get(name, "false").lower() in ("true", "1", "yes")
 
 
 async def _recognize_objects(svc: Services, image, find: dict, started: float) -> RecognizeResponse:
@@ -102,10 +106,14 @@ async def _recognize_objects(svc: Services, image, find: dict, started: float) -
     loop = asyncio.get_running_loop()
     n = len(recognizer.classes)  # every class: the path's confidences sum over all of them
     found = await loop.run_in_executor(svc.decode_pool, lambda: recognizer.predict_objects(image, n, **find))
+    crops = [image.crop(tuple(round(v) for v in obj.box)) for obj in found]
+    # every product's catalog search at once: the answer waits for the slowest, not for the sum
+    if svc.catalog is None:
+        matches = [[] for _ in crops]
+    else:
+        matches = await asyncio.gather(*(_products(svc, crop, svc.config.products_k) for crop in crops))
     answers = []
-    for obj in found:
-        crop = image.crop(tuple(round(v) for v in obj.box))
-        products = await _products(svc, crop, svc.config.products_k) if svc.catalog is not None else []
+    for obj, products in zip(found, matches):
         answer = to_response(
             obj.prediction, top_k=svc.config.top_k, products=products, engine=svc.engine_name, elapsed_ms=0
         )
