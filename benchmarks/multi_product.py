@@ -108,6 +108,7 @@ def main() -> None:
         "recogniser": str(args.run),
         "engine": recognizer.engine.name,
         "detector": str(args.detector),
+        "detector_engine": recognizer.detector.engine,
         "composites": score_composites(recognizer, composites, recognizer.classes),
         "whole_photo_fine_top1": whole_photo_top1(recognizer, dataset),
         "cpu": cpu_cost(recognizer, composites),

@@ -69,3 +69,45 @@ def jpeg_bytes(img: Image.Image, **kw) -> bytes:
 
 def requires(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"needs the shared dataset at {path} (absent in this clone)")
+
+
+# Scenes of two colour-shop photos: what the tiny product detector (issue 18) is trained and tested on.
+TWO_PRODUCT_SCENES = dict(canvas_size=160, min_pieces=2, max_pieces=2, cutout_share=0.0, backgrounds=["plain"])
+
+
+@pytest.fixture(scope="session")
+def composition():
+    from skulens.data.composition import CompositionConfig
+
+    return CompositionConfig(**TWO_PRODUCT_SCENES)
+
+
+@pytest.fixture(scope="session")
+def detector_dir(trained_run, composition, tmp_path_factory):
+    """A product detector trained for a few steps on composites of the colour shop (one per session)."""
+    from skulens.training.detector import DetectorConfig, train_detector
+
+    out = tmp_path_factory.mktemp("detector") / "det"
+    config = DetectorConfig(
+        input_size=128, steps=60, batch_size=4, lr=2e-3, warmup_steps=5, eval_every=60, val_composites=4,
+        progress=False, composition=composition,
+    )  # fmt: skip
+    train_detector(trained_run[1], out, config)
+    return out
+
+
+@pytest.fixture(scope="session")
+def recognizer(trained_run, detector_dir):
+    """The colour shop's run with the tiny detector."""
+    from skulens.recognition.recognizer import Recognizer
+
+    return Recognizer.load(trained_run[0], detector=detector_dir)
+
+
+@pytest.fixture(scope="session")
+def scenes(trained_run, composition):
+    """Six two-product scenes of the colour shop's test split."""
+    from skulens.data.composition import make_eval_set
+    from skulens.data.datasets import load_dataset
+
+    return make_eval_set(load_dataset(trained_run[1]), "test", 6, seed=3, config=composition, progress=False)

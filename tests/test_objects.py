@@ -1,7 +1,7 @@
 """Photos of several products (issue 18): find each one, then recognise it, through the Python API, the CLI
-and POST /v1/recognize?objects=true. The detector is trained here for a few steps on composites of the
-colour shop (tests/conftest.py); the recogniser is the colour shop's run, so each product's answer can be
-checked against the colour that was pasted there."""
+and POST /v1/recognize?objects=true. The detector is trained for a few steps on composites of the colour
+shop (tests/conftest.py: the detector_dir, recognizer and scenes fixtures); the recogniser is the colour
+shop's run, so each product's answer can be checked against the colour that was pasted there."""
 
 from __future__ import annotations
 
@@ -15,37 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from skulens.data.composition import CompositionConfig, make_eval_set
 from skulens.data.datasets import load_dataset
 from skulens.evaluation.detection import box_iou
 from skulens.recognition.recognizer import Recognizer
 from skulens.serving import ServeConfig, create_app
 
 pytestmark = pytest.mark.slow
-COMPOSITION = CompositionConfig(canvas_size=160, min_pieces=2, max_pieces=2, cutout_share=0.0, backgrounds=["plain"])
-
-
-@pytest.fixture(scope="module")
-def detector_dir(trained_run, tmp_path_factory):
-    from skulens.training.detector import DetectorConfig, train_detector
-
-    out = tmp_path_factory.mktemp("detector") / "det"
-    config = DetectorConfig(
-        input_size=128, steps=60, batch_size=4, lr=2e-3, warmup_steps=5, eval_every=60, val_composites=4,
-        progress=False, composition=COMPOSITION,
-    )  # fmt: skip
-    train_detector(trained_run[1], out, config)
-    return out
-
-
-@pytest.fixture(scope="module")
-def recognizer(trained_run, detector_dir):
-    return Recognizer.load(trained_run[0], detector=detector_dir)
-
-
-@pytest.fixture(scope="module")
-def scenes(trained_run):
-    return make_eval_set(load_dataset(trained_run[1]), "test", 6, seed=3, config=COMPOSITION, progress=False)
 
 
 def png(image) -> bytes:

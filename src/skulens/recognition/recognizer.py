@@ -105,7 +105,7 @@ class Recognizer:
         runner = load_engine(run_dir, engine, device, threads=threads)
         found = None
         if detector is not None:
-            from skulens.engines.detector import Detector  # torch: only when a detector is asked for
+            from skulens.engines.detector import Detector  # only when a detector is asked for
 
             found = Detector.load(detector)
         thresholds = load_thresholds(run_dir, runner.config)

@@ -18,6 +18,12 @@ def demo_run_dir() -> Path | None:
     return run if (run / "config.json").is_file() else None
 
 
+def demo_detector_dir() -> Path | None:
+    """The demo's product detector (its checked INT8 ONNX export only), or None when this install has none."""
+    detector = DEMO_ASSETS / "detector"
+    return detector if (detector / "detector.json").is_file() else None
+
+
 def demo_catalog_dir() -> Path | None:
     """The demo products (``products.csv`` + ``images/``) shipped inside the package, or None."""
     catalog = DEMO_ASSETS / "catalog"

@@ -154,11 +154,15 @@ def _products_now(svc: Services, vector, k: int) -> list:
     summary="Recognize many photos as a background job",
     description="Multipart upload of up to max_bulk_images files in the field `images`. Answers a job "
     "id at once; poll GET /v1/jobs/{job_id} for progress and, when done, one result per "
-    "photo (a bad photo gets an error entry, the others still run).",
+    "photo (a bad photo gets an error entry, the others still run). `?objects=true` (`single`, "
+    "`detector_threshold`) as for POST /v1/recognize: each photo's answer carries its `objects`.",
 )
 async def recognize_bulk(request: Request) -> JobSubmitted:
     svc = services(request)
     cfg = svc.config
+    find = object_options(request)  # checked before the upload is read: a bad option costs nothing
+    if find is not None:
+        require_detector(svc)
     uploads = await read_images(
         request,
         "images",
@@ -170,9 +174,19 @@ async def recognize_bulk(request: Request) -> JobSubmitted:
         "recognize_bulk",
         [(upload.filename or "", upload.data) for upload in uploads],
         owner=job_owner(request),
+        options=None if find is None else {"objects": find},  # JSON: a database job queue stores it
         total=len(uploads),
     )
     return JobSubmitted(job_id=job_id, status="queued", status_url=f"/v1/jobs/{job_id}")
+
+
+NO_DETECTOR = "this server has no product detector (start it with --detector DIR)"
+
+
+def require_detector(svc: Services) -> None:
+    """``objects=true`` on a server without a product detector: a 422 JSON answer."""
+    if getattr(svc.recognizer, "detector", None) is None:
+        raise ApiError(422, "no_detector", NO_DETECTOR)
 
 
 def run_bulk_job(svc: Services, ctx) -> dict:
@@ -181,15 +195,66 @@ def run_bulk_job(svc: Services, ctx) -> dict:
     endpoint). Each chunk's answers are a checkpoint: a server that takes the job over goes on from
     there."""
     photos = ctx.inputs()
+    find = (ctx.options or {}).get("objects")
+    if find is not None and getattr(svc.recognizer, "detector", None) is None:
+        # a fleet server started without --detector took a job another server accepted
+        raise SkulensError(NO_DETECTOR)
     items: list[dict] = list((ctx.state or {}).get("items", []))
     step = svc.config.max_batch_size
     for start in range(ctx.done, len(photos), step):
         ctx.check()
         chunk = [(index, *photos[index]) for index in range(start, min(start + step, len(photos)))]
-        items += [item.model_dump() for item in _bulk_chunk(svc, chunk)]
+        answers = _bulk_chunk(svc, chunk) if find is None else _bulk_objects_chunk(svc, chunk, find)
+        items += [item.model_dump() for item in answers]
         ctx.save(chunk[-1][0] + 1, {"items": items})
     items.sort(key=lambda item: item["index"])
     return {"items": items}
+
+
+def _bulk_objects_chunk(svc: Services, chunk: list[tuple[int, str, bytes]], find: dict) -> list[BulkItem]:
+    """``objects=true``: each photo on its own (its crops are the batch), holding the shared lock per
+    photo so interactive requests get in between."""
+    cfg = svc.config
+    recognizer = svc.recognizer
+    items: list[BulkItem] = []
+    for index, filename, data in chunk:
+        began = time.perf_counter()
+        try:  # at full size: the boxes are in the photo's own pixels (a JPEG draft would shrink them)
+            image = decode(data, max_pixels=cfg.max_pixels, max_bytes=cfg.max_upload_bytes, draft_size=None)
+            if cfg.upload_store is not None:
+                cfg.upload_store.save(image)
+            with svc.batcher.lock:
+                found = recognizer.predict_objects(image, len(recognizer.classes), **find)
+        except ImageError as exc:
+            error = {"code": "bad_image", "message": str(exc)}
+            items.append(BulkItem(index=index, filename=filename or None, error=error))
+            continue
+        answer = _objects_answer(svc, image, found, 1000 * (time.perf_counter() - began))
+        items.append(BulkItem(index=index, filename=filename or None, prediction=answer))
+    return items
+
+
+def _objects_answer(svc: Services, image, found: list, elapsed_ms: float) -> RecognizeResponse:
+    """The answer POST /v1/recognize?objects=true gives, from a job thread: every crop's products
+    from one embedding batch; the top-level fields answer the first (best) object."""
+    cfg = svc.config
+    crops = [image.crop(tuple(round(v) for v in obj.box)) for obj in found]
+    vectors = svc.embed_now(crops) if svc.catalog is not None else [None] * len(crops)
+    answers = []
+    for obj, vector in zip(found, vectors):
+        products = _products_now(svc, vector, cfg.products_k) if vector is not None else []
+        answer = to_response(obj.prediction, top_k=cfg.top_k, products=products, engine=svc.engine_name, elapsed_ms=0)
+        fields = answer.model_dump(include=set(ObjectAnswer.model_fields))
+        answers.append(ObjectAnswer(box=obj.box, score=obj.score, **fields))
+    top = to_response(
+        found[0].prediction,
+        top_k=cfg.top_k,
+        products=answers[0].products,
+        engine=svc.engine_name,
+        elapsed_ms=elapsed_ms,
+    )
+    top.objects = answers
+    return top
 
 
 def _bulk_chunk(svc: Services, chunk: list[tuple[int, str, bytes]]) -> list[BulkItem]:

@@ -131,7 +131,7 @@ def _val_split(dataset: ImageDataset) -> str:
 
 
 def _evaluate(model, spec: DetectorSpec, val: list[Composite]) -> tuple[float, list]:
-    raw = run_detector(Detector(model, spec, 0.5), val, progress=False)
+    raw = run_detector(Detector.from_model(model, spec, 0.5), val, progress=False)
     model.train()
     return map50(raw, val), raw
 
