@@ -51,6 +51,27 @@ def test_numpy_decoding_gives_torchvisions_boxes():
         np.testing.assert_allclose(boxes, out["boxes"].numpy() * [sx, sy, sx, sy], atol=1e-3)
 
 
+def test_detect_drops_low_scores_before_nms_without_changing_the_answer():
+    import torch
+
+    from skulens.engines.detector import filter_boxes
+    from skulens.models.detector import DetectorSpec, create_detector
+
+    torch.manual_seed(1)
+    spec = DetectorSpec(input_size=128)
+    model = create_detector(spec, pretrained=False).eval()
+    with torch.no_grad():
+        model.head.classification_head.cls_logits.bias.fill_(1.5)
+    detector = Detector.from_model(model, spec, 0.3)
+    photo = Image.fromarray(np.random.default_rng(2).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    boxes, scores = detector.raw_boxes([photo])[0]
+    for threshold in (0.55, 0.6, 0.65):
+        want_boxes, want_scores = filter_boxes(boxes, scores, threshold)
+        got = detector.detect(photo, score_threshold=threshold, max_objects=50)
+        assert len(got) == len(want_boxes) > 0
+        np.testing.assert_allclose([b.box for b in got], want_boxes, atol=1e-4)
+
+
 def test_anchor_grid_follows_torchvisions_strides():
     assert level_shapes(224, 320) == [(28, 40), (14, 20), (7, 10), (4, 5)]
     anchors = anchor_boxes(224, 320)

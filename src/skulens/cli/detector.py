@@ -125,7 +125,8 @@ def cmd_export(args) -> int:
             verdict = "" if name == "fp32" else ("  (used)" if f["passed"] else "  (REFUSED: FP32 is used)")
             print(
                 f"{name}: found {100 * f['found_rate']:.1f}% (PyTorch {100 * torch_figures['found_rate']:.1f}%), "
-                f"{f['false_per_image']:.2f} false/image, mAP@0.5 {f['map50']:.3f}{verdict}"
+                f"{f['false_per_image']:.2f} false/image at score >= {f['score_threshold']}, "
+                f"mAP@0.5 {f['map50']:.3f}{verdict}"
             )
     print(f"export record: {args.detector}/export.json")
     return EXIT_OK

@@ -161,16 +161,20 @@ def _load_torch_head(folder: Path, spec: DetectorSpec) -> TorchHead:
     return TorchHead(model)
 
 
-def _load_head(folder: Path, spec: DetectorSpec, engine: str, threads: int | None):
+def _load_head(folder: Path, spec: DetectorSpec, engine: str, threads: int | None) -> tuple[object, float | None]:
+    """The head to run and, for the INT8 model, its own score threshold (chosen on val by the export:
+    8-bit rounding shifts the scores a little, and the threshold is what keeps false boxes in check)."""
     if engine not in ENGINES:
         raise SkulensError(f"unknown detector engine {engine!r} (use {', '.join(ENGINES)})")
     export = current_detector_export(folder) if engine != "torch" else None
     if export is not None:
-        int8_ok = export.get("int8", {}).get("passed") and (folder / DETECTOR_INT8).is_file()
-        return OnnxHead(folder / (DETECTOR_INT8 if int8_ok else DETECTOR_ONNX), threads)
+        int8 = export.get("int8", {})
+        if int8.get("passed") and (folder / DETECTOR_INT8).is_file():
+            return OnnxHead(folder / DETECTOR_INT8, threads), int8.get("score_threshold")
+        return OnnxHead(folder / DETECTOR_ONNX, threads), None
     if engine == "onnx":
         raise SkulensError(f"{folder}: no current ONNX export; run `skulens detector export {folder} DATA`")
-    return _load_torch_head(folder, spec)
+    return _load_torch_head(folder, spec), None
 
 
 class Detector:
@@ -198,7 +202,8 @@ class Detector:
         folder = Path(folder)
         record = read_detector_record(folder)
         spec = DetectorSpec.from_dict(record.get("architecture", {}))
-        return cls(_load_head(folder, spec, engine, threads), spec, record.get("score_threshold", 0.3), record)
+        head, threshold = _load_head(folder, spec, engine, threads)
+        return cls(head, spec, threshold or record.get("score_threshold", 0.3), record)
 
     def _resized(self, image: Image.Image) -> tuple[np.ndarray, float, float]:
         """The photo with its longer side at the input size (a huge photo never reaches the model
@@ -211,8 +216,10 @@ class Detector:
         normalised = (pixels - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
         return normalised, w / size[0], h / size[1]
 
-    def raw_boxes(self, images: list[ImageSource]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Every candidate above RAW_SCORE_FLOOR after NMS: (boxes (N, 4), scores (N,)) per image,
+    def raw_boxes(
+        self, images: list[ImageSource], score_floor: float = RAW_SCORE_FLOOR
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every candidate above ``score_floor`` after NMS: (boxes (N, 4), scores (N,)) per image,
         in each photo's pixels. Arrays (H, W, 3) uint8 are taken as RGB photos."""
         photos = [load_image(Image.fromarray(i) if isinstance(i, np.ndarray) else i) for i in images]
         prepared = [self._resized(p) for p in photos]
@@ -222,7 +229,7 @@ class Detector:
         for i, (photo, (x, sx, sy)) in enumerate(zip(photos, prepared)):
             boxes, scores = decode(
                 cls_logits[i], regression[i], centerness[i], batch.shape[2:], x.shape[:2],
-                score_floor=RAW_SCORE_FLOOR, nms_iou=NMS_IOU,
+                score_floor=score_floor, nms_iou=NMS_IOU,
             )  # fmt: skip
             boxes = np.clip(boxes * np.array([sx, sy, sx, sy], np.float32), 0, [photo.width, photo.height] * 2)
             results.append((boxes.astype(np.float32), scores))
@@ -245,7 +252,10 @@ class Detector:
         if not 0.0 <= threshold <= 1.0:
             raise SkulensError(f"score threshold must be between 0 and 1, not {threshold}")
         photo = load_image(Image.fromarray(image) if isinstance(image, np.ndarray) else image)
-        boxes, scores = self.raw_boxes([photo])[0]
+        # Candidates under the threshold are dropped before NMS rather than after: greedy NMS never
+        # lets a lower score remove a higher one, so the boxes are the same, and NMS has far less to do.
+        floor = max(RAW_SCORE_FLOOR, float(np.nextafter(np.float32(threshold), np.float32(0))))  # keeps >= threshold
+        boxes, scores = self.raw_boxes([photo], score_floor=floor)[0]
         boxes, scores = filter_boxes(boxes, scores, threshold)
         if single and len(boxes):
             best = most_central_largest(boxes, photo.width, photo.height)
