@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,33 @@ def test_the_onnx_detector_never_imports_torch(exported, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0].startswith("onnx") and out[1] == "False"
+
+
+DEMO_DETECTOR = Path(__file__).resolve().parents[1] / "src" / "skulens" / "demo_assets" / "detector"
+
+
+@pytest.mark.skipif(not (DEMO_DETECTOR / "detector.json").is_file(), reason="this checkout has no demo detector")
+def test_the_demo_detector_finds_two_catalog_products_and_serve_uses_it():
+    """`skulens serve` with no arguments serves the demo's detector (its checked INT8 model alone)."""
+    from skulens.cli.main import build_parser
+    from skulens.cli.serve import config_from_args
+    from skulens.serving.config import demo_catalog_dir
+
+    from skulens.data.composition import cutout_mask
+
+    images = sorted((demo_catalog_dir() / "images").iterdir())
+    canvas = Image.new("RGB", (720, 480), (236, 236, 230))
+    truth = []  # catalog photos are products on white: the product's own outline is the box to find
+    for path, (x, y) in zip([images[3], images[40]], [(40, 100), (400, 60)]):
+        photo = Image.open(path).convert("RGB").resize((280, 280))
+        canvas.paste(photo, (x, y))
+        ys, xs = np.nonzero(cutout_mask(photo))
+        truth.append([x + xs.min(), y + ys.min(), x + xs.max() + 1, y + ys.max() + 1])
+    truth = np.array(truth, np.float32)
+    detector = Detector.load(DEMO_DETECTOR)
+    assert detector.engine == "onnx-int8"
+    found = np.array([b.box for b in detector.detect(canvas)])
+    assert len(found) == 2
+    assert box_iou(truth, found).max(axis=1).min() >= 0.5
+    args = build_parser().parse_args(["serve", "--no-catalog"])
+    assert config_from_args(args).detector_dir == DEMO_DETECTOR
