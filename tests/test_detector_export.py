@@ -188,9 +188,8 @@ def test_the_demo_detector_finds_two_catalog_products_and_serve_uses_it():
     """`skulens serve` with no arguments serves the demo's detector (its checked INT8 model alone)."""
     from skulens.cli.main import build_parser
     from skulens.cli.serve import config_from_args
-    from skulens.serving.config import demo_catalog_dir
-
     from skulens.data.composition import cutout_mask
+    from skulens.serving.config import demo_catalog_dir
 
     images = sorted((demo_catalog_dir() / "images").iterdir())
     canvas = Image.new("RGB", (720, 480), (236, 236, 230))

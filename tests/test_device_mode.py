@@ -245,9 +245,8 @@ def test_device_agrees_with_the_server_on_100_grocery_test_photos(context, demo_
     server = server_recognizer.predict_batch(photos, top_k=len(server_recognizer.classes))
     same = [a[0] == s.label for a, s in zip(answers, server)]
     gaps = np.array([abs(a[1] - s.confidence) for a, s in zip(answers, server) if a[0] == s.label])
-    assert sum(same) >= 99, f"{sum(same)} of 100 photos have the server's top-1"
-    # The model inputs are equal value for value (tests/test_device_preprocess.py); what differs is the INT8
-    # kernels (WebAssembly SIMD in the browser, AVX2 on the server). Measured on the demo model, 2026-12-02:
-    # median gap 0.006, 92 of 100 photos within 0.02, largest 0.037.
-    assert np.median(gaps) < 0.01 and (gaps <= 0.02).sum() >= 88, f"gaps: {np.sort(gaps)[-8:]}"
-    assert gaps.max() <= 0.06, f"largest top-1 probability gap {gaps.max():.4f}"
+    assert sum(same) == 100, f"{sum(same)} of 100 photos have the server's top-1"
+    # The model inputs are equal value for value (tests/test_device_preprocess.py), and the demo's INT8 model
+    # stores its weights in 8 bits but computes in FP32, so WebAssembly and x86 agree to float rounding
+    # (measured 2026-12-02: largest gap 1e-6; the static INT8 model's kernels left 8 photos over 0.02).
+    assert (gaps <= 0.02).all() and gaps.max() <= 1e-3, f"largest top-1 probability gap {gaps.max():.6f}"

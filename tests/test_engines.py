@@ -57,6 +57,30 @@ def test_int8_export_and_auto_engine(run_copy):
     assert metrics["engine"] == "onnx-int8"
 
 
+def test_int8_weights_only_export_computes_in_fp32(run_copy):
+    """INT8-stored weights, FP32 arithmetic: nothing is calibrated, no activation is rounded to 8 bits,
+    so the answers are the FP32 model's up to the weights' rounding; a catalog tells the two apart."""
+    import onnx
+
+    from skulens.catalog.embedder import Embedder
+
+    run, data = run_copy
+    export_onnx(run, int8=True, dataset=load_dataset(data), calibration_images=24, max_top1_drop_int8=100)
+    static_id = Embedder.from_run(run, "cpu", "onnx").model_id
+    report = export_onnx(run, int8=True, int8_weights_only=True, dataset=load_dataset(data))
+    assert report.int8_mode == "weights-only" and report.calibration_images == 0
+    graph = onnx.load(str(run / "model.int8.onnx")).graph
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in graph.node}
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)
+    x = torch.randn(6, 3, 40, 40)
+    int8, fp32 = load_engine(run, "onnx", int8=True), load_engine(run, "onnx", int8=False)
+    torch.testing.assert_close(int8.probabilities(x), fp32.probabilities(x), atol=0.02, rtol=0)
+    # both are "onnx-int8" with the same weights: the exported file is what tells their vectors apart
+    assert Embedder.from_run(run, "cpu", "onnx").model_id != static_id
+    with pytest.raises(SkulensError, match="need int8"):
+        export_onnx(run, int8_weights_only=True, dataset=load_dataset(data))
+
+
 def test_stale_or_tampered_exports_are_not_used(run_copy):
     run, data = run_copy
     export_onnx(run, dataset=load_dataset(data))

@@ -305,10 +305,12 @@ class Run:
         max_top1_drop: float = 1.0,
         calibration_method: str = "minmax",
         int8_only: bool = False,
+        int8_weights_only: bool = False,
     ):
         """ONNX (and INT8) export checked against PyTorch on ``dataset``'s images (None: the run's own
         dataset when it is here, else random inputs only); returns the ExportReport. ``int8_only``:
-        keep the INT8 file alone (no FP32 file in the run)."""
+        keep the INT8 file alone (no FP32 file in the run). ``int8_weights_only``: INT8 weights, FP32
+        arithmetic (the same answers on a server and in the browser; engines.onnx_export)."""
         from skulens.engines.onnx_export import export_onnx
 
         report = export_onnx(
@@ -320,6 +322,7 @@ class Run:
             max_top1_drop_int8=max_top1_drop,
             calibration_method=calibration_method,
             int8_only=int8_only,
+            int8_weights_only=int8_weights_only,
         )
         self._recognizers.clear()  # engine "auto" may pick the new export
         return report

@@ -103,7 +103,7 @@ class Embedder:
         suffix = "" if loaded.name == "torch" else f", {loaded.name}"
         return cls(
             loaded,
-            _digest(folder.weights_sha256(), config.preprocessing, loaded.name),
+            _digest(folder.weights_sha256(), config.preprocessing, loaded.name, getattr(loaded, "file_sha256", None)),
             f"run {folder.path.name} ({config.model.name}, {kind}{suffix})",
             {"run": str(folder.path.resolve()), "engine": loaded.name},
             flip=flip,
@@ -223,10 +223,12 @@ def _flip_id(model_id: str) -> str:
     return hashlib.sha256(f"{model_id}+flip".encode()).hexdigest()[:16]
 
 
-def _digest(weights_sha256: str, pre: Preprocessing, engine: str = "torch") -> str:
+def _digest(weights_sha256: str, pre: Preprocessing, engine: str = "torch", model_file: str | None = None) -> str:
     identity = {"weights": weights_sha256, "preprocessing": pre.to_dict()}
     if engine != "torch":
         identity["engine"] = engine  # unchanged for PyTorch, so older catalogs keep their id
+    if model_file:
+        identity["model_file"] = model_file  # the exported file: INT8 recipes differ for the same weights
     payload = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -18,8 +18,11 @@ from skulens.runs import ONNX_INT8, RunConfig
 
 
 class OnnxEngine(Engine):
-    def __init__(self, path: Path, config: RunConfig, threads: int | None = None):
+    def __init__(self, path: Path, config: RunConfig, threads: int | None = None, file_sha256: str | None = None):
         super().__init__(config)
+        # The export file's digest (from the run's export record): two exports of the same weights
+        # (static INT8 vs INT8 weights, another calibration) give different vectors, so catalogs tell them apart.
+        self.file_sha256 = file_sha256
         import onnxruntime as ort
 
         options = ort.SessionOptions()

@@ -85,7 +85,7 @@ def _onnx_engine(folder: RunFolder, config, int8: bool | None, threads: int | No
     available = [c for c in choices if record and c in record.get("files", {})]
     if not available or not _onnxruntime_available():
         return None
-    return OnnxEngine(folder / available[0], config, threads)
+    return OnnxEngine(folder / available[0], config, threads, file_sha256=record["files"][available[0]])
 
 
 def _onnxruntime_available() -> bool:
