@@ -156,8 +156,7 @@ def export_onnx(
     ``calibration_method``: how INT8 activation ranges are set from the calibration images:
     ``minmax`` (fast), ``percentile`` (clips rare outliers: often more accurate) or ``entropy``.
 
-    ``int8_weights_only``: INT8 weights, FP32 arithmetic (no calibration): a quarter of the FP32 file,
-    and the same answers on every CPU and in the browser, at about twice static INT8's CPU time."""
+    ``int8_weights_only``: INT8 weights, FP32 arithmetic (see _quantize_weights_only)."""
     if calibration_method not in CALIBRATION_METHODS:
         raise SkulensError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
     _require_onnx()
