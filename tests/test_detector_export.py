@@ -106,8 +106,15 @@ def test_the_onnx_export_matches_pytorch_and_int8_is_checked(exported, trained_r
     assert record["fp32"]["found_rate"] == record["check"]["torch"]["found_rate"]
     assert set(record["files"]) == {"detector.onnx", DETECTOR_INT8}
     assert isinstance(record["int8"]["passed"], bool)
+    sizes = [f["input_size"] for f in record["int8"]["sizes"]]
+    assert sizes[0] == 128 and record["int8"]["input_size"] in sizes and min(sizes) >= 96  # 32-px steps to 3/4
     auto = Detector.load(folder)
     assert auto.engine == ("onnx-int8" if record["int8"]["passed"] else "onnx-fp32")
+    if record["int8"]["passed"]:  # the INT8 engine runs at its own val-chosen size and threshold
+        assert (auto.spec.input_size, auto.score_threshold) == (
+            record["int8"]["input_size"],
+            record["int8"]["score_threshold"],
+        )
     torch_detector = Detector.load(folder, engine="torch")
     scenes = make_eval_set(load_dataset(trained_run[1]), "test", 4, seed=5, config=composition, progress=False)
     fp32 = replace_head(torch_detector, OnnxHead(folder / "detector.onnx"))

@@ -126,7 +126,7 @@ def cmd_export(args) -> int:
             print(
                 f"{name}: found {100 * f['found_rate']:.1f}% (PyTorch {100 * torch_figures['found_rate']:.1f}%), "
                 f"{f['false_per_image']:.2f} false/image at score >= {f['score_threshold']}, "
-                f"mAP@0.5 {f['map50']:.3f}{verdict}"
+                f"mAP@0.5 {f['map50']:.3f}" + (f", input {f['input_size']} px" if "input_size" in f else "") + verdict
             )
     print(f"export record: {args.detector}/export.json")
     return EXIT_OK

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -161,20 +161,21 @@ def _load_torch_head(folder: Path, spec: DetectorSpec) -> TorchHead:
     return TorchHead(model)
 
 
-def _load_head(folder: Path, spec: DetectorSpec, engine: str, threads: int | None) -> tuple[object, float | None]:
-    """The head to run and, for the INT8 model, its own score threshold (chosen on val by the export:
-    8-bit rounding shifts the scores a little, and the threshold is what keeps false boxes in check)."""
+def _load_head(folder: Path, spec: DetectorSpec, engine: str, threads: int | None) -> tuple[object, dict]:
+    """The head to run and, for the INT8 model, its own score threshold and input size (chosen on val
+    by the export: 8-bit rounding shifts the scores a little, and a smaller input is faster)."""
     if engine not in ENGINES:
         raise SkulensError(f"unknown detector engine {engine!r} (use {', '.join(ENGINES)})")
     export = current_detector_export(folder) if engine != "torch" else None
     if export is not None:
         int8 = export.get("int8", {})
         if int8.get("passed") and (folder / DETECTOR_INT8).is_file():
-            return OnnxHead(folder / DETECTOR_INT8, threads), int8.get("score_threshold")
-        return OnnxHead(folder / DETECTOR_ONNX, threads), None
+            chosen = {k: int8[k] for k in ("score_threshold", "input_size") if k in int8}
+            return OnnxHead(folder / DETECTOR_INT8, threads), chosen
+        return OnnxHead(folder / DETECTOR_ONNX, threads), {}
     if engine == "onnx":
         raise SkulensError(f"{folder}: no current ONNX export; run `skulens detector export {folder} DATA`")
-    return _load_torch_head(folder, spec), None
+    return _load_torch_head(folder, spec), {}
 
 
 class Detector:
@@ -202,8 +203,10 @@ class Detector:
         folder = Path(folder)
         record = read_detector_record(folder)
         spec = DetectorSpec.from_dict(record.get("architecture", {}))
-        head, threshold = _load_head(folder, spec, engine, threads)
-        return cls(head, spec, threshold or record.get("score_threshold", 0.3), record)
+        head, chosen = _load_head(folder, spec, engine, threads)
+        threshold = chosen.get("score_threshold", record.get("score_threshold", 0.3))
+        spec = replace(spec, input_size=chosen.get("input_size", spec.input_size))
+        return cls(head, spec, threshold, record)
 
     def _resized(self, image: Image.Image) -> tuple[np.ndarray, float, float]:
         """The photo with its longer side at the input size (a huge photo never reaches the model
