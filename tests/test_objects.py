@@ -110,9 +110,14 @@ def test_the_page_draws_a_box_per_product_and_answers_each(recognizer, scenes):
         page = browser.new_page()
         page.goto(url)
         page.wait_for_selector("#limits:not(:empty)")
-        page.set_input_files(
-            "#file-input", files=[{"name": "s.png", "mimeType": "image/png", "buffer": png(scene.image)}]
-        )
+        photo = [{"name": "s.png", "mimeType": "image/png", "buffer": png(scene.image)}]
+        # Off by default: the whole photo is answered, as without a detector (no boxes).
+        page.set_input_files("#file-input", files=photo)
+        page.wait_for_selector("[data-testid=top-label][data-label]")
+        assert page.get_attribute("[data-testid=top-label]", "data-label") == recognizer.predict(scene.pil()).label
+        assert not page.query_selector_all(".object-box")
+        page.check("#objects-toggle")  # "Find each product"
+        page.set_input_files("#file-input", files=photo)
         page.wait_for_selector(".object-box")
         boxes = page.query_selector_all(".object-box")
         assert len(boxes) == len(objects)

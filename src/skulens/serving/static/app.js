@@ -106,6 +106,9 @@ async function loadInfo() {
   $("model-info").textContent = `${m.name} · ${m.classes} classes · ${m.engine}`;
   $("limits").textContent = `${info.limits.formats.join(", ")} · up to ${megabytes(info.limits.max_upload_bytes)}`;
   $("api-key-row").hidden = !info.auth.reads;
+  // Finding each product is the shopper's choice, off unless asked (?objects=1): on a close-up of one
+  // product (most shopper photos) the detector finds its parts, and the whole photo is answered better.
+  $("objects-toggle").checked = ["1", "true"].includes(new URLSearchParams(window.location.search).get("objects"));
   if (info.catalog) {
     loadTree();
     $("text-search").hidden = false;
@@ -138,6 +141,7 @@ function setMode(next) {
     : "Photos are analysed and then discarded; the server does not keep them.";
   // The heat map and "refine the photo" need the photo on the server: offered in server mode only.
   $("heatmap-row").hidden = onDevice || !info || !info.explain;
+  $("objects-row").hidden = onDevice || !info || !info.objects;
   if (onDevice && !deviceEngine) loadDevice();
 }
 
@@ -239,8 +243,9 @@ async function recognize(file) {
 async function recognizeOnServer(file) {
   const form = new FormData();
   form.append("image", file, file.name || "photo.jpg");
-  // With a detector on the server, every product of the photo is found and answered on its own.
-  return api(info && info.objects ? "/v1/recognize?objects=true" : "/v1/recognize", { method: "POST", body: form });
+  // "Find each product" (a detector on the server): every product of the photo answered on its own.
+  const objects = info && info.objects && $("objects-toggle").checked;
+  return api(objects ? "/v1/recognize?objects=true" : "/v1/recognize", { method: "POST", body: form });
 }
 
 // Boxes over the photo, one per product found (a photo of several); clicking one shows that product's
