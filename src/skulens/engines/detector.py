@@ -219,12 +219,16 @@ class Detector:
         normalised = (pixels - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
         return normalised, w / size[0], h / size[1]
 
+    def input_batch(self, images: list[ImageSource | np.ndarray]) -> np.ndarray:
+        """What the network sees for ``images``: resized, normalised and padded together (NCHW)."""
+        return padded_batch([self._resized(_photo(i))[0] for i in images])
+
     def raw_boxes(
         self, images: list[ImageSource], score_floor: float = RAW_SCORE_FLOOR
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every candidate above ``score_floor`` after NMS: (boxes (N, 4), scores (N,)) per image,
         in each photo's pixels. Arrays (H, W, 3) uint8 are taken as RGB photos."""
-        photos = [load_image(Image.fromarray(i) if isinstance(i, np.ndarray) else i) for i in images]
+        photos = [_photo(i) for i in images]
         prepared = [self._resized(p) for p in photos]
         batch = padded_batch([x for x, _, _ in prepared])
         cls_logits, regression, centerness = self.head(batch)
@@ -254,7 +258,7 @@ class Detector:
         threshold = self.score_threshold if score_threshold is None else float(score_threshold)
         if not 0.0 <= threshold <= 1.0:
             raise SkulensError(f"score threshold must be between 0 and 1, not {threshold}")
-        photo = load_image(Image.fromarray(image) if isinstance(image, np.ndarray) else image)
+        photo = _photo(image)
         # Candidates under the threshold are dropped before NMS rather than after: greedy NMS never
         # lets a lower score remove a higher one, so the boxes are the same, and NMS has far less to do.
         floor = max(RAW_SCORE_FLOOR, float(np.nextafter(np.float32(threshold), np.float32(0))))  # keeps >= threshold
@@ -264,6 +268,11 @@ class Detector:
             best = most_central_largest(boxes, photo.width, photo.height)
             boxes, scores = boxes[best : best + 1], scores[best : best + 1]
         return [DetectedBox(tuple(float(v) for v in b), float(s)) for b, s in zip(boxes[:max_objects], scores)]
+
+
+def _photo(image: ImageSource | np.ndarray) -> Image.Image:
+    """A photo, or an (H, W, 3) uint8 RGB array (a composite), as an upright RGB image."""
+    return load_image(Image.fromarray(image) if isinstance(image, np.ndarray) else image)
 
 
 def padded_batch(images: list[np.ndarray]) -> np.ndarray:

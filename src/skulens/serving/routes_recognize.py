@@ -100,30 +100,41 @@ async def _recognize_objects(svc: Services, image, find: dict, started: float) -
     """Each product of the photo: found by the detector, recognised, and matched to catalog products by
     its crop. The top-level fields answer the first (best) object, so a client that ignores
     ``objects`` still gets an answer; nothing found: the whole photo is the one object."""
+    require_detector(svc)
     recognizer = svc.recognizer
-    if getattr(recognizer, "detector", None) is None:
-        raise ApiError(422, "no_detector", "this server has no product detector (start it with --detector DIR)")
     loop = asyncio.get_running_loop()
     n = len(recognizer.classes)  # every class: the path's confidences sum over all of them
     found = await loop.run_in_executor(svc.decode_pool, lambda: recognizer.predict_objects(image, n, **find))
-    crops = [image.crop(tuple(round(v) for v in obj.box)) for obj in found]
     # every product's catalog search at once: the answer waits for the slowest, not for the sum
     if svc.catalog is None:
-        matches = [[] for _ in crops]
+        matches = [[] for _ in found]
     else:
+        crops = object_crops(image, found)
         matches = await asyncio.gather(*(_products(svc, crop, svc.config.products_k) for crop in crops))
+    return objects_response(svc, found, matches, 1000 * (time.perf_counter() - started))
+
+
+def object_crops(image, found: list) -> list:
+    return [image.crop(tuple(round(v) for v in obj.box)) for obj in found]
+
+
+def objects_response(svc: Services, found: list, matches: list[list], elapsed_ms: float) -> RecognizeResponse:
+    """The objects=true answer (single photo and bulk job alike): one ObjectAnswer per product found,
+    and top-level fields that answer the first (best) object, so a client ignoring ``objects`` still
+    gets an answer."""
+    cfg = svc.config
     answers = []
     for obj, products in zip(found, matches):
-        answer = to_response(
-            obj.prediction, top_k=svc.config.top_k, products=products, engine=svc.engine_name, elapsed_ms=0
-        )
+        answer = to_response(obj.prediction, top_k=cfg.top_k, products=products, engine=svc.engine_name, elapsed_ms=0)
         answers.append(
             ObjectAnswer(box=obj.box, score=obj.score, **answer.model_dump(include=set(ObjectAnswer.model_fields)))
         )
-    first = answers[0]
-    elapsed = 1000 * (time.perf_counter() - started)
     top = to_response(
-        found[0].prediction, top_k=svc.config.top_k, products=first.products, engine=svc.engine_name, elapsed_ms=elapsed
+        found[0].prediction,
+        top_k=cfg.top_k,
+        products=answers[0].products,
+        engine=svc.engine_name,
+        elapsed_ms=elapsed_ms,
     )
     top.objects = answers
     return top
@@ -235,26 +246,11 @@ def _bulk_objects_chunk(svc: Services, chunk: list[tuple[int, str, bytes]], find
 
 
 def _objects_answer(svc: Services, image, found: list, elapsed_ms: float) -> RecognizeResponse:
-    """The answer POST /v1/recognize?objects=true gives, from a job thread: every crop's products
-    from one embedding batch; the top-level fields answer the first (best) object."""
-    cfg = svc.config
-    crops = [image.crop(tuple(round(v) for v in obj.box)) for obj in found]
-    vectors = svc.embed_now(crops) if svc.catalog is not None else [None] * len(crops)
-    answers = []
-    for obj, vector in zip(found, vectors):
-        products = _products_now(svc, vector, cfg.products_k) if vector is not None else []
-        answer = to_response(obj.prediction, top_k=cfg.top_k, products=products, engine=svc.engine_name, elapsed_ms=0)
-        fields = answer.model_dump(include=set(ObjectAnswer.model_fields))
-        answers.append(ObjectAnswer(box=obj.box, score=obj.score, **fields))
-    top = to_response(
-        found[0].prediction,
-        top_k=cfg.top_k,
-        products=answers[0].products,
-        engine=svc.engine_name,
-        elapsed_ms=elapsed_ms,
-    )
-    top.objects = answers
-    return top
+    """objects_response from a job thread: every crop's products from one embedding batch."""
+    if svc.catalog is None:
+        return objects_response(svc, found, [[] for _ in found], elapsed_ms)
+    vectors = svc.embed_now(object_crops(image, found))
+    return objects_response(svc, found, [_products_now(svc, v, svc.config.products_k) for v in vectors], elapsed_ms)
 
 
 def _bulk_chunk(svc: Services, chunk: list[tuple[int, str, bytes]]) -> list[BulkItem]:

@@ -27,7 +27,6 @@ from skulens.engines.detector import (
     DETECTOR_WEIGHTS,
     Detector,
     OnnxHead,
-    padded_batch,
     read_detector_record,
 )
 from skulens.engines.onnx_export import _CalibrationReader, _require_onnx
@@ -180,19 +179,13 @@ def _check(torch_detector: Detector, path: Path, composites: list[Composite]) ->
 
 def _logit_diff(torch_detector: Detector, head: OnnxHead, composites: list[Composite]) -> float:
     """How far the ONNX head's raw outputs are from PyTorch's, on the first 8 scenes."""
-    batch = padded_batch([torch_detector._resized(_pil(c))[0] for c in composites[:8]])
+    batch = torch_detector.input_batch([c.image for c in composites[:8]])
     ours, theirs = head(batch), torch_detector.head(batch)
     return round(float(max(np.abs(a - b).max() for a, b in zip(ours, theirs))), 5)
 
 
 def replace_head(detector: Detector, head) -> Detector:
     return Detector(head, detector.spec, detector.score_threshold, detector.record)
-
-
-def _pil(composite: Composite):
-    from PIL import Image
-
-    return Image.fromarray(composite.image)
 
 
 def _quantize(fp32: Path, int8: Path, calibration: list[Composite], detector: Detector) -> Path:
@@ -211,7 +204,7 @@ def _quantize(fp32: Path, int8: Path, calibration: list[Composite], detector: De
         # Every other op is quantized, not only the convolutions: with the FPN's adds, upsampling and
         # pooling left in FP32, the (de)quantization around them made the INT8 model slower than FP32.
         keep_fp32 = [convs[0].name, *[n.name for n in convs[-3:]]]
-        batch = padded_batch([detector._resized(_pil(c))[0] for c in calibration])
+        batch = detector.input_batch([c.image for c in calibration])
         tmp_out = int8.with_name(f".{int8.name}.tmp")
         quantize_static(
             str(prepared),
