@@ -115,7 +115,7 @@ def _export_parser(sub) -> None:
         "--int8-weights-only",
         action="store_true",
         help="INT8 weights, FP32 arithmetic (implies --int8): the same answers on every CPU and in the browser's "
-        "on-device mode, at 1.4-1.9x static INT8's CPU time",
+        "on-device mode, at about twice static INT8's CPU time",
     )
     ex.add_argument(
         "--calibration",

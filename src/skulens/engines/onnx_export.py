@@ -381,7 +381,7 @@ def _quantize_weights_only(fp32_path: Path, int8_path: Path) -> None:
     and the server (x86) agree to float rounding: with static INT8 their different kernels round a
     few activations the other way and the 8-bit network amplifies those 1-step differences (demo model:
     top-1 probability up to 0.037 apart; weights-only under 1e-5). The file is smaller (no layer kept
-    in FP32); a CPU with VNNI computes it in 1.4-1.9x the INT8 time, WebAssembly faster than INT8.
+    in FP32); a CPU with VNNI computes it in about twice the INT8 time, WebAssembly faster than INT8.
     Our own few lines: onnxruntime's quantizers (static and dynamic) all compute in 8 bits; this is
     only the weight-storage half of what they do."""
     import onnx
