@@ -123,6 +123,21 @@ def test_eval_set_boxes_are_inside_and_products_differ():
         assert (sides >= 0.25 * 128 - 2).all() and (sides <= 0.6 * 128 + 2).all()
 
 
+def test_single_scenes_are_one_photo_filling_the_canvas():
+    dataset = load_dataset(MINI)
+    plain = make_eval_set(dataset, "test", 12, seed=1, config=CompositionConfig(canvas_size=128), progress=False)
+    config = CompositionConfig(canvas_size=128, single_share=0.5)
+    mixed = make_eval_set(dataset, "test", 12, seed=1, config=config, progress=False)
+    singles = [s for s in mixed if len(s.labels) == 1]
+    assert 2 <= len(singles) <= 10
+    for scene in singles:
+        side = max(scene.boxes[0, 2] - scene.boxes[0, 0], scene.boxes[0, 3] - scene.boxes[0, 1])
+        assert 0.85 * 128 - 2 <= side <= 128
+    assert any(len(s.labels) > 1 for s in mixed) and all(len(s.labels) > 1 for s in plain)
+    with pytest.raises(SkulensError, match="single_share"):
+        CompositionConfig.from_dict({"single_share": 1.5})
+
+
 def test_bad_composition_settings_are_refused():
     with pytest.raises(SkulensError, match="unknown setting"):
         CompositionConfig.from_dict({"max_peices": 3})

@@ -54,6 +54,45 @@ def test_single_mode_and_the_whole_photo_fallback(recognizer, scenes):
     assert fallback[0].prediction.label == recognizer.predict(blank).label
 
 
+class _Boxes:
+    """A detector that finds the boxes it is given (the one-product rule is about boxes, not pixels)."""
+
+    def __init__(self, *boxes):
+        self.boxes = boxes
+
+    def detect(self, photo, **options):
+        from skulens.engines.detector import DetectedBox
+
+        return [DetectedBox(tuple(map(float, box)), 0.9 - 0.1 * i) for i, box in enumerate(self.boxes)]
+
+
+def test_a_photo_of_one_product_gets_the_same_answer_as_without_objects(recognizer, scenes):
+    photo = scenes[0].pil()
+    w, h = photo.size
+    big, part, outside, small = (
+        (0, 0, 0.85 * w, 0.85 * h),  # 72% of the photo
+        (0.2 * w, 0.2 * h, 0.5 * w, 0.5 * h),
+        (0.86 * w, 0.86 * h, w, h),
+        (0, 0, 0.7 * w, 0.7 * h),  # 49%
+    )
+    whole = recognizer.predict(photo)
+    detector = recognizer.detector
+    try:
+        for boxes in ([big], [big, part]):  # one box over most of the photo; with a part of it inside
+            recognizer.detector = _Boxes(*boxes)
+            (one,) = recognizer.predict_objects(photo)
+            assert one.box == [round(v, 1) for v in big] and one.score == 0.9
+            assert one.prediction.to_dict() == whole.to_dict()
+        recognizer.detector = _Boxes(big, outside)  # another product outside it: two objects
+        assert len(recognizer.predict_objects(photo)) == 2
+        recognizer.detector = _Boxes(small)  # under ONE_PRODUCT_SHARE of the photo: the crop's answer
+        (crop,) = recognizer.predict_objects(photo)
+        expected = recognizer.predict(photo.crop(tuple(round(v) for v in small)))
+        assert crop.prediction.to_dict() == expected.to_dict()
+    finally:
+        recognizer.detector = detector
+
+
 def test_the_api_answers_an_object_list(recognizer, scenes, trained_run):
     app = create_app(ServeConfig(recognizer=recognizer, warmup=False))
     scene = scenes[0]
@@ -111,12 +150,7 @@ def test_the_page_draws_a_box_per_product_and_answers_each(recognizer, scenes):
         page.goto(url)
         page.wait_for_selector("#limits:not(:empty)")
         photo = [{"name": "s.png", "mimeType": "image/png", "buffer": png(scene.image)}]
-        # Off by default: the whole photo is answered, as without a detector (no boxes).
-        page.set_input_files("#file-input", files=photo)
-        page.wait_for_selector("[data-testid=top-label][data-label]")
-        assert page.get_attribute("[data-testid=top-label]", "data-label") == recognizer.predict(scene.pil()).label
-        assert not page.query_selector_all(".object-box")
-        page.check("#objects-toggle")  # "Find each product"
+        # On by default with a detector: a box per product
         page.set_input_files("#file-input", files=photo)
         page.wait_for_selector(".object-box")
         boxes = page.query_selector_all(".object-box")
@@ -125,4 +159,9 @@ def test_the_page_draws_a_box_per_product_and_answers_each(recognizer, scenes):
             box.click()
             assert page.get_attribute("[data-testid=top-label]", "data-label") == obj.prediction.label
             assert "current" in box.get_attribute("class")
+        page.uncheck("#objects-toggle")  # off: the whole photo is answered, as without a detector (no boxes)
+        page.set_input_files("#file-input", files=[{**photo[0], "name": "again.png"}])
+        page.wait_for_function("document.querySelectorAll('.object-box').length === 0")
+        page.wait_for_selector("[data-testid=top-label][data-label]")
+        assert page.get_attribute("[data-testid=top-label]", "data-label") == recognizer.predict(scene.pil()).label
         browser.close()

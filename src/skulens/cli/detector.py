@@ -36,6 +36,12 @@ def add_parsers(sub) -> None:
     evaluate.add_argument(
         "--pieces", choices=("photo", "cutout"), default="photo", help="paste the split's images whole or cut out"
     )
+    evaluate.add_argument(
+        "--singles",
+        type=float,
+        default=0.0,
+        help="share of scenes that are one photo filling the canvas (default: 0, 2-4 products each)",
+    )
     evaluate.add_argument("--threshold", type=float, default=None, help="score threshold (default: the detector's)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_csv_columns(evaluate)
@@ -94,7 +100,7 @@ def cmd_evaluate(args) -> int:
 
     detector = Detector.load(args.detector, engine=args.engine)
     recorded = CompositionConfig.from_dict(detector.record.get("composition", {}))
-    config = replace(recorded, cutout_share=args.cutouts, split_pieces=args.pieces)
+    config = replace(recorded, cutout_share=args.cutouts, split_pieces=args.pieces, single_share=args.singles)
     config.check()
     dataset = load_dataset(args)
     composites = make_eval_set(

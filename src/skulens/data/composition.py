@@ -18,7 +18,7 @@ is the same whatever was composed before it, in whatever process.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import cv2
@@ -47,6 +47,11 @@ class CompositionConfig:
     split_pieces: str = "photo"  # how a split's own images are pasted: whole ("photo") or cut out ("cutout")
     backgrounds: list[str] = field(default_factory=lambda: ["plain", "noise", "stripes", "gradient", "blobs"])
     placement_tries: int = 40
+    # Share of scenes that are one split photo alone, filling most of the canvas (its longer side
+    # single_scale_min..1 of the canvas side): a shopper's close-up of one product is one box, so
+    # the detector does not learn to answer it with pieces of a pile (issue 18).
+    single_share: float = 0.0
+    single_scale_min: float = 0.85
 
     def check(self) -> None:
         if not 1 <= self.min_pieces <= self.max_pieces:
@@ -59,6 +64,8 @@ class CompositionConfig:
             )
         if not 0.0 <= self.max_overlap < 1.0 or not 0.0 <= self.cutout_share <= 1.0:
             raise SkulensError("composition: max_overlap must be in [0, 1) and cutout_share in [0, 1]")
+        if not 0.0 <= self.single_share <= 1.0 or not 0.02 <= self.single_scale_min <= 1.0:
+            raise SkulensError("composition: single_share must be in [0, 1] and single_scale_min in [0.02, 1]")
         if self.canvas_size < 32:
             raise SkulensError(f"composition: canvas_size must be at least 32, not {self.canvas_size}")
         if self.split_pieces not in PIECE_KINDS:
@@ -312,7 +319,8 @@ class SceneComposer:
         if not self.photos:
             raise SkulensError(f"{dataset.root}: no images in the {split} split to compose scenes from")
         self.catalog = sorted(dataset.catalog_images.items()) if config.cutout_share > 0 else []
-        self.max_side = int(np.ceil(config.canvas_size * config.scale_max)) + 2
+        largest = 1.0 if config.single_share > 0 else config.scale_max
+        self.max_side = int(np.ceil(config.canvas_size * largest)) + 2
         self._cache: dict[tuple[Path, bool], Piece] = {}
         self.background_photos = [load_image(p) for p in background_photos or []]
         if "photo" in config.backgrounds and not self.background_photos:
@@ -350,7 +358,16 @@ class SceneComposer:
     def composite(self, seed: int, index: int) -> Composite:
         """Composite number ``index`` of ``seed``: the same every time."""
         rng = np.random.default_rng([seed, index])
+        # Drawn only when single scenes are asked for, so that older configs keep their exact scenes.
+        if self.config.single_share > 0 and rng.random() < self.config.single_share:
+            return self._single(rng)
         return compose(self._draw_pieces(rng), self.config, rng, background_photos=self.background_photos)
+
+    def _single(self, rng: np.random.Generator) -> Composite:
+        """One split photo, pasted whole and large (single_scale_min..1 of the canvas side)."""
+        path, label = self.photos[int(rng.integers(len(self.photos)))]
+        config = replace(self.config, scale_min=self.config.single_scale_min, scale_max=1.0)
+        return compose([self._piece(path, label, False)], config, rng, background_photos=self.background_photos)
 
 
 def make_eval_set(

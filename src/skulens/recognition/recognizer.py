@@ -15,6 +15,7 @@ from skulens.data.images import ImageSource, load_image
 from skulens.data.pipeline import ordered_map
 from skulens.data.transforms import image_to_array
 from skulens.engines import Engine, load_engine
+from skulens.engines.detector import Detector, box_areas, intersection_areas
 from skulens.errors import ImageError, SkulensError
 from skulens.evaluation.backoff import Backoff, tree_or_flat
 from skulens.evaluation.thresholds import load_thresholds
@@ -67,6 +68,11 @@ class ObjectPrediction:
 
 # A box narrower than this (pixels) is no product the classifier could name: left out.
 MIN_OBJECT_SIDE = 8
+# A box this large a share of the photo means the photo is of one product: it is answered whole, as
+# predict() answers it, so that objects=true changes nothing for a single-product photo. Chosen on Grocery
+# Store val (benchmarks/experiments/objects_on_single_photos.py): the detector's largest box covers at
+# least 0.81 of every single photo and at most 0.47 of any composite of 2-4 products.
+ONE_PRODUCT_SHARE = 0.65
 
 
 class Recognizer:
@@ -105,8 +111,6 @@ class Recognizer:
         runner = load_engine(run_dir, engine, device, threads=threads)
         found = None
         if detector is not None:
-            from skulens.engines.detector import Detector  # only when a detector is asked for
-
             found = Detector.load(detector)
         thresholds = load_thresholds(run_dir, runner.config)
         return cls(runner, tta, thresholds, RunFolder(run_dir).attribute_thresholds(), detector=found)
@@ -141,9 +145,10 @@ class Recognizer:
         max_objects: int = 20,
     ) -> list[ObjectPrediction]:
         """Each product of a photo of several: the detector's boxes, best first, each crop recognised.
-        Nothing found: the whole photo is the one object (score None), so a single-product photo gets
-        today's answer. ``single``: only the largest, most central product; ``score_threshold``: the
-        detector's (default: its own, chosen on val)."""
+        Nothing found: the whole photo is the one object (score None). A box over most of the photo
+        (ONE_PRODUCT_SHARE) with no other box outside it: the photo is of one product, answered whole in
+        that box, so a single-product photo gets today's answer. ``single``: only the largest, most
+        central product; ``score_threshold``: the detector's (default: its own, chosen on val)."""
         if self.detector is None:
             raise SkulensError(
                 "no product detector loaded: pass detector=DIR (a folder made by skulens detector train)"
@@ -158,9 +163,9 @@ class Recognizer:
                 kept.append((box, score))
             except ImageError:
                 continue
-        if not kept:
-            whole = [0.0, 0.0, float(photo.width), float(photo.height)]
-            return [ObjectPrediction(whole, None, self.predict_batch([photo], top_k=top_k)[0])]
+        whole = self._one_product(photo, kept, top_k)
+        if whole is not None:
+            return [whole]
         probs, attrs = self.engine.outputs(self.engine.batch(crops), self.tta)
         return [
             ObjectPrediction(
@@ -168,6 +173,21 @@ class Recognizer:
             )
             for i, ((box, score), row) in enumerate(zip(kept, probs))
         ]
+
+    def _one_product(self, photo, kept: list, top_k: int) -> ObjectPrediction | None:
+        """The answer when the photo is of one product (no box; or a box over most of the photo and any
+        other box mostly inside it, a part of the same product), else None."""
+        if not kept:
+            box, score = (0.0, 0.0, float(photo.width), float(photo.height)), None
+        else:
+            boxes = np.array([b for b, _ in kept], np.float32)
+            areas = box_areas(boxes)
+            big = int(np.argmax(areas))
+            inside = intersection_areas(boxes, boxes[big : big + 1])[:, 0] / np.maximum(areas, 1e-6)
+            if areas[big] < ONE_PRODUCT_SHARE * photo.width * photo.height or (inside < 0.5).any():
+                return None
+            box, score = kept[big][0], round(kept[big][1], 4)
+        return ObjectPrediction([round(v, 1) for v in box], score, self.predict_batch([photo], top_k=top_k)[0])
 
     def predict_batch(self, images: Iterable[ImageSource], top_k: int = 5) -> list[Prediction]:
         images = list(images)

@@ -106,9 +106,9 @@ async function loadInfo() {
   $("model-info").textContent = `${m.name} · ${m.classes} classes · ${m.engine}`;
   $("limits").textContent = `${info.limits.formats.join(", ")} · up to ${megabytes(info.limits.max_upload_bytes)}`;
   $("api-key-row").hidden = !info.auth.reads;
-  // Finding each product is the shopper's choice, off unless asked (?objects=1): on a close-up of one
-  // product (most shopper photos) the detector finds its parts, and the whole photo is answered better.
-  $("objects-toggle").checked = ["1", "true"].includes(new URLSearchParams(window.location.search).get("objects"));
+  // Each product is found by default when the server has a detector (?objects=0 turns it off): a photo
+  // of one product gets the same answer either way (the server answers it whole, issue 18).
+  $("objects-toggle").checked = !["0", "false"].includes(new URLSearchParams(window.location.search).get("objects"));
   if (info.catalog) {
     loadTree();
     $("text-search").hidden = false;
