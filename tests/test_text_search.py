@@ -212,6 +212,40 @@ def test_words_find_untitled_products_through_their_photos_with_a_text_projectio
         assert _skus(bare.search(text="something red", mode="semantic")) == []
 
 
+@needs_model
+def test_the_catalog_reorders_words_through_photos_by_the_category_heads(tmp_path):
+    """The index finds candidates by the cosine; the heads' agreement re-orders them (store.CATEGORY_POOL)."""
+    from skulens.catalog.text_projection import CategoryHeads, TextProjection
+
+    rows = [
+        (f"item-{name}", "", [], {}, rgb)
+        for name, rgb in [
+            ("red", (210, 30, 30)),
+            ("crimson", (180, 20, 40)),
+            ("blue", (30, 40, 210)),
+            ("navy", (20, 30, 120)),
+        ]
+    ]
+    blue = np.array([30, 40, 210, 60.0], np.float32)
+    red_vs_blue = np.array([1.0, 0.0, -1.0, 0.0], np.float32) * 40
+    heads = CategoryHeads(  # every text names "Reds"; a photo is "Reds" as far as it is red rather than blue
+        ["Reds", "Blues"],
+        np.zeros((2, 384), np.float32),
+        np.array([8.0, -8.0], np.float32),
+        np.stack([red_vs_blue, -red_vs_blue]),
+    )
+    with Catalog(tmp_path / "bare.db", ColourEmbedder()) as bare:
+        bare.upsert(_products(tmp_path / "b", rows))
+        for mix, first in ((0.0, {"item-blue", "item-navy"}), (5.0, {"item-red", "item-crimson"})):
+            # the map alone points every text at blue photos
+            projection = TextProjection(
+                np.zeros((4, 384), np.float32), blue / np.linalg.norm(blue), "t", "mean-colour", heads=heads, mix=mix
+            )
+            projection.save(tmp_path / f"heads-{mix}.safetensors")
+            bare.use_text_projection(tmp_path / f"heads-{mix}.safetensors")
+            assert set(_skus(bare.search(text="a thing", mode="semantic", top_k=4))[:2]) == first
+
+
 def test_a_text_projection_for_another_image_model_is_refused(tmp_path):
     from skulens.catalog.text_projection import TextProjection
 

@@ -43,6 +43,10 @@ from skulens.errors import SkulensError
 
 log = logging.getLogger("skulens.catalog")
 SKU_MAX = 128
+# Words through photos with category heads: candidates taken by the cosine before the heads re-order them.
+# On fashion-small test (2,200 photos) the 500 nearest by the cosine held all of the top 10 by the full score
+# (benchmarks/experiments/text_to_image.py, pool_holds_of_full_top10).
+CATEGORY_POOL = 500
 
 
 def check_sku(sku: str) -> str:
@@ -245,14 +249,17 @@ class Catalog:
 
     # -- text -> photos -----------------------------------------------------------------------------
     def fit_text_projection(self, out: str | Path, **options) -> TextProjection:
-        """Learn, from this catalog's products (their words, their photos' vectors), a map from sentence
-        vectors to this catalog's image space, and save it to ``out`` (text_projection.fit's options)."""
+        """Learn, from this catalog's products (their words, their photos' vectors, their categories), a map
+        from sentence vectors to this catalog's image space, and save it to ``out`` (text_projection.fit's
+        options)."""
         from skulens.catalog import text_projection
 
         encoder = self._require_text_encoder()
-        texts, photos, skipped = text_projection.catalog_pairs(self, encoder)
+        texts, photos, categories, skipped = text_projection.catalog_pairs(self, encoder)
         model = self.model_info["id"]  # the vectors' model: the space the map lands in
-        fitted = text_projection.fit(texts, photos, text_model=encoder.model_id, image_model=model, **options)
+        fitted = text_projection.fit(
+            texts, photos, text_model=encoder.model_id, image_model=model, categories=categories, **options
+        )
         fitted.info["skipped"] = skipped
         fitted.save(out)
         return fitted
@@ -278,10 +285,32 @@ class Catalog:
         projection = self._loaded_text_projection()
         if projection is None:
             return []
-        query = projection.apply(self._require_text_encoder().encode([check_query(text)]))[0]
-        hits = self.search_vectors(query, max(50, 2 * top_k), category, attributes=attributes)
+        words = self._require_text_encoder().encode([check_query(text)])
+        wanted = max(50, 2 * top_k)
+        # With category heads, a wider pool by the cosine, re-ordered by the full score (cosine + agreement)
+        pool = wanted if projection.heads is None else max(CATEGORY_POOL, 10 * top_k)
+        hits = self.search_vectors(projection.apply(words)[0], pool, category, attributes=attributes)
         ids = {row.sku: row.id for row in self._rows_of(hits, ProductRow.sku, ProductRow.id)}
-        return [[ids[h.sku] for h in hits if h.sku in ids]]
+        ranked = [ids[h.sku] for h in hits if h.sku in ids]
+        if projection.heads is not None and ranked:
+            ranked = self._by_projection_score(projection, words, ranked)
+        return [ranked[:wanted]]
+
+    def _by_projection_score(self, projection: TextProjection, words: np.ndarray, product_ids: list[int]) -> list[int]:
+        """``product_ids`` re-ordered by the projection's full score, each product by its best photo."""
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(ImageRow.product_id, ImageRow.vector).where(
+                    ImageRow.product_id.in_(product_ids), ImageRow.vector.is_not(None)
+                )
+            ).all()
+        if not rows:
+            return product_ids
+        scores = projection.scores(words, np.stack([np.frombuffer(v, np.float32) for _, v in rows]))[0]
+        best: dict[int, float] = {}
+        for (pid, _), score in zip(rows, scores):
+            best[pid] = max(best.get(pid, -np.inf), float(score))
+        return sorted(product_ids, key=lambda pid: -best.get(pid, -np.inf))
 
     def _loaded_text_projection(self) -> TextProjection | None:
         with Session(self.engine) as session:

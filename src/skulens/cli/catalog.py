@@ -144,6 +144,12 @@ def _text_projection_parsers(csub) -> None:
     ft.add_argument("--out", required=True, metavar="FILE", help="where to save it (.safetensors)")
     ft.add_argument("--epochs", type=int, default=20, help="(default: 20)")
     ft.add_argument("--temperature", type=float, default=0.05, help="of the contrastive loss (default: 0.05)")
+    ft.add_argument(
+        "--mix",
+        type=float,
+        default=None,
+        help="weight of the category agreement next to the cosine (default: chosen on 10%% of the products held out)",
+    )
     ft.add_argument("--use", action="store_true", help="and search this catalog with it")
     add_no_progress(ft)
     ft.set_defaults(handler=cmd_catalog_fit_text_projection)
@@ -363,11 +369,12 @@ def cmd_catalog_fit_projection(args) -> int:
 def cmd_catalog_fit_text_projection(args) -> int:
     with _open(args, model=False) as catalog:
         fitted = catalog.fit_text_projection(
-            args.out, epochs=args.epochs, temperature=args.temperature, progress=not args.no_progress
+            args.out, epochs=args.epochs, temperature=args.temperature, mix=args.mix, progress=not args.no_progress
         )
         if args.use:
             catalog.use_text_projection(args.out)
-    print(f"text projection fitted on {fitted.info['pairs']} products' words and photos: {args.out}")
+    heads = f", {len(fitted.heads.categories)} categories, mix {fitted.mix:g}" if fitted.heads is not None else ""
+    print(f"text projection fitted on {fitted.info['pairs']} products' words and photos{heads}: {args.out}")
     return EXIT_OK
 
 
