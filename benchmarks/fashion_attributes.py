@@ -165,6 +165,10 @@ def main() -> None:
         "test_top1_by_level": levels,
         "test_attribute_accuracy": attributes,
         "test_attribute_known": {n: a["n_known"] for n, a in test["attributes"].items()},
+        # issue 20: a value counts when it is in the true value's colour family (data/colour_families.toml)
+        "test_family_accuracy": {
+            n: a["family_accuracy"] for n, a in test["attributes"].items() if "family_accuracy" in a
+        },
         "test_top5": test["top5"],
         "test_macro_f1": test["macro_f1"],
         "floors": {k: {"floor": v, "measured": scores[k], "met": scores[k] >= v} for k, v in FLOORS.items()},
