@@ -13,10 +13,10 @@ have categories the map also learns two linear heads over the same frozen vector
 names, and the category a photo shows (a probe of the image vectors). A photo's score is its cosine with
 the projected words plus ``mix`` times the agreement of the two heads (the probability that text and photo
 name the same category). Agreement in probabilities rather than the probe's logits: a logit keeps growing
-with how typical a photo is, and drowned the cosine that finds the very product (on fashion-small val, at
-the same category precision, Recall@10 fell 6 points more). The catalog's index finds candidates by the
-cosine; the agreement re-orders them. ``mix`` is chosen on pairs held out of the fit (Recall@10 of the
-product + precision@10 of its category, the two things a shopper sees).
+with how typical a photo is, and drowned the cosine that finds the very product (held-out fashion-small
+products: 81.9% category precision at 60.0% Recall@10 with logits; 83.5% at 64.8% with probabilities).
+The catalog's index finds candidates by the cosine; the agreement re-orders them. ``mix`` is chosen on
+pairs held out of the fit (Recall@10 of the product + precision@10 of its category, the two things a shopper sees).
 
 The file is safetensors (``weight``, ``bias``; with categories ``text_category_weight``,
 ``text_category_bias``, ``image_category_weight``) with JSON metadata naming the sentence model and the

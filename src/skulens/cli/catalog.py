@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from skulens.cli.options import EXIT_OK, EXIT_PARTIAL, add_device, add_engine, add_json, add_no_progress
+from skulens.cli.options import EXIT_OK, EXIT_PARTIAL, add_device, add_engine, add_json, add_no_progress, float_between
 from skulens.errors import SkulensError
 
 RUN_HELP = "trained run whose embedding indexes the catalog (default: the catalog's own, or pretrained Lite0)"
@@ -146,7 +146,7 @@ def _text_projection_parsers(csub) -> None:
     ft.add_argument("--temperature", type=float, default=0.05, help="of the contrastive loss (default: 0.05)")
     ft.add_argument(
         "--mix",
-        type=float,
+        type=float_between(0.0, 10.0),
         default=None,
         help="weight of the category agreement next to the cosine (default: chosen on 10%% of the products held out)",
     )

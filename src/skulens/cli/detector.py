@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from skulens.cli.options import EXIT_OK, add_csv_columns, count_at_least, load_dataset
+from skulens.cli.options import EXIT_OK, add_csv_columns, count_at_least, float_between, load_dataset
 
 
 def add_parsers(sub) -> None:
@@ -38,7 +38,7 @@ def add_parsers(sub) -> None:
     )
     evaluate.add_argument(
         "--singles",
-        type=float,
+        type=float_between(0.0, 1.0),
         default=0.0,
         help="share of scenes that are one photo filling the canvas (default: 0, 2-4 products each)",
     )

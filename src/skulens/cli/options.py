@@ -87,6 +87,21 @@ def count_at_least(low: int):
     return parse
 
 
+def float_between(low: float, high: float):
+    """An argparse type: a number in [low, high], refused before any work starts (one line, exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, not {value:g}")
+        return value
+
+    return parse
+
+
 def add_threads(p) -> None:
     """The two thread pools of a bulk run: decoding photos and running the model, on the same cores."""
     p.add_argument(

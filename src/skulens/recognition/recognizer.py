@@ -156,6 +156,9 @@ class Recognizer:
         photo = load_image(image)
         found = self.detector.detect(photo, score_threshold=score_threshold, max_objects=max_objects, single=single)
         boxes = [(b.box, b.score) for b in found if min(b.box[2] - b.box[0], b.box[3] - b.box[1]) >= MIN_OBJECT_SIDE]
+        whole = self._one_product(photo, boxes, top_k)  # before cropping: a photo of one product needs no crop
+        if whole is not None:
+            return [whole]
         crops, kept = [], []
         for box, score in boxes:
             try:  # a crop is an image like any other: the same checks (a sliver is no photo)
@@ -163,9 +166,8 @@ class Recognizer:
                 kept.append((box, score))
             except ImageError:
                 continue
-        whole = self._one_product(photo, kept, top_k)
-        if whole is not None:
-            return [whole]
+        if not kept:  # every box was a sliver: the whole photo, as when nothing is found
+            return [self._one_product(photo, [], top_k)]
         probs, attrs = self.engine.outputs(self.engine.batch(crops), self.tta)
         return [
             ObjectPrediction(
@@ -174,19 +176,19 @@ class Recognizer:
             for i, ((box, score), row) in enumerate(zip(kept, probs))
         ]
 
-    def _one_product(self, photo, kept: list, top_k: int) -> ObjectPrediction | None:
+    def _one_product(self, photo, found: list, top_k: int) -> ObjectPrediction | None:
         """The answer when the photo is of one product (no box; or a box over most of the photo and any
         other box mostly inside it, a part of the same product), else None."""
-        if not kept:
+        if not found:
             box, score = (0.0, 0.0, float(photo.width), float(photo.height)), None
         else:
-            boxes = np.array([b for b, _ in kept], np.float32)
+            boxes = np.array([b for b, _ in found], np.float32)
             areas = box_areas(boxes)
             big = int(np.argmax(areas))
             inside = intersection_areas(boxes, boxes[big : big + 1])[:, 0] / np.maximum(areas, 1e-6)
             if areas[big] < ONE_PRODUCT_SHARE * photo.width * photo.height or (inside < 0.5).any():
                 return None
-            box, score = kept[big][0], round(kept[big][1], 4)
+            box, score = found[big][0], round(found[big][1], 4)
         return ObjectPrediction([round(v, 1) for v in box], score, self.predict_batch([photo], top_k=top_k)[0])
 
     def predict_batch(self, images: Iterable[ImageSource], top_k: int = 5) -> list[Prediction]:
