@@ -81,3 +81,24 @@ def test_too_few_labelled_pairs_or_categories_fit_the_plain_projection():
         _fit(texts, photos, labels, mix=-1.0)
     with pytest.raises(SkulensError, match="categories for"):
         text_projection.fit(texts, photos, text_model="t", image_model="m", categories=["a", "b"], progress=False)
+
+
+def test_heads_score_by_the_log_agreement_and_older_heads_files_are_refused(tmp_path):
+    from safetensors.numpy import save_file
+
+    texts, photos, labels = _products(400, seed=4)
+    fitted = _fit(texts, photos, labels, mix=0.05)
+    heads = fitted.heads
+    assert heads.image_hidden_weight.shape == (text_projection.PROBE_HIDDEN, photos.shape[1])
+    agreement = heads.agreement(texts[:5], photos)
+    assert 0 <= agreement.min() and agreement.max() <= 1 + 1e-5  # a probability per (text, photo)
+    cosine = fitted.apply(texts[:5]) @ photos.T
+    expected = cosine + 0.05 * np.log(np.maximum(agreement, text_projection.AGREEMENT_FLOOR))
+    np.testing.assert_allclose(fitted.scores(texts[:5], photos), expected, atol=1e-5)
+    # a file whose heads were scored in probabilities (no format mark) is not read with another meaning
+    fitted.save(tmp_path / "new.safetensors")
+    tensors = {k: v for k, v in fitted.heads.tensors().items() if "hidden" not in k and "image_category_bias" != k}
+    meta = {"text_model": "t", "image_model": "m", "categories": '["Kind 0", "Kind 1"]', "mix": "0.05"}
+    save_file({"weight": fitted.weight, "bias": fitted.bias, **tensors}, str(tmp_path / "old.safetensors"), meta)
+    with pytest.raises(SkulensError, match="earlier skulens.*fit it again"):
+        TextProjection.load(tmp_path / "old.safetensors")

@@ -37,6 +37,7 @@ from skulens.catalog.index import choose_kind
 from skulens.catalog.products import Product, SearchHit, UpsertResult
 from skulens.catalog.text_projection import TextProjection
 from skulens.catalog.text_search import TextSearch, check_query, document, fuse, named_families, other_words
+from skulens.catalog.threads import one_blas_thread
 from skulens.data.colour_families import COLOUR_ATTRIBUTES, family_of, load_families, members
 from skulens.data.images import ImageSource
 from skulens.errors import SkulensError
@@ -280,21 +281,21 @@ class Catalog:
             set_meta(session, "text_projection", record or {})
         self._text_projection = None
 
-    def _projected_ranking(self, text: str, top_k: int, category, attributes) -> list[list[int]]:
-        """Products whose photos the words describe, through the catalog's text projection (none: [])."""
+    def _projected_ranking(self, text: str, top_k: int, category, attributes) -> tuple[list[list[int]], np.ndarray]:
+        """Products whose photos the words describe, through the catalog's text projection (none: []), and
+        the words' sentence vector (None without a projection), which the text search then reuses."""
         projection = self._loaded_text_projection()
         if projection is None:
-            return []
+            return [], None
         words = self._require_text_encoder().encode([check_query(text)])
         wanted = max(50, 2 * top_k)
-        # With category heads, a wider pool by the cosine, re-ordered by the full score (cosine + agreement)
+        # With category heads, a wider pool by the cosine, re-ordered by the full score (cosine + mix x log agreement)
         pool = wanted if projection.heads is None else max(CATEGORY_POOL, 10 * top_k)
-        hits = self.search_vectors(projection.apply(words)[0], pool, category, attributes=attributes)
-        ids = {row.sku: row.id for row in self._rows_of(hits, ProductRow.sku, ProductRow.id)}
-        ranked = [ids[h.sku] for h in hits if h.sku in ids]
+        nearest = self._nearest_products(projection.apply(words)[0], pool, category, attributes=attributes)
+        ranked = [pid for pid, _ in nearest]
         if projection.heads is not None and ranked:
             ranked = self._by_projection_score(projection, words, ranked)
-        return [ranked[:wanted]]
+        return [ranked[:wanted]], words[0]
 
     def _by_projection_score(self, projection: TextProjection, words: np.ndarray, product_ids: list[int]) -> list[int]:
         """``product_ids`` re-ordered by the projection's full score, each product by its best photo."""
@@ -306,7 +307,8 @@ class Catalog:
             ).all()
         if not rows:
             return product_ids
-        scores = projection.scores(words, np.stack([np.frombuffer(v, np.float32) for _, v in rows]))[0]
+        with one_blas_thread():  # threads.py says why
+            scores = projection.scores(words, np.stack([np.frombuffer(v, np.float32) for _, v in rows]))[0]
         best: dict[int, float] = {}
         for (pid, _), score in zip(rows, scores):
             best[pid] = max(best.get(pid, -np.inf), float(score))
@@ -317,13 +319,14 @@ class Catalog:
             record = get_meta(session, "text_projection") or {}
         if not record.get("path"):
             return None
+        # (recorded digest, projection): the file is hashed when it is loaded, not at every search
         cached = getattr(self, "_text_projection", None)
-        if cached is None or cached.digest != record["digest"]:
-            cached = TextProjection.load(record["path"])
-            if cached.digest != record["digest"]:
+        if cached is None or cached[0] != record["digest"]:
+            loaded = TextProjection.load(record["path"])
+            if loaded.digest != record["digest"]:
                 raise SkulensError(f"{record['path']} changed since the catalog recorded it: use_text_projection again")
-            self._text_projection = cached
-        return cached
+            cached = self._text_projection = (record["digest"], loaded)
+        return cached[1]
 
     def _require_text_encoder(self):
         return self.text.require_encoder("words through photos")
@@ -750,10 +753,10 @@ class Catalog:
             }
         return [_hit(rows[pid], score) for pid, score in scored if pid in rows]
 
-    def _rank(
+    def _best_products(
         self, scores: np.ndarray, ids: np.ndarray, top_k: int, exclude: set[int] = frozenset()
-    ) -> list[SearchHit]:
-        """Image hits -> products, each scored by its best image."""
+    ) -> list[tuple[int, float]]:
+        """Image hits -> (product id, the score of its best image), best first."""
         best: dict[int, float] = {}
         image_ids = [int(i) for i in ids if i >= 0]
         if not image_ids:
@@ -768,7 +771,7 @@ class Catalog:
                     continue
                 if score > best.get(pid, -np.inf):
                     best[pid] = float(score)
-        return self._product_hits(sorted(best.items(), key=lambda kv: -kv[1])[:top_k])
+        return sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
 
     def search_vectors(
         self,
@@ -781,12 +784,18 @@ class Catalog:
     ) -> list[SearchHit]:
         """Products nearest to one or more query vectors (several vectors: best score over them),
         optionally only those under ``category`` and with every ``attributes`` value (e.g. colour=Blue)."""
+        return self._product_hits(self._nearest_products(queries, top_k, category, exclude, fetch, attributes))
+
+    def _nearest_products(
+        self, queries, top_k: int, category=None, exclude: set[int] = frozenset(), fetch=None, attributes=None
+    ) -> list[tuple[int, float]]:
+        """``search_vectors`` as (product id, score) pairs, before any product row is read."""
         index = self.index()
         allowed = self._allowed_ids(category, attributes)
         # Fetch more images than products wanted: a product may hold several images.
         k = fetch or max(4 * top_k, top_k + 20)
         scores, ids = index.search(np.atleast_2d(queries), k, allowed)
-        return self._rank(scores.ravel(), ids.ravel(), top_k, exclude)
+        return self._best_products(scores.ravel(), ids.ravel(), top_k, exclude)
 
     def search(
         self,
@@ -805,9 +814,11 @@ class Catalog:
         if image is None and text is None:
             raise SkulensError("search needs a photo, words, or both")
         if image is None:
-            through_photos = self._projected_ranking(text, top_k, category, attributes) if mode != "lexical" else []
+            through_photos, words = (
+                self._projected_ranking(text, top_k, category, attributes) if mode != "lexical" else ([], None)
+            )
             allowed = self._allowed_products(category, attributes)
-            return self._product_hits(self.text.search(text, top_k, mode, allowed, through_photos))
+            return self._product_hits(self.text.search(text, top_k, mode, allowed, through_photos, words))
         vector = self._require_embedder().embed([image])
         if text is None:
             return self.search_vectors(vector, top_k, category, attributes=attributes)

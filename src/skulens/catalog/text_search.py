@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from skulens.catalog.db import ProductRow, get_meta, last_log_seq, set_meta
+from skulens.catalog.threads import one_blas_thread
 from skulens.data.colour_families import COLOUR_ATTRIBUTES, family_of
 from skulens.errors import SkulensError
 
@@ -143,7 +144,10 @@ class TextIndex:
         return [int(self.product_ids[i]) for i in order if scores[i] > 0]
 
     def semantic_scores(self, query_vector: np.ndarray) -> np.ndarray:
-        return self.vectors @ query_vector if self.vectors is not None and len(self) else np.zeros(len(self))
+        if self.vectors is None or not len(self):
+            return np.zeros(len(self))
+        with one_blas_thread():  # a matrix-vector product is memory-bound (threads.py says why)
+            return self.vectors @ query_vector
 
     def semantic(self, query_vector: np.ndarray, k: int, allowed: set[int] | None = None) -> list[int]:
         scores = np.where(self.has_words, self.semantic_scores(query_vector), -np.inf)  # no words: no meaning
@@ -257,9 +261,11 @@ class TextSearch:
         mode: str = "hybrid",
         allowed: set[int] | None = None,
         more: list[list[int]] = (),
+        query_vector: np.ndarray | None = None,
     ) -> list[tuple[int, float]]:
         """Product ids for ``query``, best first, with their fused score; ``more``: other rankings of
-        product ids to fuse in (the words through the photos)."""
+        product ids to fuse in (the words through the photos); ``query_vector``: the query's sentence
+        vector where the caller has made it already."""
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         query = check_query(query)
@@ -271,7 +277,8 @@ class TextSearch:
         if mode in ("hybrid", "semantic"):
             encoder = self.require_encoder() if mode == "semantic" else self.encoder()
             if encoder is not None and index.vectors is not None:
-                rankings.append(index.semantic(encoder.encode([query])[0], depth, allowed))
+                vector = encoder.encode([query])[0] if query_vector is None else query_vector
+                rankings.append(index.semantic(vector, depth, allowed))
         return fuse([ranking for ranking in [*rankings, *more] if ranking])[:k]
 
     def rerank(self, query: str, candidates: list[int], mode: str = "hybrid") -> list[int]:
