@@ -4,7 +4,8 @@ Why: OpenBLAS's idle threads keep spinning for a while after a call, and on a sm
 the sentence model (torch's own thread pool) of the next query: hybrid text search on 22,123 fashion-small
 products, 2 cores, p50 95.7 ms with OpenBLAS's threads against 20.2 ms with one (two runs of
 benchmarks/fashion_text_search.py; BENCHMARKS.md). A query's products are small (a matrix-vector product,
-a few hundred photos through the category probe), so one thread costs little. threadpoolctl (scikit-learn's own thread-pool control) does the limiting.
+a few hundred photos through the category probe), so one thread costs little. threadpoolctl
+(scikit-learn's own thread-pool control) does the limiting.
 """
 
 from __future__ import annotations
