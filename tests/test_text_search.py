@@ -213,7 +213,7 @@ def test_words_find_untitled_products_through_their_photos_with_a_text_projectio
 
 
 @needs_model
-def test_the_catalog_reorders_words_through_photos_by_the_category_heads(tmp_path):
+def test_the_catalog_reorders_words_through_photos_by_the_category_heads(tmp_path, monkeypatch):
     """The index finds candidates by the cosine; the heads' agreement re-orders them (store.CATEGORY_POOL)."""
     from skulens.catalog.text_projection import CategoryHeads, TextProjection
 
@@ -244,6 +244,20 @@ def test_the_catalog_reorders_words_through_photos_by_the_category_heads(tmp_pat
             projection.save(tmp_path / f"heads-{mix}.safetensors")
             bare.use_text_projection(tmp_path / f"heads-{mix}.safetensors")
             assert set(_skus(bare.search(text="a thing", mode="semantic", top_k=4))[:2]) == first
+        queries = _count_encoded(monkeypatch)
+        bare.search(text="a red thing", top_k=4)
+        assert queries == [["a red thing"]]  # made once, for the photos, and reused by the words' own side
+
+
+def _count_encoded(monkeypatch) -> list:
+    """The texts each call of the sentence model encodes, from now on."""
+    from skulens.models.text_encoder import TextEncoder
+
+    calls, encode = [], TextEncoder.encode
+    monkeypatch.setattr(
+        TextEncoder, "encode", lambda self, texts, **kw: calls.append(list(texts)) or encode(self, texts, **kw)
+    )
+    return calls
 
 
 def test_a_text_projection_for_another_image_model_is_refused(tmp_path):
