@@ -43,22 +43,19 @@ PROBES = (("linear", 30), ("hidden", 20), ("hidden", 40))  # (kind, epochs); the
 def photo_probe(kind: str, epochs: int, images, labels, classes: int, seed: int):
     """(weight, bias, hidden weight, hidden bias) of one photo probe, numpy (hidden: None for linear)."""
     x, y = torch.as_tensor(images), torch.as_tensor(labels)
-    numpy = lambda p: p.detach().numpy().astype(np.float32)  # noqa: E731
     if kind == "linear":
         layer = tp._logistic(x, y, classes, seed, True, "linear photo probe", epochs=epochs)
-        return numpy(layer.weight), numpy(layer.bias), None, None
+        return tp._numpy(layer.weight), tp._numpy(layer.bias), None, None
     hidden, output = tp._photo_probe(x, y, classes, seed, True, epochs=epochs)
-    return numpy(output.weight), numpy(output.bias), numpy(hidden.weight), numpy(hidden.bias)
+    return tp._numpy(output.weight), tp._numpy(output.bias), tp._numpy(hidden.weight), tp._numpy(hidden.bias)
 
 
 def curve(cosine, agreement, labels, log: bool) -> list[dict]:
     """Recall@10 and category precision@10 at every mix of the fit's grid."""
-    a = np.log(np.maximum(agreement, tp.AGREEMENT_FLOOR)) if log else agreement
+    a = tp.floored_log(agreement) if log else agreement
     rows = []
     for mix in tp.MIX_GRID:
-        top = np.argsort(-(cosine + mix * a), axis=1, kind="stable")[:, :10]
-        recall = float((top == np.arange(len(top))[:, None]).any(axis=1).mean())
-        precision = float((labels[top] == labels[:, None]).mean())
+        recall, precision = tp.recall_and_precision(cosine + mix * a, labels)
         rows.append({"mix": mix, "recall@10": round(recall, 4), "p@10": round(precision, 4)})
     return rows
 
@@ -105,7 +102,7 @@ def main() -> None:
         heads = CategoryHeads(names, fitted.heads.text_weight, fitted.heads.text_bias, weight, bias, hidden_w, hidden_b)
         seconds = round(time.perf_counter() - t0, 1)
         for name, (texts, images, truth) in sets.items():
-            cosine = fitted.apply(texts) @ unit_rows(images).T
+            cosine = fitted.cosines(texts, images)
             agreement = heads.agreement(texts, images)
             accuracy = float((heads.image_probabilities(images).argmax(1) == truth).mean())
             for log in (False, True):

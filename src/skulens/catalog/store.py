@@ -284,10 +284,11 @@ class Catalog:
     def _projected_ranking(self, text: str, top_k: int, category, attributes) -> tuple[list[list[int]], np.ndarray]:
         """Products whose photos the words describe, through the catalog's text projection (none: []), and
         the words' sentence vector (None without a projection), which the text search then reuses."""
+        query = check_query(text)  # a bad query is answered as such, before the projection is read
         projection = self._loaded_text_projection()
         if projection is None:
             return [], None
-        words = self._require_text_encoder().encode([check_query(text)])
+        words = self._require_text_encoder().encode([query])
         wanted = max(50, 2 * top_k)
         # With category heads, a wider pool by the cosine, re-ordered by the full score (cosine + mix x log agreement)
         pool = wanted if projection.heads is None else max(CATEGORY_POOL, 10 * top_k)
